@@ -1,0 +1,408 @@
+//! The state machine: [`apply`] turns a [`Command`] into changes of a [`ChatStore`].
+//!
+//! Every rule is checked before the first change, so a refused command changes nothing; the
+//! store runs each command in one transaction so that a storage failure part-way does not
+//! either. Nothing here reads a clock or a random source: the command carries its time.
+
+use crate::command::{Action, Command, Outcome};
+use crate::error::ChatError;
+use crate::limits::{IDEMPOTENCY_ENTRIES_MAX, IDEMPOTENCY_TTL_MS, REPLY_CONTENT_BYTES_MAX};
+use crate::query::authenticate_digest;
+use crate::store::{ChatStore, LastIds, MessageRecord, Remembered, SessionRecord, UserRecord};
+use crate::types::{Content, FetchLimit, MessageId, MessageIds, TokenDigest, UserId, Username};
+
+/// Applies one command.
+///
+/// # Errors
+/// The rule the command breaks (unknown session, name taken, unknown recipient, ...), or a
+/// storage failure. In every case the store is unchanged.
+pub fn apply<S: ChatStore + ?Sized>(store: &mut S, command: &Command) -> Result<Outcome, ChatError> {
+    let scope = command.action.idempotency_scope();
+    if let (Some(key), Some(scope)) = (&command.idempotency_key, &scope) {
+        if let Some(first) = store.remembered(key)? {
+            if first.scope == *scope && first.kind == command.action.kind() {
+                return Ok(first.outcome);
+            }
+            return Err(ChatError::IdempotencyKeyReused);
+        }
+    }
+
+    let at_ms = command.at_ms;
+    let outcome = match &command.action {
+        Action::SignUp {
+            username,
+            password_hash,
+        } => sign_up(store, username, password_hash, at_ms)?,
+        Action::CreateSession {
+            user_id,
+            token_digest,
+            expires_at_ms,
+        } => create_session(store, *user_id, token_digest, *expires_at_ms, at_ms)?,
+        Action::RevokeSession { session } => {
+            authenticate_digest(store, session, at_ms)?;
+            store.delete_session(session)?;
+            Outcome::SessionRevoked
+        }
+        Action::SendMessage {
+            session,
+            recipient,
+            content,
+        } => send_message(store, session, recipient, content, at_ms)?,
+        Action::MarkDelivered { session, limit } => mark_delivered(store, session, *limit, at_ms)?,
+        Action::DeleteMessages { session, ids } => delete_messages(store, session, ids, at_ms)?,
+        Action::DeleteAccount { session } => delete_account(store, session, at_ms)?,
+    };
+
+    if let (Some(key), Some(scope)) = (&command.idempotency_key, scope) {
+        store.forget_remembered(at_ms.saturating_sub(IDEMPOTENCY_TTL_MS), IDEMPOTENCY_ENTRIES_MAX - 1)?;
+        store.remember(
+            key,
+            &Remembered {
+                scope,
+                kind: command.action.kind().to_owned(),
+                outcome: outcome.clone(),
+                at_ms,
+            },
+        )?;
+    }
+    Ok(outcome)
+}
+
+fn sign_up<S: ChatStore + ?Sized>(
+    store: &mut S,
+    username: &Username,
+    password_hash: &str,
+    at_ms: i64,
+) -> Result<Outcome, ChatError> {
+    if let Some(existing) = store.user_by_name(username)? {
+        return Err(ChatError::AlreadyExists {
+            field: "username",
+            value: existing.username.as_str().to_owned(),
+        });
+    }
+    let last = store.last_ids()?;
+    let id = UserId(last.user + 1);
+    store.insert_user(&UserRecord {
+        id,
+        username: username.clone(),
+        password_hash: password_hash.to_owned(),
+        created_at_ms: at_ms,
+    })?;
+    store.set_last_ids(LastIds {
+        user: id.0,
+        ..last
+    })?;
+    Ok(Outcome::SignedUp {
+        user_id: id,
+        username: username.clone(),
+    })
+}
+
+fn create_session<S: ChatStore + ?Sized>(
+    store: &mut S,
+    user_id: UserId,
+    token_digest: &TokenDigest,
+    expires_at_ms: i64,
+    at_ms: i64,
+) -> Result<Outcome, ChatError> {
+    // The account may have been deleted between the password check and this command.
+    let Some(user) = store.user_by_id(user_id)? else {
+        return Err(ChatError::WrongCredentials);
+    };
+    if expires_at_ms <= at_ms {
+        return Err(ChatError::invalid("expires_at_ms", "must be after the command's time"));
+    }
+    // One session per account: a new login ends the others. Expired sessions of everyone are
+    // swept here too, so the table does not grow with abandoned logins.
+    store.delete_expired_sessions(at_ms)?;
+    store.delete_sessions_of(user_id)?;
+    store.insert_session(&SessionRecord {
+        token_digest: token_digest.clone(),
+        user_id,
+        created_at_ms: at_ms,
+        expires_at_ms,
+    })?;
+    Ok(Outcome::SessionCreated {
+        user_id,
+        username: user.username,
+        expires_at_ms,
+    })
+}
+
+fn send_message<S: ChatStore + ?Sized>(
+    store: &mut S,
+    session: &TokenDigest,
+    recipient: &Username,
+    content: &Content,
+    at_ms: i64,
+) -> Result<Outcome, ChatError> {
+    let sender = authenticate_digest(store, session, at_ms)?;
+    let Some(recipient) = store.user_by_name(recipient)? else {
+        return Err(ChatError::NotFound {
+            field: "recipient",
+            value: recipient.as_str().to_owned(),
+        });
+    };
+    let delivered = store.has_live_session(recipient.id, at_ms)?;
+    let last = store.last_ids()?;
+    let id = MessageId(last.message + 1);
+    store.insert_message(&MessageRecord {
+        id,
+        sender: sender.username,
+        recipient: recipient.username,
+        content: content.as_str().to_owned(),
+        timestamp_ms: at_ms,
+        delivered,
+    })?;
+    store.set_last_ids(LastIds {
+        message: id.0,
+        ..last
+    })?;
+    Ok(Outcome::MessageSent {
+        id,
+        timestamp_ms: at_ms,
+        delivered,
+    })
+}
+
+fn mark_delivered<S: ChatStore + ?Sized>(
+    store: &mut S,
+    session: &TokenDigest,
+    limit: FetchLimit,
+    at_ms: i64,
+) -> Result<Outcome, ChatError> {
+    let user = authenticate_digest(store, session, at_ms)?;
+    let away = store.away_messages(&user.username, limit.get())?;
+    let ids: Vec<MessageId> = within_reply_budget(&away).iter().map(|m| m.id).collect();
+    store.mark_delivered(&ids)?;
+    let remaining = store.away_count(&user.username)?;
+    Ok(Outcome::Delivered { ids, remaining })
+}
+
+fn delete_messages<S: ChatStore + ?Sized>(
+    store: &mut S,
+    session: &TokenDigest,
+    ids: &MessageIds,
+    at_ms: i64,
+) -> Result<Outcome, ChatError> {
+    let user = authenticate_digest(store, session, at_ms)?;
+    let count = store.delete_inbox_messages(&user.username, ids.as_slice())?;
+    Ok(Outcome::MessagesDeleted { count })
+}
+
+fn delete_account<S: ChatStore + ?Sized>(
+    store: &mut S,
+    session: &TokenDigest,
+    at_ms: i64,
+) -> Result<Outcome, ChatError> {
+    let user = authenticate_digest(store, session, at_ms)?;
+    let messages_deleted = store.delete_messages_of(&user.username)?;
+    store.delete_sessions_of(user.id)?;
+    store.delete_user(user.id)?;
+    Ok(Outcome::AccountDeleted { messages_deleted })
+}
+
+/// The longest prefix of `messages` whose contents fit in one reply, and never less than one
+/// message, so that a reader always makes progress.
+pub fn within_reply_budget(messages: &[MessageRecord]) -> &[MessageRecord] {
+    let mut bytes = 0usize;
+    for (index, message) in messages.iter().enumerate() {
+        bytes += message.content.len();
+        if bytes > REPLY_CONTENT_BYTES_MAX && index > 0 {
+            return &messages[..index];
+        }
+    }
+    messages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryStore;
+    use crate::store::ChatRead;
+    use crate::types::{IdempotencyKey, SessionToken};
+
+    const HOUR_MS: i64 = 3_600_000;
+
+    fn command(at_ms: i64, action: Action) -> Command {
+        Command {
+            at_ms,
+            idempotency_key: None,
+            action,
+        }
+    }
+
+    fn name(raw: &str) -> Username {
+        Username::new(raw).expect("test names are valid")
+    }
+
+    fn sign_up(store: &mut MemoryStore, raw: &str) -> UserId {
+        let outcome = apply(
+            store,
+            &command(
+                1,
+                Action::SignUp {
+                    username: name(raw),
+                    password_hash: format!("hash-of-{raw}"),
+                },
+            ),
+        )
+        .expect("sign-up succeeds");
+        match outcome {
+            Outcome::SignedUp { user_id, .. } => user_id,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+
+    fn log_in(store: &mut MemoryStore, user_id: UserId, seed: u8, at_ms: i64) -> TokenDigest {
+        let digest = SessionToken::from_random_bytes([seed; 32]).digest();
+        apply(
+            store,
+            &command(
+                at_ms,
+                Action::CreateSession {
+                    user_id,
+                    token_digest: digest.clone(),
+                    expires_at_ms: at_ms + HOUR_MS,
+                },
+            ),
+        )
+        .expect("log-in succeeds");
+        digest
+    }
+
+    fn send(store: &mut MemoryStore, session: &TokenDigest, to: &str, at_ms: i64) -> Result<Outcome, ChatError> {
+        apply(
+            store,
+            &command(
+                at_ms,
+                Action::SendMessage {
+                    session: session.clone(),
+                    recipient: name(to),
+                    content: Content::new("hello".into(), 100).expect("valid content"),
+                },
+            ),
+        )
+    }
+
+    #[test]
+    fn names_are_unique_ignoring_case_and_a_refusal_changes_nothing() {
+        let mut store = MemoryStore::new();
+        sign_up(&mut store, "Alice");
+        let before = store.dump().unwrap();
+        let refused = apply(
+            &mut store,
+            &command(2, Action::SignUp { username: name("ALICE"), password_hash: "h".into() }),
+        );
+        assert_eq!(refused.unwrap_err().to_string(), "username: \"Alice\" is already taken");
+        assert_eq!(store.dump().unwrap(), before);
+    }
+
+    #[test]
+    fn messages_are_delivered_or_away_by_the_recipients_session() {
+        let mut store = MemoryStore::new();
+        let alice = sign_up(&mut store, "alice");
+        let bob = sign_up(&mut store, "bob");
+        let alice_session = log_in(&mut store, alice, 1, 10);
+
+        // 1. Bob has no session: the message waits as away.
+        let away = send(&mut store, &alice_session, "BOB", 20).unwrap();
+        assert_eq!(away, Outcome::MessageSent { id: MessageId(1), timestamp_ms: 20, delivered: false });
+        assert_eq!(store.away_count(&name("bob")).unwrap(), 1);
+
+        // 2. Bob logs in: the next message is delivered at once.
+        let bob_session = log_in(&mut store, bob, 2, 30);
+        let delivered = send(&mut store, &alice_session, "bob", 40).unwrap();
+        assert!(matches!(delivered, Outcome::MessageSent { delivered: true, .. }));
+
+        // 3. Fetching marks the away one delivered.
+        let fetched = apply(
+            &mut store,
+            &command(50, Action::MarkDelivered { session: bob_session.clone(), limit: FetchLimit::new(0).unwrap() }),
+        )
+        .unwrap();
+        assert_eq!(fetched, Outcome::Delivered { ids: vec![MessageId(1)], remaining: 0 });
+
+        // 4. After the session expires, messages are away again and the session is refused.
+        let later = 30 + HOUR_MS;
+        assert!(matches!(send(&mut store, &alice_session, "bob", later).unwrap_err(), ChatError::Unauthenticated(_)));
+    }
+
+    #[test]
+    fn a_new_login_revokes_the_old_session() {
+        let mut store = MemoryStore::new();
+        let alice = sign_up(&mut store, "alice");
+        sign_up(&mut store, "bob");
+        let first = log_in(&mut store, alice, 1, 10);
+        let second = log_in(&mut store, alice, 2, 20);
+        assert!(matches!(send(&mut store, &first, "bob", 30), Err(ChatError::Unauthenticated(_))));
+        assert!(send(&mut store, &second, "bob", 30).is_ok());
+    }
+
+    #[test]
+    fn deleting_only_touches_the_callers_inbox() {
+        let mut store = MemoryStore::new();
+        let alice = sign_up(&mut store, "alice");
+        let bob = sign_up(&mut store, "bob");
+        let a = log_in(&mut store, alice, 1, 10);
+        let b = log_in(&mut store, bob, 2, 10);
+        send(&mut store, &a, "bob", 11).unwrap(); // id 1, bob's
+        send(&mut store, &b, "alice", 12).unwrap(); // id 2, alice's
+        let outcome = apply(
+            &mut store,
+            &command(13, Action::DeleteMessages { session: b.clone(), ids: MessageIds::new(&[1, 2, 99]).unwrap() }),
+        )
+        .unwrap();
+        assert_eq!(outcome, Outcome::MessagesDeleted { count: 1 });
+        assert_eq!(store.messages_by_ids(&[MessageId(1), MessageId(2)]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn deleting_an_account_removes_its_sessions_and_messages_and_ids_are_not_reused() {
+        let mut store = MemoryStore::new();
+        let alice = sign_up(&mut store, "alice");
+        let bob = sign_up(&mut store, "bob");
+        sign_up(&mut store, "carol");
+        let a = log_in(&mut store, alice, 1, 10);
+        let b = log_in(&mut store, bob, 2, 10);
+        send(&mut store, &a, "bob", 11).unwrap();
+        send(&mut store, &b, "alice", 12).unwrap();
+        send(&mut store, &b, "carol", 13).unwrap();
+        let outcome = apply(&mut store, &command(14, Action::DeleteAccount { session: a.clone() })).unwrap();
+        assert_eq!(outcome, Outcome::AccountDeleted { messages_deleted: 2 });
+        let dump = store.dump().unwrap();
+        assert_eq!(dump.users.len(), 2);
+        assert_eq!(dump.sessions.len(), 1);
+        assert_eq!(dump.messages.len(), 1);
+        // A new account with the same name gets a fresh id.
+        assert_eq!(sign_up(&mut store, "Alice"), UserId(4));
+    }
+
+    #[test]
+    fn a_repeated_key_returns_the_first_outcome_and_writes_nothing() {
+        let mut store = MemoryStore::new();
+        let alice = sign_up(&mut store, "alice");
+        sign_up(&mut store, "bob");
+        let a = log_in(&mut store, alice, 1, 10);
+        let key = IdempotencyKey::optional("retry-1").unwrap();
+        let mut first = command(
+            20,
+            Action::SendMessage {
+                session: a.clone(),
+                recipient: name("bob"),
+                content: Content::new("once".into(), 100).unwrap(),
+            },
+        );
+        first.idempotency_key = key.clone();
+        let outcome = apply(&mut store, &first).unwrap();
+        let mut retry = first.clone();
+        retry.at_ms = 25;
+        assert_eq!(apply(&mut store, &retry).unwrap(), outcome);
+        assert_eq!(store.dump().unwrap().messages.len(), 1);
+
+        // The same key for another kind of write is refused.
+        let mut other = command(30, Action::RevokeSession { session: a });
+        other.idempotency_key = key;
+        assert_eq!(apply(&mut store, &other).unwrap_err(), ChatError::IdempotencyKeyReused);
+    }
+}

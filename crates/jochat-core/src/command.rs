@@ -1,0 +1,170 @@
+//! The replicated command: the only way chat state changes.
+//!
+//! A [`Command`] is decided completely by the node that accepts the request: the time, the
+//! finished argon2id hash, the session token's digest. Applying it (see [`crate::apply`]) is
+//! then a pure function of the state and the command, so every replica that applies the same
+//! log holds the same rows.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{
+    Content, FetchLimit, IdempotencyKey, MessageId, MessageIds, TokenDigest, UserId, Username,
+};
+
+/// One replicated write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// When the accepting node built the command, in milliseconds since the Unix epoch. Every
+    /// time-dependent rule (session expiry, message timestamps) uses this value, never a clock.
+    pub at_ms: i64,
+    /// Makes the write exactly-once: a command whose key was applied before (by the same
+    /// caller, for the same kind of write) returns the first outcome and changes nothing.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// What to do.
+    pub action: Action,
+}
+
+/// The kinds of write. Actions that act for a user carry the digest of that user's session
+/// token; the state machine checks the session at [`Command::at_ms`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Create an account. `password_hash` is the finished argon2id PHC string.
+    SignUp {
+        /// The name, unique ignoring case.
+        username: Username,
+        /// argon2id PHC string of the credential the client sent.
+        password_hash: String,
+    },
+    /// Open a session after the accepting node checked the password; revokes the user's
+    /// other sessions.
+    CreateSession {
+        /// Whose session.
+        user_id: UserId,
+        /// SHA-256 of the token handed to the client.
+        token_digest: TokenDigest,
+        /// When the session stops being valid.
+        expires_at_ms: i64,
+    },
+    /// Revoke a session (log out).
+    RevokeSession {
+        /// The session to revoke.
+        session: TokenDigest,
+    },
+    /// Send a message to another account.
+    SendMessage {
+        /// The sender's session.
+        session: TokenDigest,
+        /// The recipient, resolved ignoring case.
+        recipient: Username,
+        /// The text.
+        content: Content,
+    },
+    /// Mark the caller's oldest away messages delivered (fetching them).
+    MarkDelivered {
+        /// The caller's session.
+        session: TokenDigest,
+        /// How many at most.
+        limit: FetchLimit,
+    },
+    /// Delete messages from the caller's inbox; ids that are not the caller's are ignored.
+    DeleteMessages {
+        /// The caller's session.
+        session: TokenDigest,
+        /// The messages.
+        ids: MessageIds,
+    },
+    /// Delete the caller's account, sessions, and every message it sent or received. The
+    /// accepting node checked the password again before building this.
+    DeleteAccount {
+        /// The caller's session.
+        session: TokenDigest,
+    },
+}
+
+impl Action {
+    /// A stable name for logs and for the idempotency record.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::SignUp { .. } => "sign_up",
+            Self::CreateSession { .. } => "create_session",
+            Self::RevokeSession { .. } => "revoke_session",
+            Self::SendMessage { .. } => "send_message",
+            Self::MarkDelivered { .. } => "mark_delivered",
+            Self::DeleteMessages { .. } => "delete_messages",
+            Self::DeleteAccount { .. } => "delete_account",
+        }
+    }
+
+    /// The session this action acts through, if any.
+    pub fn session(&self) -> Option<&TokenDigest> {
+        match self {
+            Self::SignUp { .. } | Self::CreateSession { .. } => None,
+            Self::RevokeSession { session }
+            | Self::SendMessage { session, .. }
+            | Self::MarkDelivered { session, .. }
+            | Self::DeleteMessages { session, .. }
+            | Self::DeleteAccount { session } => Some(session),
+        }
+    }
+
+    /// Who may replay this action's remembered outcome: a retry must come from the same
+    /// session (or, for sign-up, name the same account). `None` for actions whose outcome is
+    /// not remembered: a repeated log-in opens a fresh session, because the token of the
+    /// first one was never stored and cannot be handed out again.
+    pub fn idempotency_scope(&self) -> Option<String> {
+        match self {
+            Self::SignUp { username, .. } => Some(format!("sign_up:{}", username.folded())),
+            Self::CreateSession { .. } => None,
+            _ => self.session().map(|digest| format!("session:{}", digest.as_str())),
+        }
+    }
+}
+
+/// What an applied command did. Small on purpose: outcomes are remembered for retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// An account was created.
+    SignedUp {
+        /// The new account's id.
+        user_id: UserId,
+        /// Its name as given.
+        username: Username,
+    },
+    /// A session was opened.
+    SessionCreated {
+        /// Whose.
+        user_id: UserId,
+        /// The account's name as given at sign-up.
+        username: Username,
+        /// When it expires.
+        expires_at_ms: i64,
+    },
+    /// A session was revoked.
+    SessionRevoked,
+    /// A message was stored.
+    MessageSent {
+        /// Its id.
+        id: MessageId,
+        /// Its timestamp (the command's time).
+        timestamp_ms: i64,
+        /// Whether the recipient had a live session (delivered) or not (away).
+        delivered: bool,
+    },
+    /// Away messages were marked delivered.
+    Delivered {
+        /// Which, oldest first.
+        ids: Vec<MessageId>,
+        /// Away messages left.
+        remaining: u64,
+    },
+    /// Messages were deleted from an inbox.
+    MessagesDeleted {
+        /// How many.
+        count: u64,
+    },
+    /// An account was deleted.
+    AccountDeleted {
+        /// How many messages went with it.
+        messages_deleted: u64,
+    },
+}
