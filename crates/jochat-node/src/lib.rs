@@ -1,1 +1,43 @@
-//! placeholder
+//! A JoChat server node: the chat state in SQLite, the `jochat.v1` gRPC API, the standard gRPC
+//! health service and server reflection.
+//!
+//! Every write becomes a `jochat_core::Command` applied by one writer thread; handlers never
+//! write SQLite themselves. Reads run on a pool of read-only connections.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags and environment variables ([`NodeConfig`]).
+//! - [`store`]: the SQLite database: schema and migrations, the writer thread, the read pool.
+//! - [`auth`]: argon2id hashing off the executor, session tokens, the failed-log-in limiter.
+//! - [`node`]: [`Node`], the chat operations as the node performs them.
+//! - [`service`]: the gRPC services, thin adapters over [`Node`].
+//! - [`server`]: [`serve`], [`spawn`] and [`spawn_ephemeral`].
+//! - [`error`]: [`NodeError`] and its mapping to gRPC status codes.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), jochat_node::NodeError> {
+//! let node = jochat_node::spawn_ephemeral().await?;
+//! println!("serving at {}", node.address());
+//! node.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use config::NodeConfig;
+pub use error::NodeError;
+pub use node::Node;
+pub use server::{serve, spawn, spawn_ephemeral, spawn_ephemeral_with, EphemeralNode, RunningNode};

@@ -1,0 +1,240 @@
+//! The node's configuration: command-line flags, each with an environment-variable fallback
+//! and, for the prototype's spellings, an underscore alias (`--server_id`, `--db_file`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use jochat_core::limits::{CONTENT_BYTES_LIMIT, CONTENT_BYTES_MAX_DEFAULT};
+
+use crate::error::NodeError;
+use crate::store::{StoreConfig, SyncMode};
+
+/// The folder databases go in when `--db-file` is not given.
+pub const DATA_DIR_DEFAULT: &str = "jochat-data";
+/// Bytes of gRPC framing and fields allowed on top of the content limit in one request.
+const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Another node of the cluster, as `--peers` names it: `ID:HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its server id.
+    pub id: u64,
+    /// `host:port` of its gRPC endpoint.
+    pub address: String,
+}
+
+impl FromStr for Peer {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let (id, address) = raw
+            .split_once(':')
+            .ok_or_else(|| format!("{raw:?} is not ID:HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("{raw:?}: server id {id:?} is not a positive number"))?;
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{raw:?} is not ID:HOST:PORT"))?;
+        if id == 0 || host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("{raw:?} is not ID:HOST:PORT with ID and PORT above 0"));
+        }
+        Ok(Self {
+            id,
+            address: address.to_owned(),
+        })
+    }
+}
+
+/// Configuration of one `jochat-node`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "jochat-node", version, about = "A JoChat server node")]
+pub struct NodeConfig {
+    /// This node's server id (positive; the lowest live id is preferred as leader).
+    #[arg(long = "server-id", alias = "server_id", env = "JOCHAT_SERVER_ID", default_value_t = 1)]
+    pub server_id: u64,
+    /// Address to listen on.
+    #[arg(long, env = "JOCHAT_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "JOCHAT_PORT", default_value_t = 5001)]
+    pub port: u16,
+    /// The SQLite database file [default: jochat-data/node-<SERVER_ID>.db].
+    #[arg(long = "db-file", alias = "db_file", env = "JOCHAT_DB_FILE")]
+    pub db_file: Option<PathBuf>,
+    /// Other nodes, as ID:HOST:PORT,... (used by the cluster; a single node ignores them).
+    #[arg(long, env = "JOCHAT_PEERS", value_delimiter = ',')]
+    pub peers: Vec<Peer>,
+    /// Shared secret required on internal cluster calls.
+    #[arg(long = "cluster-secret", alias = "cluster_secret", env = "JOCHAT_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// How hard commits are made durable.
+    #[arg(long = "sync-mode", alias = "sync_mode", env = "JOCHAT_SYNC_MODE", value_enum, default_value = "full")]
+    pub sync_mode: SyncMode,
+    /// How long a session lasts, in seconds.
+    #[arg(long = "session-ttl-secs", alias = "session_ttl_secs", env = "JOCHAT_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub session_ttl_secs: u64,
+    /// Longest message content, in bytes.
+    #[arg(long = "content-bytes-max", alias = "content_bytes_max", env = "JOCHAT_CONTENT_BYTES_MAX", default_value_t = CONTENT_BYTES_MAX_DEFAULT)]
+    pub content_bytes_max: usize,
+    /// Largest gRPC request, in bytes; larger frames are refused with OUT_OF_RANGE.
+    #[arg(long = "request-bytes-max", alias = "request_bytes_max", env = "JOCHAT_REQUEST_BYTES_MAX", default_value_t = 1024 * 1024)]
+    pub request_bytes_max: usize,
+    /// Failed log-ins for one username before further attempts are refused for a while.
+    #[arg(long = "login-failures-max", alias = "login_failures_max", env = "JOCHAT_LOGIN_FAILURES_MAX", default_value_t = 5)]
+    pub login_failures_max: u32,
+    /// How long log-ins stay refused after too many failures, in seconds.
+    #[arg(long = "login-lockout-secs", alias = "login_lockout_secs", env = "JOCHAT_LOGIN_LOCKOUT_SECS", default_value_t = 60)]
+    pub login_lockout_secs: u64,
+    /// Read connections to the database at most.
+    #[arg(long = "read-pool-size", alias = "read_pool_size", env = "JOCHAT_READ_POOL_SIZE", default_value_t = 4)]
+    pub read_pool_size: u32,
+    /// Concurrent requests per client connection at most; more wait.
+    #[arg(long = "connection-requests-max", alias = "connection_requests_max", env = "JOCHAT_CONNECTION_REQUESTS_MAX", default_value_t = 256)]
+    pub connection_requests_max: usize,
+}
+
+impl Default for NodeConfig {
+    /// The defaults of the flags, ignoring the environment.
+    fn default() -> Self {
+        Self {
+            server_id: 1,
+            host: "127.0.0.1".into(),
+            port: 5001,
+            db_file: None,
+            peers: Vec::new(),
+            cluster_secret: None,
+            sync_mode: SyncMode::Full,
+            session_ttl_secs: 7 * 24 * 3600,
+            content_bytes_max: CONTENT_BYTES_MAX_DEFAULT,
+            request_bytes_max: 1024 * 1024,
+            login_failures_max: 5,
+            login_lockout_secs: 60,
+            read_pool_size: 4,
+            connection_requests_max: 256,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks every flag; the error names the flag and the rule.
+    ///
+    /// # Errors
+    /// `NodeError::Config` for the first flag out of its range.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let fail = |flag, rule: String| Err(NodeError::Config { flag, rule });
+        if self.server_id == 0 {
+            return fail("server-id", "must be positive".into());
+        }
+        if let Some(peer) = self.peers.iter().find(|p| p.id == self.server_id) {
+            return fail("peers", format!("lists this node's own id {}", peer.id));
+        }
+        if !(1..=365 * 24 * 3600).contains(&self.session_ttl_secs) {
+            return fail("session-ttl-secs", "must be between 1 second and 365 days".into());
+        }
+        if !(1..=CONTENT_BYTES_LIMIT).contains(&self.content_bytes_max) {
+            return fail("content-bytes-max", format!("must be between 1 and {CONTENT_BYTES_LIMIT}"));
+        }
+        let request_min = self.content_bytes_max + REQUEST_OVERHEAD_BYTES;
+        if self.request_bytes_max < request_min || self.request_bytes_max > 64 * 1024 * 1024 {
+            return fail(
+                "request-bytes-max",
+                format!("must be between {request_min} (content limit + 64 KiB) and 64 MiB"),
+            );
+        }
+        if self.login_failures_max == 0 {
+            return fail("login-failures-max", "must be positive".into());
+        }
+        if !(1..=64).contains(&self.read_pool_size) {
+            return fail("read-pool-size", "must be between 1 and 64".into());
+        }
+        if !(1..=65_536).contains(&self.connection_requests_max) {
+            return fail("connection-requests-max", "must be between 1 and 65536".into());
+        }
+        if self.cluster_secret.as_deref().is_some_and(str::is_empty) {
+            return fail("cluster-secret", "must not be empty when given".into());
+        }
+        self.listen_address()?;
+        Ok(())
+    }
+
+    /// `host:port` to bind.
+    ///
+    /// # Errors
+    /// `NodeError::Config` on `host` when it is not an IP address.
+    pub fn listen_address(&self) -> Result<SocketAddr, NodeError> {
+        let host = if self.host == "localhost" { "127.0.0.1" } else { &self.host };
+        let ip = host.parse().map_err(|_| NodeError::Config {
+            flag: "host",
+            rule: format!("{:?} is not an IP address", self.host),
+        })?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+
+    /// The database file: `--db-file`, or `jochat-data/node-<id>.db`.
+    pub fn db_path(&self) -> PathBuf {
+        self.db_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT).join(format!("node-{}.db", self.server_id)))
+    }
+
+    /// The store's part of the configuration.
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig {
+            path: self.db_path(),
+            sync_mode: self.sync_mode,
+            read_pool_size: self.read_pool_size,
+        }
+    }
+
+    /// How long a session lasts.
+    pub fn session_ttl(&self) -> Duration {
+        Duration::from_secs(self.session_ttl_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prototype_spellings_are_accepted() {
+        let config = NodeConfig::try_parse_from([
+            "jochat-node",
+            "--server_id",
+            "2",
+            "--port",
+            "5002",
+            "--db_file=test/chat2.db",
+            "--peers",
+            "1:127.0.0.1:5001",
+        ])
+        .expect("the prototype's command line parses");
+        assert_eq!(config.server_id, 2);
+        assert_eq!(config.db_path(), PathBuf::from("test/chat2.db"));
+        assert_eq!(config.peers, vec![Peer { id: 1, address: "127.0.0.1:5001".into() }]);
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn defaults_serve_on_5001_under_the_data_folder() {
+        let config = NodeConfig::default();
+        assert_eq!(config.listen_address().unwrap().to_string(), "127.0.0.1:5001");
+        assert_eq!(config.db_path(), PathBuf::from("jochat-data/node-1.db"));
+        config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let config = NodeConfig { content_bytes_max: 0, ..NodeConfig::default() };
+        assert!(config.validate().unwrap_err().to_string().starts_with("--content-bytes-max: "));
+        let config = NodeConfig { host: "not a host".into(), ..NodeConfig::default() };
+        assert!(config.validate().unwrap_err().to_string().starts_with("--host: "));
+        assert!("x:1:2".parse::<Peer>().is_err());
+        assert!("1:host".parse::<Peer>().is_err());
+        assert!("0:h:1".parse::<Peer>().is_err());
+    }
+}

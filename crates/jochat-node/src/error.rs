@@ -1,0 +1,91 @@
+//! The one error type of the node crate, and how it becomes a gRPC status.
+
+use jochat_core::ChatError;
+use thiserror::Error;
+use tonic::{Code, Status};
+
+/// Everything that can go wrong in a node. The variants say what the caller should do:
+/// [`NodeError::Chat`] carries the domain's verdict (final unless it is a storage error),
+/// [`NodeError::RateLimited`] means wait, [`NodeError::ShuttingDown`] means try another node.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The chat core refused the request (bad input, unknown session, name taken, ...).
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    /// Too many failed log-ins for one username; retry after the given time.
+    #[error("too many failed log-ins for this username: try again in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until log-ins for the name are accepted again.
+        retry_after_secs: u64,
+    },
+    /// A configuration flag has a value it may not have.
+    #[error("--{flag}: {rule}")]
+    Config {
+        /// The flag, without dashes.
+        flag: &'static str,
+        /// The rule it breaks.
+        rule: String,
+    },
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// No read connection could be had.
+    #[error("read connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// The database file's schema cannot be used.
+    #[error("database schema: {0}")]
+    Schema(String),
+    /// The node is stopping and takes no new work.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Hashing a password failed (out of memory, or a corrupt stored hash).
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+    /// A file or socket operation failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("grpc transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A background task panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl NodeError {
+    /// The gRPC status code this error is reported with.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Chat(error) => match error {
+                ChatError::InvalidArgument { .. } => Code::InvalidArgument,
+                ChatError::AlreadyExists { .. } => Code::AlreadyExists,
+                ChatError::NotFound { .. } => Code::NotFound,
+                ChatError::Unauthenticated(_) | ChatError::WrongCredentials => Code::Unauthenticated,
+                ChatError::IdempotencyKeyReused => Code::FailedPrecondition,
+                ChatError::Storage(_) => Code::Internal,
+            },
+            Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::Config { .. } => Code::InvalidArgument,
+            Self::ShuttingDown => Code::Unavailable,
+            Self::Sqlite(_)
+            | Self::Pool(_)
+            | Self::Schema(_)
+            | Self::Hashing(_)
+            | Self::Io(_)
+            | Self::Transport(_)
+            | Self::Task(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(error: NodeError) -> Self {
+        let code = error.code();
+        if code == Code::Internal {
+            // Internal details go to the log, not to the caller.
+            tracing::error!(%error, "internal error");
+            return Status::internal("internal error: see the node's log");
+        }
+        Status::new(code, error.to_string())
+    }
+}

@@ -1,0 +1,380 @@
+//! [`Node`]: the chat operations as a node performs them.
+//!
+//! Each operation checks its raw inputs into `jochat-core`'s validated types, decides
+//! everything random or time-dependent (the time, the argon2id hash, the session token), builds
+//! a [`Command`] and hands it to the database's writer, or runs a query on a read connection.
+//! The gRPC services are thin adapters over these methods; no operation is implemented twice.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jochat_core::command::{Action, Command, Outcome};
+use jochat_core::query::{self, AccountPage, MessagePage};
+use jochat_core::store::{ChatRead, MessageRecord, UserRecord};
+use jochat_core::types::*;
+use jochat_core::{ChatError, Pattern};
+
+use crate::auth::{new_session_token, Hasher, LoginLimiter};
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::store::Database;
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A successful log-in.
+#[derive(Debug, Clone)]
+pub struct LoggedIn {
+    /// The new session's token; only its digest is stored.
+    pub token: SessionToken,
+    /// The account.
+    pub user_id: UserId,
+    /// The account's name as given at sign-up.
+    pub username: Username,
+    /// When the session expires.
+    pub expires_at_ms: i64,
+    /// Away messages waiting.
+    pub unread_count: u64,
+}
+
+/// A stored message's id, time and delivery state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// The message id.
+    pub id: MessageId,
+    /// Its timestamp.
+    pub timestamp_ms: i64,
+    /// Delivered (the recipient had a live session) or away.
+    pub delivered: bool,
+}
+
+/// The result of fetching away messages.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The messages now marked delivered, oldest first.
+    pub messages: Vec<MessageRecord>,
+    /// Away messages left.
+    pub remaining: u64,
+}
+
+/// What this node knows of its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// This node's id.
+    pub node_id: u64,
+    /// The address clients reach this node at.
+    pub address: String,
+    /// Commands this node has applied since it started.
+    pub applied_commands: u64,
+}
+
+/// One node's chat operations.
+pub struct Node {
+    config: NodeConfig,
+    address: SocketAddr,
+    db: Database,
+    hasher: Hasher,
+    limiter: LoginLimiter,
+}
+
+fn unexpected(outcome: Outcome) -> NodeError {
+    NodeError::Task(format!("state machine returned an unexpected outcome: {outcome:?}"))
+}
+
+fn session_digest(token: &str) -> Result<TokenDigest, NodeError> {
+    if token.is_empty() {
+        return Err(ChatError::Unauthenticated(
+            "missing session token: send `authorization: Bearer <token>`",
+        )
+        .into());
+    }
+    Ok(SessionToken::parse(token)?.digest())
+}
+
+impl Node {
+    /// Opens the node's database. `address` is where clients reach it.
+    ///
+    /// # Errors
+    /// The database cannot be opened or migrated.
+    pub fn open(config: NodeConfig, address: SocketAddr) -> Result<Self, NodeError> {
+        let db = Database::open(&config.store())?;
+        let limiter = LoginLimiter::new(
+            config.login_failures_max,
+            std::time::Duration::from_secs(config.login_lockout_secs),
+        );
+        Ok(Self {
+            config,
+            address,
+            db,
+            hasher: Hasher::new(),
+            limiter,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.config.server_id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The node's database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    async fn write(&self, idempotency_key: Option<IdempotencyKey>, action: Action) -> Result<Outcome, NodeError> {
+        self.db
+            .write(Command {
+                at_ms: now_ms(),
+                idempotency_key,
+                action,
+            })
+            .await
+    }
+
+    /// Creates an account.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `username`, `password` or `idempotency_key`; `AlreadyExists` when
+    /// the name is taken ignoring case.
+    pub async fn sign_up(&self, username: &str, password: &str, key: &str) -> Result<(UserId, Username), NodeError> {
+        let username = Username::new(username)?;
+        let credential = Credential::new(password)?;
+        let key = IdempotencyKey::optional(key)?;
+        // Refuse a taken name before spending an argon2 hash on it; the state machine checks
+        // again, authoritatively.
+        let probe = username.clone();
+        if let Some(existing) = self.db.read(move |store| Ok(store.user_by_name(&probe)?)).await? {
+            return Err(ChatError::AlreadyExists {
+                field: "username",
+                value: existing.username.as_str().to_owned(),
+            }
+            .into());
+        }
+        let password_hash = self.hasher.hash(&credential).await?;
+        match self.write(key, Action::SignUp { username, password_hash }).await? {
+            Outcome::SignedUp { user_id, username } => Ok((user_id, username)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Checks the password and opens a session, revoking the account's others.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on a malformed `username` or empty `password`; `WrongCredentials`
+    /// for an unknown name or a wrong password (indistinguishable, also in time);
+    /// `RateLimited` after too many failures for the name.
+    pub async fn log_in(&self, username: &str, password: &str) -> Result<LoggedIn, NodeError> {
+        let username = Username::new(username)?;
+        let credential = Credential::new(password)?;
+        let folded = username.folded();
+        self.limiter.check(&folded)?;
+        let user = self.db.read(move |store| Ok(store.user_by_name(&username)?)).await?;
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        if !self.hasher.verify(&credential, stored).await? {
+            self.limiter.record_failure(&folded);
+            return Err(ChatError::WrongCredentials.into());
+        }
+        let user = user.expect("verify only succeeds for an existing user");
+        self.limiter.record_success(&folded);
+
+        let token = new_session_token()?;
+        let at_ms = now_ms();
+        let ttl_ms = i64::try_from(self.config.session_ttl().as_millis()).unwrap_or(i64::MAX);
+        let command = Command {
+            at_ms,
+            idempotency_key: None,
+            action: Action::CreateSession {
+                user_id: user.id,
+                token_digest: token.digest(),
+                expires_at_ms: at_ms.saturating_add(ttl_ms),
+            },
+        };
+        match self.db.write(command).await? {
+            Outcome::SessionCreated { user_id, username, expires_at_ms } => {
+                let owner = username.clone();
+                let unread_count = self.db.read(move |store| Ok(store.away_count(&owner)?)).await?;
+                Ok(LoggedIn {
+                    token,
+                    user_id,
+                    username,
+                    expires_at_ms,
+                    unread_count,
+                })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Revokes the session of `token`.
+    ///
+    /// # Errors
+    /// `Unauthenticated` for a missing, malformed, unknown, revoked or expired token.
+    pub async fn log_out(&self, token: &str, key: &str) -> Result<(), NodeError> {
+        let session = session_digest(token)?;
+        let key = IdempotencyKey::optional(key)?;
+        match self.write(key, Action::RevokeSession { session }).await? {
+            Outcome::SessionRevoked => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The account behind `token`, now.
+    ///
+    /// # Errors
+    /// `Unauthenticated` for a missing, malformed, unknown, revoked or expired token.
+    pub async fn authenticate(&self, token: &str) -> Result<UserRecord, NodeError> {
+        let digest = session_digest(token)?;
+        let now = now_ms();
+        self.db
+            .read(move |store| query::authenticate_digest(store, &digest, now))
+            .await
+    }
+
+    /// Sends `content` to `recipient` from the account behind `token`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `recipient`, `content` or `idempotency_key`; `NotFound` on an
+    /// unknown recipient; `Unauthenticated`.
+    pub async fn send_message(&self, token: &str, recipient: &str, content: String, key: &str) -> Result<Sent, NodeError> {
+        let recipient = Username::parse("recipient", recipient)?;
+        let content = Content::new(content, self.config.content_bytes_max)?;
+        let key = IdempotencyKey::optional(key)?;
+        let session = session_digest(token)?;
+        match self.write(key, Action::SendMessage { session, recipient, content }).await? {
+            Outcome::MessageSent { id, timestamp_ms, delivered } => Ok(Sent { id, timestamp_ms, delivered }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The number of away messages of the account behind `token`.
+    ///
+    /// # Errors
+    /// `Unauthenticated`.
+    pub async fn unread_count(&self, token: &str) -> Result<u64, NodeError> {
+        let digest = session_digest(token)?;
+        let now = now_ms();
+        self.db
+            .read(move |store| {
+                let user = query::authenticate_digest(store, &digest, now)?;
+                query::unread_count(store, &user)
+            })
+            .await
+    }
+
+    /// Returns up to `limit` of the oldest away messages and marks them delivered.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `limit` or `idempotency_key`; `Unauthenticated`.
+    pub async fn fetch_away(&self, token: &str, limit: i64, key: &str) -> Result<Fetched, NodeError> {
+        let limit = FetchLimit::new(limit)?;
+        let key = IdempotencyKey::optional(key)?;
+        let session = session_digest(token)?;
+        match self.write(key, Action::MarkDelivered { session, limit }).await? {
+            Outcome::Delivered { ids, remaining } => {
+                let messages = self.db.read(move |store| query::messages_by_ids(store, &ids)).await?;
+                Ok(Fetched { messages, remaining })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A page of the inbox of the account behind `token`, newest first; with a non-empty
+    /// `with_user`, only the conversation with that user.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `offset`, `limit` or `with_user`; `NotFound` on an unknown
+    /// `with_user`; `Unauthenticated`.
+    pub async fn list_messages(&self, token: &str, offset: i64, limit: i64, with_user: &str) -> Result<MessagePage, NodeError> {
+        let page = Page::new(offset, limit)?;
+        let with_user = match with_user {
+            "" => None,
+            name => Some(Username::parse("with_user", name)?),
+        };
+        let digest = session_digest(token)?;
+        let now = now_ms();
+        self.db
+            .read(move |store| {
+                let user = query::authenticate_digest(store, &digest, now)?;
+                query::list_messages(store, &user, with_user.as_ref(), page)
+            })
+            .await
+    }
+
+    /// Deletes those of `ids` that are in the inbox of the account behind `token`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `ids` (none, more than 1000, not positive) or `idempotency_key`;
+    /// `Unauthenticated`.
+    pub async fn delete_messages(&self, token: &str, ids: &[i64], key: &str) -> Result<u64, NodeError> {
+        let ids = MessageIds::new(ids)?;
+        let key = IdempotencyKey::optional(key)?;
+        let session = session_digest(token)?;
+        match self.write(key, Action::DeleteMessages { session, ids }).await? {
+            Outcome::MessagesDeleted { count } => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A page of the accounts matching `pattern`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `pattern`, `offset` or `limit`; `Unauthenticated`.
+    pub async fn list_accounts(&self, token: &str, pattern: &str, offset: i64, limit: i64) -> Result<AccountPage, NodeError> {
+        let pattern = Pattern::new(pattern)?;
+        let page = Page::new(offset, limit)?;
+        let digest = session_digest(token)?;
+        let now = now_ms();
+        self.db
+            .read(move |store| {
+                query::authenticate_digest(store, &digest, now)?;
+                query::list_accounts(store, &pattern, page)
+            })
+            .await
+    }
+
+    /// Deletes the account behind `token` after checking its password again; returns how
+    /// many messages went with it.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `password` or `idempotency_key`; `WrongCredentials` on a wrong
+    /// password (rate-limited like log-ins); `Unauthenticated`.
+    pub async fn delete_account(&self, token: &str, password: &str, key: &str) -> Result<u64, NodeError> {
+        let credential = Credential::new(password)?;
+        let key = IdempotencyKey::optional(key)?;
+        let user = self.authenticate(token).await?;
+        let folded = user.username.folded();
+        self.limiter.check(&folded)?;
+        if !self.hasher.verify(&credential, Some(user.password_hash)).await? {
+            self.limiter.record_failure(&folded);
+            return Err(ChatError::WrongCredentials.into());
+        }
+        let session = session_digest(token)?;
+        match self.write(key, Action::DeleteAccount { session }).await? {
+            Outcome::AccountDeleted { messages_deleted } => Ok(messages_deleted),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// What this node knows of its cluster.
+    pub fn cluster_view(&self) -> ClusterView {
+        ClusterView {
+            node_id: self.config.server_id,
+            address: self.address.to_string(),
+            applied_commands: self.db.applied_commands(),
+        }
+    }
+
+    /// Stops taking writes and waits until every accepted one is committed.
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+}

@@ -1,0 +1,183 @@
+//! Running a node: [`serve`] on a listener until a shutdown signal, [`spawn`] it as a task,
+//! or [`spawn_ephemeral`] a throwaway node in a temporary folder (for tests and examples).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jochat_proto::v1::chat_server::ChatServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::node::Node;
+use crate::service::chat::ChatApi;
+
+/// How often an idle client connection is pinged, so dead peers are noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Serves every gRPC service of a node on `listener` until `shutdown` completes, then stops
+/// accepting, lets in-flight requests finish, and waits until every accepted write is
+/// committed.
+///
+/// # Errors
+/// The configuration is invalid, the database cannot be opened, or the server fails.
+pub async fn serve(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    let address = listener.local_addr()?;
+    let node = Arc::new(Node::open(config.clone(), address)?);
+    let span = tracing::info_span!("node", node_id = node.id());
+    let _entered = span.enter();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ChatServer<ChatApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(jochat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Task(format!("reflection service: {e}")))?;
+    let chat = ChatServer::new(ChatApi::new(Arc::clone(&node)))
+        .max_decoding_message_size(config.request_bytes_max);
+
+    if !config.peers.is_empty() {
+        tracing::warn!(peers = config.peers.len(), "--peers is accepted but this build runs a single node");
+    }
+    tracing::info!(%address, db = %node.database().path().display(), "serving jochat.v1");
+    let served = Server::builder()
+        .concurrency_limit_per_connection(config.connection_requests_max)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(chat)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    tracing::info!("stopped accepting requests; committing what was accepted");
+    node.close().await;
+    tracing::info!("database closed");
+    served.map_err(NodeError::from)
+}
+
+/// A node running as a task of the current runtime. Dropping it asks it to stop without
+/// waiting; [`RunningNode::shutdown`] waits.
+pub struct RunningNode {
+    address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), NodeError>>>,
+}
+
+impl RunningNode {
+    /// `host:port` clients reach the node at.
+    pub fn address(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// The bound socket address.
+    pub fn socket_address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops the node and waits until it has committed every accepted write.
+    ///
+    /// # Errors
+    /// What the server failed with, if it failed.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(|e| NodeError::Task(e.to_string()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Binds `config`'s address (port 0 picks a free port) and serves the node on a task.
+///
+/// # Errors
+/// The configuration is invalid or the address cannot be bound.
+pub async fn spawn(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    config.validate()?;
+    let listener = TcpListener::bind(config.listen_address()?).await?;
+    let address = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    Ok(RunningNode {
+        address,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+/// A node on a free loopback port with its database in a temporary folder that is removed
+/// when the node is dropped. For tests, doc examples and trying things out.
+pub struct EphemeralNode {
+    node: RunningNode,
+    // Declared after `node` so that it is dropped (and removed) after the node stops.
+    dir: tempfile::TempDir,
+}
+
+impl EphemeralNode {
+    /// `host:port` clients reach the node at.
+    pub fn address(&self) -> String {
+        self.node.address()
+    }
+
+    /// The node's database file.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("node.db")
+    }
+
+    /// Stops the node, waits for it, and removes its folder.
+    ///
+    /// # Errors
+    /// What the server failed with, if it failed.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let Self { node, dir } = self;
+        let result = node.shutdown().await;
+        drop(dir);
+        result
+    }
+}
+
+/// Starts a fresh single node on `127.0.0.1:0` with its database in a new temporary folder.
+///
+/// # Errors
+/// The folder or the socket cannot be made.
+pub async fn spawn_ephemeral() -> Result<EphemeralNode, NodeError> {
+    spawn_ephemeral_with(NodeConfig::default()).await
+}
+
+/// Like [`spawn_ephemeral`], with `config` for everything but the address and database.
+///
+/// # Errors
+/// The configuration is invalid, or the folder or the socket cannot be made.
+pub async fn spawn_ephemeral_with(config: NodeConfig) -> Result<EphemeralNode, NodeError> {
+    let dir = tempfile::Builder::new().prefix("jochat-node-").tempdir()?;
+    let config = NodeConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        db_file: Some(dir.path().join("node.db")),
+        ..config
+    };
+    let node = spawn(config).await?;
+    Ok(EphemeralNode { node, dir })
+}

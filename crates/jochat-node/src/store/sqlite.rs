@@ -1,0 +1,432 @@
+//! [`SqliteChat`]: the chat state in SQLite, implementing `jochat-core`'s storage traits over
+//! a borrowed connection, so the same code serves the writer's transaction and the readers'.
+
+use jochat_core::pattern::Pattern;
+use jochat_core::store::*;
+use jochat_core::types::{IdempotencyKey, MessageId, Page, TokenDigest, UserId, Username};
+use jochat_core::StoreError;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+/// Chat state over one SQLite connection (or transaction, or savepoint: they all deref to a
+/// connection). Statements are prepared once per connection and cached by rusqlite.
+pub struct SqliteChat<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> SqliteChat<'c> {
+    /// Chat state through `conn`.
+    pub fn new(conn: &'c Connection) -> Self {
+        Self { conn }
+    }
+}
+
+fn storage(error: rusqlite::Error) -> StoreError {
+    StoreError(format!("sqlite: {error}"))
+}
+
+/// Rebuilds a validated value read back from the database. The database is written only
+/// through validated values, so a failure means the file was edited by hand or is corrupt.
+fn stored<T>(what: &str, parsed: Result<T, jochat_core::ChatError>) -> Result<T, StoreError> {
+    parsed.map_err(|e| StoreError(format!("corrupt {what} in database: {e}")))
+}
+
+const USER_COLUMNS: &str = "id, username, password_hash, created_at_ms";
+const SESSION_COLUMNS: &str = "token_digest, user_id, created_at_ms, expires_at_ms";
+const MESSAGE_COLUMNS: &str = "id, sender, recipient, content, timestamp_ms, to_deliver";
+
+type Raw<T> = Result<T, rusqlite::Error>;
+
+fn user_row(row: &Row<'_>) -> Raw<(i64, String, String, i64)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn to_user((id, username, password_hash, created_at_ms): (i64, String, String, i64)) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        id: UserId(id),
+        username: stored("username", Username::new(&username))?,
+        password_hash,
+        created_at_ms,
+    })
+}
+
+fn session_row(row: &Row<'_>) -> Raw<SessionRecord> {
+    Ok(SessionRecord {
+        token_digest: TokenDigest::from_stored(row.get(0)?),
+        user_id: UserId(row.get(1)?),
+        created_at_ms: row.get(2)?,
+        expires_at_ms: row.get(3)?,
+    })
+}
+
+type MessageRow = (i64, String, String, String, i64, i64);
+
+fn message_row(row: &Row<'_>) -> Raw<MessageRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+}
+
+fn to_message((id, sender, recipient, content, timestamp_ms, to_deliver): MessageRow) -> Result<MessageRecord, StoreError> {
+    Ok(MessageRecord {
+        id: MessageId(id),
+        sender: stored("sender", Username::new(&sender))?,
+        recipient: stored("recipient", Username::new(&recipient))?,
+        content,
+        timestamp_ms,
+        delivered: to_deliver != 0,
+    })
+}
+
+impl SqliteChat<'_> {
+    fn messages(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut statement = self.conn.prepare_cached(sql).map_err(storage)?;
+        let rows = statement
+            .query_map(params, message_row)
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        rows.into_iter().map(to_message).collect()
+    }
+
+    fn count(&self, sql: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
+        let mut statement = self.conn.prepare_cached(sql).map_err(storage)?;
+        let count: i64 = statement.query_row(params, |row| row.get(0)).map_err(storage)?;
+        Ok(count as u64)
+    }
+
+    fn execute(&self, sql: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
+        let mut statement = self.conn.prepare_cached(sql).map_err(storage)?;
+        Ok(statement.execute(params).map_err(storage)? as u64)
+    }
+
+    fn counter(&self, name: &str) -> Result<i64, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT value FROM counters WHERE name = ?1")
+            .map_err(storage)?;
+        statement.query_row([name], |row| row.get(0)).map_err(storage)
+    }
+
+    fn set_counter(&self, name: &str, value: i64) -> Result<(), StoreError> {
+        self.execute("UPDATE counters SET value = ?2 WHERE name = ?1", params![name, value])
+            .map(drop)
+    }
+}
+
+fn page_params(page: Page) -> (i64, i64) {
+    // Page offsets are bounded far below i64::MAX by validation.
+    (i64::from(page.limit), page.offset as i64)
+}
+
+impl ChatRead for SqliteChat<'_> {
+    fn user_by_name(&self, name: &Username) -> Result<Option<UserRecord>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"))
+            .map_err(storage)?;
+        let raw = statement.query_row([name.as_str()], user_row).optional().map_err(storage)?;
+        raw.map(to_user).transpose()
+    }
+
+    fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
+            .map_err(storage)?;
+        let raw = statement.query_row([id.0], user_row).optional().map_err(storage)?;
+        raw.map(to_user).transpose()
+    }
+
+    fn session(&self, digest: &TokenDigest) -> Result<Option<SessionRecord>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_digest = ?1"))
+            .map_err(storage)?;
+        statement.query_row([digest.as_str()], session_row).optional().map_err(storage)
+    }
+
+    fn has_live_session(&self, user: UserId, at_ms: i64) -> Result<bool, StoreError> {
+        self.count(
+            "SELECT EXISTS (SELECT 1 FROM sessions WHERE user_id = ?1 AND expires_at_ms > ?2)",
+            params![user.0, at_ms],
+        )
+        .map(|found| found != 0)
+    }
+
+    fn away_count(&self, recipient: &Username) -> Result<u64, StoreError> {
+        self.count(
+            "SELECT count(*) FROM messages WHERE recipient = ?1 AND to_deliver = 0",
+            [recipient.as_str()],
+        )
+    }
+
+    fn away_messages(&self, recipient: &Username, limit: u32) -> Result<Vec<MessageRecord>, StoreError> {
+        self.messages(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE recipient = ?1 AND to_deliver = 0 \
+                 ORDER BY id LIMIT ?2"
+            ),
+            params![recipient.as_str(), limit],
+        )
+    }
+
+    fn messages_by_ids(&self, ids: &[MessageId]) -> Result<Vec<MessageRecord>, StoreError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1");
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(self.messages(&sql, [id.0])?);
+        }
+        found.sort_by_key(|m| m.id);
+        found.dedup_by_key(|m| m.id);
+        Ok(found)
+    }
+
+    fn inbox(
+        &self,
+        owner: &Username,
+        with: Option<&Username>,
+        page: Page,
+    ) -> Result<(Vec<MessageRecord>, u64), StoreError> {
+        let (limit, offset) = page_params(page);
+        match with {
+            None => Ok((
+                self.messages(
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE recipient = ?1 \
+                         ORDER BY id DESC LIMIT ?2 OFFSET ?3"
+                    ),
+                    params![owner.as_str(), limit, offset],
+                )?,
+                self.count("SELECT count(*) FROM messages WHERE recipient = ?1", [owner.as_str()])?,
+            )),
+            Some(other) => {
+                const BETWEEN: &str = "(recipient = ?1 AND sender = ?2) OR (recipient = ?2 AND sender = ?1)";
+                Ok((
+                    self.messages(
+                        &format!(
+                            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE {BETWEEN} \
+                             ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+                        ),
+                        params![owner.as_str(), other.as_str(), limit, offset],
+                    )?,
+                    self.count(
+                        &format!("SELECT count(*) FROM messages WHERE {BETWEEN}"),
+                        params![owner.as_str(), other.as_str()],
+                    )?,
+                ))
+            }
+        }
+    }
+
+    fn accounts(&self, pattern: &Pattern, page: Page) -> Result<(Vec<AccountRecord>, u64), StoreError> {
+        let (limit, offset) = page_params(page);
+        let like = pattern.to_like();
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT id, username FROM users WHERE username LIKE ?1 ESCAPE '\\' \
+                 ORDER BY username LIMIT ?2 OFFSET ?3",
+            )
+            .map_err(storage)?;
+        let rows = statement
+            .query_map(params![like, limit, offset], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        let accounts = rows
+            .into_iter()
+            .map(|(id, name)| {
+                Ok(AccountRecord {
+                    id: UserId(id),
+                    username: stored("username", Username::new(&name))?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let total = self.count("SELECT count(*) FROM users WHERE username LIKE ?1 ESCAPE '\\'", [like])?;
+        Ok((accounts, total))
+    }
+
+    fn remembered(&self, key: &IdempotencyKey) -> Result<Option<Remembered>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT scope, kind, outcome, at_ms FROM idempotency WHERE key = ?1")
+            .map_err(storage)?;
+        let raw = statement
+            .query_row([key.as_str()], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+            })
+            .optional()
+            .map_err(storage)?;
+        raw.map(|(scope, kind, outcome, at_ms)| {
+            Ok(Remembered {
+                scope,
+                kind,
+                outcome: serde_json::from_str(&outcome)
+                    .map_err(|e| StoreError(format!("corrupt remembered outcome in database: {e}")))?,
+                at_ms,
+            })
+        })
+        .transpose()
+    }
+
+    fn last_ids(&self) -> Result<LastIds, StoreError> {
+        Ok(LastIds {
+            user: self.counter("last_user_id")?,
+            message: self.counter("last_message_id")?,
+        })
+    }
+
+    fn dump(&self) -> Result<StateDump, StoreError> {
+        let mut users_statement = self
+            .conn
+            .prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))
+            .map_err(storage)?;
+        let users = users_statement
+            .query_map([], user_row)
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?
+            .into_iter()
+            .map(to_user)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut sessions_statement = self
+            .conn
+            .prepare(&format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY token_digest"))
+            .map_err(storage)?;
+        let sessions = sessions_statement
+            .query_map([], session_row)
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        let messages = self.messages(&format!("SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY id"), [])?;
+        let mut keys_statement = self
+            .conn
+            .prepare("SELECT key FROM idempotency ORDER BY key")
+            .map_err(storage)?;
+        let keys = keys_statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        let mut remembered = Vec::with_capacity(keys.len());
+        for raw in keys {
+            let key = stored("idempotency key", IdempotencyKey::optional(&raw))?
+                .ok_or_else(|| StoreError("empty idempotency key in database".into()))?;
+            let entry = self
+                .remembered(&key)?
+                .ok_or_else(|| StoreError("idempotency row vanished during dump".into()))?;
+            remembered.push((key, entry));
+        }
+        Ok(StateDump {
+            users,
+            sessions,
+            messages,
+            remembered,
+            last_ids: self.last_ids()?,
+        })
+    }
+}
+
+impl ChatStore for SqliteChat<'_> {
+    fn insert_user(&mut self, user: &UserRecord) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO users (id, username, password_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![user.id.0, user.username.as_str(), user.password_hash, user.created_at_ms],
+        )
+        .map(drop)
+    }
+
+    fn delete_user(&mut self, id: UserId) -> Result<(), StoreError> {
+        self.execute("DELETE FROM users WHERE id = ?1", [id.0]).map(drop)
+    }
+
+    fn insert_session(&mut self, session: &SessionRecord) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO sessions (token_digest, user_id, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![session.token_digest.as_str(), session.user_id.0, session.created_at_ms, session.expires_at_ms],
+        )
+        .map(drop)
+    }
+
+    fn delete_session(&mut self, digest: &TokenDigest) -> Result<bool, StoreError> {
+        self.execute("DELETE FROM sessions WHERE token_digest = ?1", [digest.as_str()])
+            .map(|n| n > 0)
+    }
+
+    fn delete_sessions_of(&mut self, user: UserId) -> Result<(), StoreError> {
+        self.execute("DELETE FROM sessions WHERE user_id = ?1", [user.0]).map(drop)
+    }
+
+    fn delete_expired_sessions(&mut self, at_ms: i64) -> Result<(), StoreError> {
+        self.execute("DELETE FROM sessions WHERE expires_at_ms <= ?1", [at_ms]).map(drop)
+    }
+
+    fn insert_message(&mut self, message: &MessageRecord) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO messages (id, sender, recipient, content, timestamp_ms, to_deliver) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                message.id.0,
+                message.sender.as_str(),
+                message.recipient.as_str(),
+                message.content,
+                message.timestamp_ms,
+                i64::from(message.delivered)
+            ],
+        )
+        .map(drop)
+    }
+
+    fn mark_delivered(&mut self, ids: &[MessageId]) -> Result<(), StoreError> {
+        for id in ids {
+            self.execute("UPDATE messages SET to_deliver = 1 WHERE id = ?1", [id.0])?;
+        }
+        Ok(())
+    }
+
+    fn delete_inbox_messages(&mut self, recipient: &Username, ids: &[MessageId]) -> Result<u64, StoreError> {
+        let mut count = 0;
+        for id in ids {
+            count += self.execute(
+                "DELETE FROM messages WHERE id = ?1 AND recipient = ?2",
+                params![id.0, recipient.as_str()],
+            )?;
+        }
+        Ok(count)
+    }
+
+    fn delete_messages_of(&mut self, user: &Username) -> Result<u64, StoreError> {
+        self.execute(
+            "DELETE FROM messages WHERE sender = ?1 OR recipient = ?1",
+            [user.as_str()],
+        )
+    }
+
+    fn remember(&mut self, key: &IdempotencyKey, entry: &Remembered) -> Result<(), StoreError> {
+        let outcome = serde_json::to_string(&entry.outcome)
+            .map_err(|e| StoreError(format!("cannot encode outcome: {e}")))?;
+        self.execute(
+            "INSERT INTO idempotency (key, scope, kind, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![key.as_str(), entry.scope, entry.kind, outcome, entry.at_ms],
+        )?;
+        let count = self.counter("remembered_count")?;
+        self.set_counter("remembered_count", count + 1)
+    }
+
+    fn forget_remembered(&mut self, before_ms: i64, keep_max: u64) -> Result<(), StoreError> {
+        // The count is kept in `counters` so that this runs in O(rows removed), not O(rows).
+        let mut count = self.counter("remembered_count")?;
+        count -= self.execute("DELETE FROM idempotency WHERE at_ms < ?1", [before_ms])? as i64;
+        let excess = count - keep_max as i64;
+        if excess > 0 {
+            count -= self.execute(
+                "DELETE FROM idempotency WHERE seq IN (SELECT seq FROM idempotency ORDER BY seq LIMIT ?1)",
+                [excess],
+            )? as i64;
+        }
+        self.set_counter("remembered_count", count)
+    }
+
+    fn set_last_ids(&mut self, ids: LastIds) -> Result<(), StoreError> {
+        self.set_counter("last_user_id", ids.user)?;
+        self.set_counter("last_message_id", ids.message)
+    }
+}
