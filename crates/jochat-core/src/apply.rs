@@ -112,6 +112,11 @@ fn create_session<S: ChatStore + ?Sized>(
     if expires_at_ms <= at_ms {
         return Err(ChatError::invalid("expires_at_ms", "must be after the command's time"));
     }
+    // Tokens carry 256 random bits, so a digest collision means a replayed or forged command;
+    // refusing it keeps every replica's answer the same whatever the store's key rules.
+    if store.session(token_digest)?.is_some() {
+        return Err(ChatError::invalid("token_digest", "is already in use"));
+    }
     // One session per account: a new login ends the others. Expired sessions of everyone are
     // swept here too, so the table does not grow with abandoned logins.
     store.delete_expired_sessions(at_ms)?;
