@@ -16,7 +16,10 @@ use crate::types::{Content, FetchLimit, MessageId, MessageIds, TokenDigest, User
 /// # Errors
 /// The rule the command breaks (unknown session, name taken, unknown recipient, ...), or a
 /// storage failure. In every case the store is unchanged.
-pub fn apply<S: ChatStore + ?Sized>(store: &mut S, command: &Command) -> Result<Outcome, ChatError> {
+pub fn apply<S: ChatStore + ?Sized>(
+    store: &mut S,
+    command: &Command,
+) -> Result<Outcome, ChatError> {
     let scope = command.action.idempotency_scope();
     if let (Some(key), Some(scope)) = (&command.idempotency_key, &scope) {
         if let Some(first) = store.remembered(key)? {
@@ -54,7 +57,10 @@ pub fn apply<S: ChatStore + ?Sized>(store: &mut S, command: &Command) -> Result<
     };
 
     if let (Some(key), Some(scope)) = (&command.idempotency_key, scope) {
-        store.forget_remembered(at_ms.saturating_sub(IDEMPOTENCY_TTL_MS), IDEMPOTENCY_ENTRIES_MAX - 1)?;
+        store.forget_remembered(
+            at_ms.saturating_sub(IDEMPOTENCY_TTL_MS),
+            IDEMPOTENCY_ENTRIES_MAX - 1,
+        )?;
         store.remember(
             key,
             &Remembered {
@@ -88,10 +94,7 @@ fn sign_up<S: ChatStore + ?Sized>(
         password_hash: password_hash.to_owned(),
         created_at_ms: at_ms,
     })?;
-    store.set_last_ids(LastIds {
-        user: id.0,
-        ..last
-    })?;
+    store.set_last_ids(LastIds { user: id.0, ..last })?;
     Ok(Outcome::SignedUp {
         user_id: id,
         username: username.clone(),
@@ -110,7 +113,10 @@ fn create_session<S: ChatStore + ?Sized>(
         return Err(ChatError::WrongCredentials);
     };
     if expires_at_ms <= at_ms {
-        return Err(ChatError::invalid("expires_at_ms", "must be after the command's time"));
+        return Err(ChatError::invalid(
+            "expires_at_ms",
+            "must be after the command's time",
+        ));
     }
     // Tokens carry 256 random bits, so a digest collision means a replayed or forged command;
     // refusing it keeps every replica's answer the same whatever the store's key rules.
@@ -276,7 +282,12 @@ mod tests {
         digest
     }
 
-    fn send(store: &mut MemoryStore, session: &TokenDigest, to: &str, at_ms: i64) -> Result<Outcome, ChatError> {
+    fn send(
+        store: &mut MemoryStore,
+        session: &TokenDigest,
+        to: &str,
+        at_ms: i64,
+    ) -> Result<Outcome, ChatError> {
         apply(
             store,
             &command(
@@ -297,9 +308,18 @@ mod tests {
         let before = store.dump().unwrap();
         let refused = apply(
             &mut store,
-            &command(2, Action::SignUp { username: name("ALICE"), password_hash: "h".into() }),
+            &command(
+                2,
+                Action::SignUp {
+                    username: name("ALICE"),
+                    password_hash: "h".into(),
+                },
+            ),
         );
-        assert_eq!(refused.unwrap_err().to_string(), "username: \"Alice\" is already taken");
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "username: \"Alice\" is already taken"
+        );
         assert_eq!(store.dump().unwrap(), before);
     }
 
@@ -312,25 +332,53 @@ mod tests {
 
         // 1. Bob has no session: the message waits as away.
         let away = send(&mut store, &alice_session, "BOB", 20).unwrap();
-        assert_eq!(away, Outcome::MessageSent { id: MessageId(1), timestamp_ms: 20, delivered: false });
+        assert_eq!(
+            away,
+            Outcome::MessageSent {
+                id: MessageId(1),
+                timestamp_ms: 20,
+                delivered: false
+            }
+        );
         assert_eq!(store.away_count(&name("bob")).unwrap(), 1);
 
         // 2. Bob logs in: the next message is delivered at once.
         let bob_session = log_in(&mut store, bob, 2, 30);
         let delivered = send(&mut store, &alice_session, "bob", 40).unwrap();
-        assert!(matches!(delivered, Outcome::MessageSent { delivered: true, .. }));
+        assert!(matches!(
+            delivered,
+            Outcome::MessageSent {
+                delivered: true,
+                ..
+            }
+        ));
 
         // 3. Fetching marks the away one delivered.
         let fetched = apply(
             &mut store,
-            &command(50, Action::MarkDelivered { session: bob_session.clone(), limit: FetchLimit::new(0).unwrap() }),
+            &command(
+                50,
+                Action::MarkDelivered {
+                    session: bob_session.clone(),
+                    limit: FetchLimit::new(0).unwrap(),
+                },
+            ),
         )
         .unwrap();
-        assert_eq!(fetched, Outcome::Delivered { ids: vec![MessageId(1)], remaining: 0 });
+        assert_eq!(
+            fetched,
+            Outcome::Delivered {
+                ids: vec![MessageId(1)],
+                remaining: 0
+            }
+        );
 
         // 4. After the session expires, messages are away again and the session is refused.
         let later = 30 + HOUR_MS;
-        assert!(matches!(send(&mut store, &alice_session, "bob", later).unwrap_err(), ChatError::Unauthenticated(_)));
+        assert!(matches!(
+            send(&mut store, &alice_session, "bob", later).unwrap_err(),
+            ChatError::Unauthenticated(_)
+        ));
     }
 
     #[test]
@@ -340,7 +388,10 @@ mod tests {
         sign_up(&mut store, "bob");
         let first = log_in(&mut store, alice, 1, 10);
         let second = log_in(&mut store, alice, 2, 20);
-        assert!(matches!(send(&mut store, &first, "bob", 30), Err(ChatError::Unauthenticated(_))));
+        assert!(matches!(
+            send(&mut store, &first, "bob", 30),
+            Err(ChatError::Unauthenticated(_))
+        ));
         assert!(send(&mut store, &second, "bob", 30).is_ok());
     }
 
@@ -355,11 +406,23 @@ mod tests {
         send(&mut store, &b, "alice", 12).unwrap(); // id 2, alice's
         let outcome = apply(
             &mut store,
-            &command(13, Action::DeleteMessages { session: b.clone(), ids: MessageIds::new(&[1, 2, 99]).unwrap() }),
+            &command(
+                13,
+                Action::DeleteMessages {
+                    session: b.clone(),
+                    ids: MessageIds::new(&[1, 2, 99]).unwrap(),
+                },
+            ),
         )
         .unwrap();
         assert_eq!(outcome, Outcome::MessagesDeleted { count: 1 });
-        assert_eq!(store.messages_by_ids(&[MessageId(1), MessageId(2)]).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .messages_by_ids(&[MessageId(1), MessageId(2)])
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -373,8 +436,17 @@ mod tests {
         send(&mut store, &a, "bob", 11).unwrap();
         send(&mut store, &b, "alice", 12).unwrap();
         send(&mut store, &b, "carol", 13).unwrap();
-        let outcome = apply(&mut store, &command(14, Action::DeleteAccount { session: a.clone() })).unwrap();
-        assert_eq!(outcome, Outcome::AccountDeleted { messages_deleted: 2 });
+        let outcome = apply(
+            &mut store,
+            &command(14, Action::DeleteAccount { session: a.clone() }),
+        )
+        .unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::AccountDeleted {
+                messages_deleted: 2
+            }
+        );
         let dump = store.dump().unwrap();
         assert_eq!(dump.users.len(), 2);
         assert_eq!(dump.sessions.len(), 1);
@@ -408,6 +480,9 @@ mod tests {
         // The same key for another kind of write is refused.
         let mut other = command(30, Action::RevokeSession { session: a });
         other.idempotency_key = key;
-        assert_eq!(apply(&mut store, &other).unwrap_err(), ChatError::IdempotencyKeyReused);
+        assert_eq!(
+            apply(&mut store, &other).unwrap_err(),
+            ChatError::IdempotencyKeyReused
+        );
     }
 }

@@ -115,7 +115,9 @@ impl Action {
         match self {
             Self::SignUp { username, .. } => Some(format!("sign_up:{}", username.folded())),
             Self::CreateSession { .. } => None,
-            _ => self.session().map(|digest| format!("session:{}", digest.as_str())),
+            _ => self
+                .session()
+                .map(|digest| format!("session:{}", digest.as_str())),
         }
     }
 }

@@ -16,8 +16,8 @@
 //! - [`store`]: the storage traits and the rows they exchange.
 //! - [`apply`](mod@apply): the state machine.
 //! - [`query`]: authentication and the read queries.
-//! - [`memory`]: [`MemoryStore`].
-//! - [`error`]: [`ChatError`].
+//! - [`memory`]: the in-memory store, [`MemoryStore`].
+//! - [`error`]: the error type, [`ChatError`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,7 +1,7 @@
 //! Every bound the chat core enforces, in one place.
 //!
 //! Each limit is named after what it bounds, with the unit last. What happens at the limit is
-//! written beside it; the relations between limits are checked by the tests at the bottom.
+//! written beside it; the relations between limits are checked when the crate compiles (bottom of this file).
 
 /// Shortest username, in characters.
 pub const USERNAME_CHARS_MIN: usize = 1;
@@ -41,18 +41,16 @@ pub const IDEMPOTENCY_ENTRIES_MAX: u64 = 100_000;
 /// Length of a session token: 32 random bytes as lowercase hex (256 bits).
 pub const SESSION_TOKEN_HEX_CHARS: usize = 64;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_are_consistent() {
-        assert!(USERNAME_CHARS_MIN <= USERNAME_CHARS_MAX);
-        assert!(CONTENT_BYTES_MAX_DEFAULT <= CONTENT_BYTES_LIMIT);
-        // A single message must always fit in one reply, or fetch could not make progress.
-        assert!(CONTENT_BYTES_LIMIT <= REPLY_CONTENT_BYTES_MAX);
-        assert!(PAGE_LIMIT_DEFAULT <= PAGE_LIMIT_MAX);
-        assert!(FETCH_LIMIT_DEFAULT <= FETCH_LIMIT_MAX);
-        assert!(SESSION_TOKEN_HEX_CHARS * 4 >= 128, "tokens carry at least 128 random bits");
-    }
-}
+// The relations between the limits, checked when the crate compiles.
+const _: () = {
+    assert!(USERNAME_CHARS_MIN <= USERNAME_CHARS_MAX);
+    assert!(CONTENT_BYTES_MAX_DEFAULT <= CONTENT_BYTES_LIMIT);
+    // A single message must always fit in one reply, or fetching could not make progress.
+    assert!(CONTENT_BYTES_LIMIT <= REPLY_CONTENT_BYTES_MAX);
+    assert!(PAGE_LIMIT_DEFAULT <= PAGE_LIMIT_MAX);
+    assert!(FETCH_LIMIT_DEFAULT <= FETCH_LIMIT_MAX);
+    assert!(
+        SESSION_TOKEN_HEX_CHARS * 4 >= 128,
+        "tokens carry at least 128 random bits"
+    );
+};

@@ -33,7 +33,9 @@ impl MemoryStore {
 }
 
 fn page_of<T: Clone>(items: &[T], page: Page) -> Vec<T> {
-    let start = usize::try_from(page.offset).unwrap_or(usize::MAX).min(items.len());
+    let start = usize::try_from(page.offset)
+        .unwrap_or(usize::MAX)
+        .min(items.len());
     let end = start.saturating_add(page.limit as usize).min(items.len());
     items[start..end].to_vec()
 }
@@ -213,7 +215,11 @@ impl ChatStore for MemoryStore {
     ) -> Result<u64, StoreError> {
         let mut count = 0;
         for id in ids {
-            if self.messages.get(id).is_some_and(|m| m.recipient == *recipient) {
+            if self
+                .messages
+                .get(id)
+                .is_some_and(|m| m.recipient == *recipient)
+            {
                 self.messages.remove(id);
                 count += 1;
             }

@@ -37,7 +37,10 @@ impl Pattern {
             ));
         }
         if raw.chars().any(char::is_control) {
-            return Err(ChatError::invalid("pattern", "must not contain control characters"));
+            return Err(ChatError::invalid(
+                "pattern",
+                "must not contain control characters",
+            ));
         }
         let has_wildcard = raw.contains(['*', '?']);
         let mut tokens = Vec::with_capacity(chars + 2);

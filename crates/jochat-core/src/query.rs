@@ -56,7 +56,9 @@ pub fn authenticate_digest<R: ChatRead + ?Sized>(
     }
     store
         .user_by_id(session.user_id)?
-        .ok_or(ChatError::Unauthenticated("session's account no longer exists"))
+        .ok_or(ChatError::Unauthenticated(
+            "session's account no longer exists",
+        ))
 }
 
 /// The number of `user`'s away messages.

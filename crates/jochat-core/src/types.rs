@@ -26,7 +26,10 @@ impl MessageId {
     /// `InvalidArgument` on `field` when `raw` is zero or negative.
     pub fn parse(field: &'static str, raw: i64) -> Result<Self, ChatError> {
         if raw <= 0 {
-            return Err(ChatError::invalid(field, format!("ids must be positive, got {raw}")));
+            return Err(ChatError::invalid(
+                field,
+                format!("ids must be positive, got {raw}"),
+            ));
         }
         Ok(Self(raw))
     }
@@ -114,7 +117,10 @@ impl Credential {
         if raw.len() > PASSWORD_BYTES_MAX {
             return Err(ChatError::invalid(
                 "password",
-                format!("must be at most {PASSWORD_BYTES_MAX} bytes, got {}", raw.len()),
+                format!(
+                    "must be at most {PASSWORD_BYTES_MAX} bytes, got {}",
+                    raw.len()
+                ),
             ));
         }
         Ok(Self(raw.to_owned()))
@@ -291,7 +297,9 @@ impl SessionToken {
     /// `Unauthenticated` when it is not 64 lowercase hex characters.
     pub fn parse(raw: &str) -> Result<Self, ChatError> {
         if raw.len() != SESSION_TOKEN_HEX_CHARS
-            || !raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !raw
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(ChatError::Unauthenticated("session token is malformed"));
         }
@@ -350,7 +358,10 @@ impl IdempotencyKey {
         if raw.len() > IDEMPOTENCY_KEY_CHARS_MAX {
             return Err(ChatError::invalid(
                 "idempotency_key",
-                format!("must be at most {IDEMPOTENCY_KEY_CHARS_MAX} characters, got {}", raw.len()),
+                format!(
+                    "must be at most {IDEMPOTENCY_KEY_CHARS_MAX} characters, got {}",
+                    raw.len()
+                ),
             ));
         }
         if !raw
@@ -403,7 +414,13 @@ mod tests {
         assert!(rule_of(Page::new(0, -5).unwrap_err()).starts_with("limit: "));
         assert!(rule_of(Page::new(0, 1001).unwrap_err()).starts_with("limit: "));
         assert!(rule_of(Page::new(0, i64::MAX).unwrap_err()).starts_with("limit: "));
-        assert_eq!(Page::new(7, 1000).unwrap(), Page { offset: 7, limit: 1000 });
+        assert_eq!(
+            Page::new(7, 1000).unwrap(),
+            Page {
+                offset: 7,
+                limit: 1000
+            }
+        );
     }
 
     #[test]
@@ -411,7 +428,10 @@ mod tests {
         assert!(MessageIds::new(&[]).is_err());
         assert!(MessageIds::new(&[1, 0]).is_err());
         assert!(MessageIds::new(&vec![1; 1001]).is_err());
-        assert_eq!(MessageIds::new(&[3, 1, 3]).unwrap().as_slice(), &[MessageId(1), MessageId(3)]);
+        assert_eq!(
+            MessageIds::new(&[3, 1, 3]).unwrap().as_slice(),
+            &[MessageId(1), MessageId(3)]
+        );
     }
 
     #[test]
@@ -430,7 +450,10 @@ mod tests {
         assert!(Content::new(String::new(), 10).is_err());
         assert!(Content::new("x".repeat(11), 10).is_err());
         assert!(Content::new("x".repeat(10), 10).is_ok());
-        assert_eq!(rule_of(Credential::new("").unwrap_err()), "password: must not be empty");
+        assert_eq!(
+            rule_of(Credential::new("").unwrap_err()),
+            "password: must not be empty"
+        );
         assert!(Credential::new(&"p".repeat(257)).is_err());
     }
 

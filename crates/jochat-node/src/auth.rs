@@ -80,7 +80,11 @@ impl Hasher {
     ///
     /// # Errors
     /// `Hashing` if the decoy cannot be made.
-    pub async fn verify(&self, credential: &Credential, stored: Option<String>) -> Result<bool, NodeError> {
+    pub async fn verify(
+        &self,
+        credential: &Credential,
+        stored: Option<String>,
+    ) -> Result<bool, NodeError> {
         let exists = stored.is_some();
         let stored = match stored {
             Some(stored) => stored,
@@ -95,7 +99,11 @@ impl Hasher {
         };
         let credential = credential.clone();
         let matches = self
-            .blocking(move || Argon2::default().verify_password(credential.as_bytes(), stored.as_str()).is_ok())
+            .blocking(move || {
+                Argon2::default()
+                    .verify_password(credential.as_bytes(), stored.as_str())
+                    .is_ok()
+            })
             .await?;
         Ok(exists && matches)
     }
@@ -186,9 +194,15 @@ impl LoginLimiter {
             }
         }
         let now = Instant::now();
-        let entry = table.entry(name.to_owned()).or_insert(Failures { count: 0, first_at: now });
+        let entry = table.entry(name.to_owned()).or_insert(Failures {
+            count: 0,
+            first_at: now,
+        });
         if entry.first_at.elapsed() >= self.lockout {
-            *entry = Failures { count: 0, first_at: now };
+            *entry = Failures {
+                count: 0,
+                first_at: now,
+            };
         }
         entry.count += 1;
     }
@@ -210,17 +224,26 @@ mod tests {
             limiter.check("alice").expect("not locked yet");
             limiter.record_failure("alice");
         }
-        assert!(matches!(limiter.check("alice"), Err(NodeError::RateLimited { retry_after_secs: 1..=60 })));
+        assert!(matches!(
+            limiter.check("alice"),
+            Err(NodeError::RateLimited {
+                retry_after_secs: 1..=60
+            })
+        ));
         limiter.check("bob").expect("other names are not affected");
         limiter.record_success("alice");
-        limiter.check("alice").expect("a success clears the failures");
+        limiter
+            .check("alice")
+            .expect("a success clears the failures");
     }
 
     #[test]
     fn the_lockout_ends() {
         let limiter = LoginLimiter::new(1, Duration::ZERO);
         limiter.record_failure("alice");
-        limiter.check("alice").expect("a zero lockout has already ended");
+        limiter
+            .check("alice")
+            .expect("a zero lockout has already ended");
     }
 
     #[tokio::test]
@@ -229,8 +252,14 @@ mod tests {
         let credential = Credential::new("secret").unwrap();
         let hash = hasher.hash(&credential).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(hasher.verify(&credential, Some(hash.clone())).await.unwrap());
-        assert!(!hasher.verify(&Credential::new("wrong").unwrap(), Some(hash.clone())).await.unwrap());
+        assert!(hasher
+            .verify(&credential, Some(hash.clone()))
+            .await
+            .unwrap());
+        assert!(!hasher
+            .verify(&Credential::new("wrong").unwrap(), Some(hash.clone()))
+            .await
+            .unwrap());
         assert!(!hasher.verify(&credential, None).await.unwrap());
         // Two hashes of one credential differ: each has its own salt.
         assert_ne!(hasher.hash(&credential).await.unwrap(), hash);

@@ -40,7 +40,9 @@ impl FromStr for Peer {
             .rsplit_once(':')
             .ok_or_else(|| format!("{raw:?} is not ID:HOST:PORT"))?;
         if id == 0 || host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("{raw:?} is not ID:HOST:PORT with ID and PORT above 0"));
+            return Err(format!(
+                "{raw:?} is not ID:HOST:PORT with ID and PORT above 0"
+            ));
         }
         Ok(Self {
             id,
@@ -54,7 +56,12 @@ impl FromStr for Peer {
 #[command(name = "jochat-node", version, about = "A JoChat server node")]
 pub struct NodeConfig {
     /// This node's server id (positive; the lowest live id is preferred as leader).
-    #[arg(long = "server-id", alias = "server_id", env = "JOCHAT_SERVER_ID", default_value_t = 1)]
+    #[arg(
+        long = "server-id",
+        alias = "server_id",
+        env = "JOCHAT_SERVER_ID",
+        default_value_t = 1
+    )]
     pub server_id: u64,
     /// Address to listen on.
     #[arg(long, env = "JOCHAT_HOST", default_value = "127.0.0.1")]
@@ -69,10 +76,21 @@ pub struct NodeConfig {
     #[arg(long, env = "JOCHAT_PEERS", value_delimiter = ',')]
     pub peers: Vec<Peer>,
     /// Shared secret required on internal cluster calls.
-    #[arg(long = "cluster-secret", alias = "cluster_secret", env = "JOCHAT_CLUSTER_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "cluster-secret",
+        alias = "cluster_secret",
+        env = "JOCHAT_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
     pub cluster_secret: Option<String>,
     /// How hard commits are made durable.
-    #[arg(long = "sync-mode", alias = "sync_mode", env = "JOCHAT_SYNC_MODE", value_enum, default_value = "full")]
+    #[arg(
+        long = "sync-mode",
+        alias = "sync_mode",
+        env = "JOCHAT_SYNC_MODE",
+        value_enum,
+        default_value = "full"
+    )]
     pub sync_mode: SyncMode,
     /// How long a session lasts, in seconds.
     #[arg(long = "session-ttl-secs", alias = "session_ttl_secs", env = "JOCHAT_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600)]
@@ -84,16 +102,36 @@ pub struct NodeConfig {
     #[arg(long = "request-bytes-max", alias = "request_bytes_max", env = "JOCHAT_REQUEST_BYTES_MAX", default_value_t = 1024 * 1024)]
     pub request_bytes_max: usize,
     /// Failed log-ins for one username before further attempts are refused for a while.
-    #[arg(long = "login-failures-max", alias = "login_failures_max", env = "JOCHAT_LOGIN_FAILURES_MAX", default_value_t = 5)]
+    #[arg(
+        long = "login-failures-max",
+        alias = "login_failures_max",
+        env = "JOCHAT_LOGIN_FAILURES_MAX",
+        default_value_t = 5
+    )]
     pub login_failures_max: u32,
     /// How long log-ins stay refused after too many failures, in seconds.
-    #[arg(long = "login-lockout-secs", alias = "login_lockout_secs", env = "JOCHAT_LOGIN_LOCKOUT_SECS", default_value_t = 60)]
+    #[arg(
+        long = "login-lockout-secs",
+        alias = "login_lockout_secs",
+        env = "JOCHAT_LOGIN_LOCKOUT_SECS",
+        default_value_t = 60
+    )]
     pub login_lockout_secs: u64,
     /// Read connections to the database at most.
-    #[arg(long = "read-pool-size", alias = "read_pool_size", env = "JOCHAT_READ_POOL_SIZE", default_value_t = 4)]
+    #[arg(
+        long = "read-pool-size",
+        alias = "read_pool_size",
+        env = "JOCHAT_READ_POOL_SIZE",
+        default_value_t = 4
+    )]
     pub read_pool_size: u32,
     /// Concurrent requests per client connection at most; more wait.
-    #[arg(long = "connection-requests-max", alias = "connection_requests_max", env = "JOCHAT_CONNECTION_REQUESTS_MAX", default_value_t = 256)]
+    #[arg(
+        long = "connection-requests-max",
+        alias = "connection_requests_max",
+        env = "JOCHAT_CONNECTION_REQUESTS_MAX",
+        default_value_t = 256
+    )]
     pub connection_requests_max: usize,
 }
 
@@ -133,10 +171,16 @@ impl NodeConfig {
             return fail("peers", format!("lists this node's own id {}", peer.id));
         }
         if !(1..=365 * 24 * 3600).contains(&self.session_ttl_secs) {
-            return fail("session-ttl-secs", "must be between 1 second and 365 days".into());
+            return fail(
+                "session-ttl-secs",
+                "must be between 1 second and 365 days".into(),
+            );
         }
         if !(1..=CONTENT_BYTES_LIMIT).contains(&self.content_bytes_max) {
-            return fail("content-bytes-max", format!("must be between 1 and {CONTENT_BYTES_LIMIT}"));
+            return fail(
+                "content-bytes-max",
+                format!("must be between 1 and {CONTENT_BYTES_LIMIT}"),
+            );
         }
         let request_min = self.content_bytes_max + REQUEST_OVERHEAD_BYTES;
         if self.request_bytes_max < request_min || self.request_bytes_max > 64 * 1024 * 1024 {
@@ -152,7 +196,10 @@ impl NodeConfig {
             return fail("read-pool-size", "must be between 1 and 64".into());
         }
         if !(1..=65_536).contains(&self.connection_requests_max) {
-            return fail("connection-requests-max", "must be between 1 and 65536".into());
+            return fail(
+                "connection-requests-max",
+                "must be between 1 and 65536".into(),
+            );
         }
         if self.cluster_secret.as_deref().is_some_and(str::is_empty) {
             return fail("cluster-secret", "must not be empty when given".into());
@@ -166,7 +213,11 @@ impl NodeConfig {
     /// # Errors
     /// `NodeError::Config` on `host` when it is not an IP address.
     pub fn listen_address(&self) -> Result<SocketAddr, NodeError> {
-        let host = if self.host == "localhost" { "127.0.0.1" } else { &self.host };
+        let host = if self.host == "localhost" {
+            "127.0.0.1"
+        } else {
+            &self.host
+        };
         let ip = host.parse().map_err(|_| NodeError::Config {
             flag: "host",
             rule: format!("{:?} is not an IP address", self.host),
@@ -176,9 +227,9 @@ impl NodeConfig {
 
     /// The database file: `--db-file`, or `jochat-data/node-<id>.db`.
     pub fn db_path(&self) -> PathBuf {
-        self.db_file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT).join(format!("node-{}.db", self.server_id)))
+        self.db_file.clone().unwrap_or_else(|| {
+            PathBuf::from(DATA_DIR_DEFAULT).join(format!("node-{}.db", self.server_id))
+        })
     }
 
     /// The store's part of the configuration.
@@ -215,24 +266,47 @@ mod tests {
         .expect("the prototype's command line parses");
         assert_eq!(config.server_id, 2);
         assert_eq!(config.db_path(), PathBuf::from("test/chat2.db"));
-        assert_eq!(config.peers, vec![Peer { id: 1, address: "127.0.0.1:5001".into() }]);
+        assert_eq!(
+            config.peers,
+            vec![Peer {
+                id: 1,
+                address: "127.0.0.1:5001".into()
+            }]
+        );
         config.validate().expect("valid");
     }
 
     #[test]
     fn defaults_serve_on_5001_under_the_data_folder() {
         let config = NodeConfig::default();
-        assert_eq!(config.listen_address().unwrap().to_string(), "127.0.0.1:5001");
+        assert_eq!(
+            config.listen_address().unwrap().to_string(),
+            "127.0.0.1:5001"
+        );
         assert_eq!(config.db_path(), PathBuf::from("jochat-data/node-1.db"));
         config.validate().expect("defaults are valid");
     }
 
     #[test]
     fn bad_values_name_the_flag() {
-        let config = NodeConfig { content_bytes_max: 0, ..NodeConfig::default() };
-        assert!(config.validate().unwrap_err().to_string().starts_with("--content-bytes-max: "));
-        let config = NodeConfig { host: "not a host".into(), ..NodeConfig::default() };
-        assert!(config.validate().unwrap_err().to_string().starts_with("--host: "));
+        let config = NodeConfig {
+            content_bytes_max: 0,
+            ..NodeConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("--content-bytes-max: "));
+        let config = NodeConfig {
+            host: "not a host".into(),
+            ..NodeConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("--host: "));
         assert!("x:1:2".parse::<Peer>().is_err());
         assert!("1:host".parse::<Peer>().is_err());
         assert!("0:h:1".parse::<Peer>().is_err());

@@ -60,7 +60,9 @@ impl NodeError {
                 ChatError::InvalidArgument { .. } => Code::InvalidArgument,
                 ChatError::AlreadyExists { .. } => Code::AlreadyExists,
                 ChatError::NotFound { .. } => Code::NotFound,
-                ChatError::Unauthenticated(_) | ChatError::WrongCredentials => Code::Unauthenticated,
+                ChatError::Unauthenticated(_) | ChatError::WrongCredentials => {
+                    Code::Unauthenticated
+                }
                 ChatError::IdempotencyKeyReused => Code::FailedPrecondition,
                 ChatError::Storage(_) => Code::Internal,
             },

@@ -82,7 +82,9 @@ pub struct Node {
 }
 
 fn unexpected(outcome: Outcome) -> NodeError {
-    NodeError::Task(format!("state machine returned an unexpected outcome: {outcome:?}"))
+    NodeError::Task(format!(
+        "state machine returned an unexpected outcome: {outcome:?}"
+    ))
 }
 
 fn session_digest(token: &str) -> Result<TokenDigest, NodeError> {
@@ -130,7 +132,11 @@ impl Node {
         &self.db
     }
 
-    async fn write(&self, idempotency_key: Option<IdempotencyKey>, action: Action) -> Result<Outcome, NodeError> {
+    async fn write(
+        &self,
+        idempotency_key: Option<IdempotencyKey>,
+        action: Action,
+    ) -> Result<Outcome, NodeError> {
         self.db
             .write(Command {
                 at_ms: now_ms(),
@@ -145,14 +151,23 @@ impl Node {
     /// # Errors
     /// `InvalidArgument` on `username`, `password` or `idempotency_key`; `AlreadyExists` when
     /// the name is taken ignoring case.
-    pub async fn sign_up(&self, username: &str, password: &str, key: &str) -> Result<(UserId, Username), NodeError> {
+    pub async fn sign_up(
+        &self,
+        username: &str,
+        password: &str,
+        key: &str,
+    ) -> Result<(UserId, Username), NodeError> {
         let username = Username::new(username)?;
         let credential = Credential::new(password)?;
         let key = IdempotencyKey::optional(key)?;
         // Refuse a taken name before spending an argon2 hash on it; the state machine checks
         // again, authoritatively.
         let probe = username.clone();
-        if let Some(existing) = self.db.read(move |store| Ok(store.user_by_name(&probe)?)).await? {
+        if let Some(existing) = self
+            .db
+            .read(move |store| Ok(store.user_by_name(&probe)?))
+            .await?
+        {
             return Err(ChatError::AlreadyExists {
                 field: "username",
                 value: existing.username.as_str().to_owned(),
@@ -160,7 +175,16 @@ impl Node {
             .into());
         }
         let password_hash = self.hasher.hash(&credential).await?;
-        match self.write(key, Action::SignUp { username, password_hash }).await? {
+        match self
+            .write(
+                key,
+                Action::SignUp {
+                    username,
+                    password_hash,
+                },
+            )
+            .await?
+        {
             Outcome::SignedUp { user_id, username } => Ok((user_id, username)),
             other => Err(unexpected(other)),
         }
@@ -177,7 +201,10 @@ impl Node {
         let credential = Credential::new(password)?;
         let folded = username.folded();
         self.limiter.check(&folded)?;
-        let user = self.db.read(move |store| Ok(store.user_by_name(&username)?)).await?;
+        let user = self
+            .db
+            .read(move |store| Ok(store.user_by_name(&username)?))
+            .await?;
         let stored = user.as_ref().map(|u| u.password_hash.clone());
         if !self.hasher.verify(&credential, stored).await? {
             self.limiter.record_failure(&folded);
@@ -199,9 +226,16 @@ impl Node {
             },
         };
         match self.db.write(command).await? {
-            Outcome::SessionCreated { user_id, username, expires_at_ms } => {
+            Outcome::SessionCreated {
+                user_id,
+                username,
+                expires_at_ms,
+            } => {
                 let owner = username.clone();
-                let unread_count = self.db.read(move |store| Ok(store.away_count(&owner)?)).await?;
+                let unread_count = self
+                    .db
+                    .read(move |store| Ok(store.away_count(&owner)?))
+                    .await?;
                 Ok(LoggedIn {
                     token,
                     user_id,
@@ -244,13 +278,37 @@ impl Node {
     /// # Errors
     /// `InvalidArgument` on `recipient`, `content` or `idempotency_key`; `NotFound` on an
     /// unknown recipient; `Unauthenticated`.
-    pub async fn send_message(&self, token: &str, recipient: &str, content: String, key: &str) -> Result<Sent, NodeError> {
+    pub async fn send_message(
+        &self,
+        token: &str,
+        recipient: &str,
+        content: String,
+        key: &str,
+    ) -> Result<Sent, NodeError> {
         let recipient = Username::parse("recipient", recipient)?;
         let content = Content::new(content, self.config.content_bytes_max)?;
         let key = IdempotencyKey::optional(key)?;
         let session = session_digest(token)?;
-        match self.write(key, Action::SendMessage { session, recipient, content }).await? {
-            Outcome::MessageSent { id, timestamp_ms, delivered } => Ok(Sent { id, timestamp_ms, delivered }),
+        match self
+            .write(
+                key,
+                Action::SendMessage {
+                    session,
+                    recipient,
+                    content,
+                },
+            )
+            .await?
+        {
+            Outcome::MessageSent {
+                id,
+                timestamp_ms,
+                delivered,
+            } => Ok(Sent {
+                id,
+                timestamp_ms,
+                delivered,
+            }),
             other => Err(unexpected(other)),
         }
     }
@@ -274,14 +332,28 @@ impl Node {
     ///
     /// # Errors
     /// `InvalidArgument` on `limit` or `idempotency_key`; `Unauthenticated`.
-    pub async fn fetch_away(&self, token: &str, limit: i64, key: &str) -> Result<Fetched, NodeError> {
+    pub async fn fetch_away(
+        &self,
+        token: &str,
+        limit: i64,
+        key: &str,
+    ) -> Result<Fetched, NodeError> {
         let limit = FetchLimit::new(limit)?;
         let key = IdempotencyKey::optional(key)?;
         let session = session_digest(token)?;
-        match self.write(key, Action::MarkDelivered { session, limit }).await? {
+        match self
+            .write(key, Action::MarkDelivered { session, limit })
+            .await?
+        {
             Outcome::Delivered { ids, remaining } => {
-                let messages = self.db.read(move |store| query::messages_by_ids(store, &ids)).await?;
-                Ok(Fetched { messages, remaining })
+                let messages = self
+                    .db
+                    .read(move |store| query::messages_by_ids(store, &ids))
+                    .await?;
+                Ok(Fetched {
+                    messages,
+                    remaining,
+                })
             }
             other => Err(unexpected(other)),
         }
@@ -293,7 +365,13 @@ impl Node {
     /// # Errors
     /// `InvalidArgument` on `offset`, `limit` or `with_user`; `NotFound` on an unknown
     /// `with_user`; `Unauthenticated`.
-    pub async fn list_messages(&self, token: &str, offset: i64, limit: i64, with_user: &str) -> Result<MessagePage, NodeError> {
+    pub async fn list_messages(
+        &self,
+        token: &str,
+        offset: i64,
+        limit: i64,
+        with_user: &str,
+    ) -> Result<MessagePage, NodeError> {
         let page = Page::new(offset, limit)?;
         let with_user = match with_user {
             "" => None,
@@ -314,11 +392,19 @@ impl Node {
     /// # Errors
     /// `InvalidArgument` on `ids` (none, more than 1000, not positive) or `idempotency_key`;
     /// `Unauthenticated`.
-    pub async fn delete_messages(&self, token: &str, ids: &[i64], key: &str) -> Result<u64, NodeError> {
+    pub async fn delete_messages(
+        &self,
+        token: &str,
+        ids: &[i64],
+        key: &str,
+    ) -> Result<u64, NodeError> {
         let ids = MessageIds::new(ids)?;
         let key = IdempotencyKey::optional(key)?;
         let session = session_digest(token)?;
-        match self.write(key, Action::DeleteMessages { session, ids }).await? {
+        match self
+            .write(key, Action::DeleteMessages { session, ids })
+            .await?
+        {
             Outcome::MessagesDeleted { count } => Ok(count),
             other => Err(unexpected(other)),
         }
@@ -328,7 +414,13 @@ impl Node {
     ///
     /// # Errors
     /// `InvalidArgument` on `pattern`, `offset` or `limit`; `Unauthenticated`.
-    pub async fn list_accounts(&self, token: &str, pattern: &str, offset: i64, limit: i64) -> Result<AccountPage, NodeError> {
+    pub async fn list_accounts(
+        &self,
+        token: &str,
+        pattern: &str,
+        offset: i64,
+        limit: i64,
+    ) -> Result<AccountPage, NodeError> {
         let pattern = Pattern::new(pattern)?;
         let page = Page::new(offset, limit)?;
         let digest = session_digest(token)?;
@@ -347,13 +439,22 @@ impl Node {
     /// # Errors
     /// `InvalidArgument` on `password` or `idempotency_key`; `WrongCredentials` on a wrong
     /// password (rate-limited like log-ins); `Unauthenticated`.
-    pub async fn delete_account(&self, token: &str, password: &str, key: &str) -> Result<u64, NodeError> {
+    pub async fn delete_account(
+        &self,
+        token: &str,
+        password: &str,
+        key: &str,
+    ) -> Result<u64, NodeError> {
         let credential = Credential::new(password)?;
         let key = IdempotencyKey::optional(key)?;
         let user = self.authenticate(token).await?;
         let folded = user.username.folded();
         self.limiter.check(&folded)?;
-        if !self.hasher.verify(&credential, Some(user.password_hash)).await? {
+        if !self
+            .hasher
+            .verify(&credential, Some(user.password_hash))
+            .await?
+        {
             self.limiter.record_failure(&folded);
             return Err(ChatError::WrongCredentials.into());
         }

@@ -49,7 +49,10 @@ pub async fn serve(
         .max_decoding_message_size(config.request_bytes_max);
 
     if !config.peers.is_empty() {
-        tracing::warn!(peers = config.peers.len(), "--peers is accepted but this build runs a single node");
+        tracing::warn!(
+            peers = config.peers.len(),
+            "--peers is accepted but this build runs a single node"
+        );
     }
     tracing::info!(%address, db = %node.database().path().display(), "serving jochat.v1");
     let served = Server::builder()

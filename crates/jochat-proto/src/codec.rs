@@ -21,7 +21,9 @@ pub struct JoChatCodec<T, U> {
 
 impl<T, U> Default for JoChatCodec<T, U> {
     fn default() -> Self {
-        Self { _types: PhantomData }
+        Self {
+            _types: PhantomData,
+        }
     }
 }
 

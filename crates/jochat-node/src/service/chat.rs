@@ -36,7 +36,9 @@ fn bearer(metadata: &MetadataMap) -> String {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| {
             let (scheme, token) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
         })
         .unwrap_or_default()
 }
@@ -79,12 +81,19 @@ type MessageStream = Pin<Box<dyn Stream<Item = Result<v1::Message, Status>> + Se
 
 #[tonic::async_trait]
 impl Chat for ChatApi {
-    async fn sign_up(&self, request: Request<v1::SignUpRequest>) -> Result<Response<v1::SignUpResponse>, Status> {
+    async fn sign_up(
+        &self,
+        request: Request<v1::SignUpRequest>,
+    ) -> Result<Response<v1::SignUpResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
         observe(node.id(), "sign_up", async move {
             let (user_id, username) = node
-                .sign_up(&request.username, &request.password, &request.idempotency_key)
+                .sign_up(
+                    &request.username,
+                    &request.password,
+                    &request.idempotency_key,
+                )
                 .await?;
             Ok(v1::SignUpResponse {
                 user_id: user_id.0,
@@ -94,7 +103,10 @@ impl Chat for ChatApi {
         .await
     }
 
-    async fn log_in(&self, request: Request<v1::LogInRequest>) -> Result<Response<v1::LogInResponse>, Status> {
+    async fn log_in(
+        &self,
+        request: Request<v1::LogInRequest>,
+    ) -> Result<Response<v1::LogInResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
         observe(node.id(), "log_in", async move {
@@ -110,7 +122,10 @@ impl Chat for ChatApi {
         .await
     }
 
-    async fn log_out(&self, request: Request<v1::LogOutRequest>) -> Result<Response<v1::LogOutResponse>, Status> {
+    async fn log_out(
+        &self,
+        request: Request<v1::LogOutRequest>,
+    ) -> Result<Response<v1::LogOutResponse>, Status> {
         let node = &self.node;
         let token = bearer(request.metadata());
         let request = request.into_inner();
@@ -130,7 +145,12 @@ impl Chat for ChatApi {
         let request = request.into_inner();
         observe(node.id(), "send_message", async move {
             let sent = node
-                .send_message(&token, &request.recipient, request.content, &request.idempotency_key)
+                .send_message(
+                    &token,
+                    &request.recipient,
+                    request.content,
+                    &request.idempotency_key,
+                )
                 .await?;
             let status = if sent.delivered {
                 v1::MessageStatus::Delivered
@@ -156,17 +176,24 @@ impl Chat for ChatApi {
         observe(node.id(), "unread_count", async move {
             check_consistency(request.consistency)?;
             let unread = node.unread_count(&token).await?;
-            Ok(v1::UnreadCountResponse { unread_count: count(unread) })
+            Ok(v1::UnreadCountResponse {
+                unread_count: count(unread),
+            })
         })
         .await
     }
 
-    async fn fetch_away(&self, request: Request<v1::FetchAwayRequest>) -> Result<Response<v1::FetchAwayResponse>, Status> {
+    async fn fetch_away(
+        &self,
+        request: Request<v1::FetchAwayRequest>,
+    ) -> Result<Response<v1::FetchAwayResponse>, Status> {
         let node = &self.node;
         let token = bearer(request.metadata());
         let request = request.into_inner();
         observe(node.id(), "fetch_away", async move {
-            let fetched = node.fetch_away(&token, request.limit, &request.idempotency_key).await?;
+            let fetched = node
+                .fetch_away(&token, request.limit, &request.idempotency_key)
+                .await?;
             Ok(v1::FetchAwayResponse {
                 messages: fetched.messages.into_iter().map(message).collect(),
                 remaining: count(fetched.remaining),
@@ -206,7 +233,9 @@ impl Chat for ChatApi {
             let deleted = node
                 .delete_messages(&token, &request.ids, &request.idempotency_key)
                 .await?;
-            Ok(v1::DeleteMessagesResponse { deleted_count: count(deleted) })
+            Ok(v1::DeleteMessagesResponse {
+                deleted_count: count(deleted),
+            })
         })
         .await
     }
@@ -242,14 +271,19 @@ impl Chat for ChatApi {
             let deleted = node
                 .delete_account(&token, &request.password, &request.idempotency_key)
                 .await?;
-            Ok(v1::DeleteAccountResponse { deleted_messages: count(deleted) })
+            Ok(v1::DeleteAccountResponse {
+                deleted_messages: count(deleted),
+            })
         })
         .await
     }
 
     type SubscribeStream = MessageStream;
 
-    async fn subscribe(&self, _request: Request<v1::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        _request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         Err(Status::unimplemented(
             "Subscribe is not served by this version of jochat-node",
         ))

@@ -28,7 +28,9 @@ pub(crate) async fn observe<T>(
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     span.in_scope(|| match &result {
         Ok(_) => tracing::info!(latency_us, outcome = "ok", "request served"),
-        Err(error) => tracing::info!(latency_us, outcome = ?error.code(), %error, "request refused"),
+        Err(error) => {
+            tracing::info!(latency_us, outcome = ?error.code(), %error, "request refused")
+        }
     });
     result.map(Response::new).map_err(Status::from)
 }

@@ -195,8 +195,17 @@ impl Database {
     /// Every write acknowledged before this returns is committed.
     pub async fn close(&self) {
         // Dropping the last sender ends the writer's loop once the queue is drained.
-        drop(self.jobs.lock().expect("the jobs mutex is never held across a panic").take());
-        let writer = self.writer.lock().expect("the writer mutex is never held across a panic").take();
+        drop(
+            self.jobs
+                .lock()
+                .expect("the jobs mutex is never held across a panic")
+                .take(),
+        );
+        let writer = self
+            .writer
+            .lock()
+            .expect("the writer mutex is never held across a panic")
+            .take();
         if let Some(writer) = writer {
             match tokio::task::spawn_blocking(move || writer.join()).await {
                 Ok(Ok(())) => tracing::debug!("writer thread stopped"),
@@ -219,7 +228,10 @@ fn writer_loop(mut conn: Connection, mut queue: mpsc::Receiver<WriteJob>, applie
         }
         let commands: Vec<&Command> = batch.iter().map(|job| &job.command).collect();
         let results = apply_batch(&mut conn, &commands);
-        let committed = results.iter().filter(|r| !matches!(r, Err(ChatError::Storage(_)))).count();
+        let committed = results
+            .iter()
+            .filter(|r| !matches!(r, Err(ChatError::Storage(_))))
+            .count();
         applied.fetch_add(committed as u64, Ordering::Relaxed);
         for (job, result) in batch.drain(..).zip(results) {
             // The requester may have gone (deadline passed); the command is committed anyway.
@@ -234,7 +246,10 @@ fn writer_loop(mut conn: Connection, mut queue: mpsc::Receiver<WriteJob>, applie
 /// Applies `commands` in one transaction, each in its own savepoint: a refused command is
 /// rolled back alone and the others commit together. If the transaction itself fails, every
 /// command gets the storage error and none is applied.
-pub fn apply_batch(conn: &mut Connection, commands: &[&Command]) -> Vec<Result<Outcome, ChatError>> {
+pub fn apply_batch(
+    conn: &mut Connection,
+    commands: &[&Command],
+) -> Vec<Result<Outcome, ChatError>> {
     let run = |conn: &mut Connection| -> Result<Vec<Result<Outcome, ChatError>>, rusqlite::Error> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(commands.len());

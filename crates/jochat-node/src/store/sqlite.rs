@@ -40,7 +40,9 @@ fn user_row(row: &Row<'_>) -> Raw<(i64, String, String, i64)> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
 }
 
-fn to_user((id, username, password_hash, created_at_ms): (i64, String, String, i64)) -> Result<UserRecord, StoreError> {
+fn to_user(
+    (id, username, password_hash, created_at_ms): (i64, String, String, i64),
+) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         id: UserId(id),
         username: stored("username", Username::new(&username))?,
@@ -61,10 +63,19 @@ fn session_row(row: &Row<'_>) -> Raw<SessionRecord> {
 type MessageRow = (i64, String, String, String, i64, i64);
 
 fn message_row(row: &Row<'_>) -> Raw<MessageRow> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
 }
 
-fn to_message((id, sender, recipient, content, timestamp_ms, to_deliver): MessageRow) -> Result<MessageRecord, StoreError> {
+fn to_message(
+    (id, sender, recipient, content, timestamp_ms, to_deliver): MessageRow,
+) -> Result<MessageRecord, StoreError> {
     Ok(MessageRecord {
         id: MessageId(id),
         sender: stored("sender", Username::new(&sender))?,
@@ -76,7 +87,11 @@ fn to_message((id, sender, recipient, content, timestamp_ms, to_deliver): Messag
 }
 
 impl SqliteChat<'_> {
-    fn messages(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<MessageRecord>, StoreError> {
+    fn messages(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
         let mut statement = self.conn.prepare_cached(sql).map_err(storage)?;
         let rows = statement
             .query_map(params, message_row)
@@ -88,7 +103,9 @@ impl SqliteChat<'_> {
 
     fn count(&self, sql: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
         let mut statement = self.conn.prepare_cached(sql).map_err(storage)?;
-        let count: i64 = statement.query_row(params, |row| row.get(0)).map_err(storage)?;
+        let count: i64 = statement
+            .query_row(params, |row| row.get(0))
+            .map_err(storage)?;
         Ok(count as u64)
     }
 
@@ -102,12 +119,17 @@ impl SqliteChat<'_> {
             .conn
             .prepare_cached("SELECT value FROM counters WHERE name = ?1")
             .map_err(storage)?;
-        statement.query_row([name], |row| row.get(0)).map_err(storage)
+        statement
+            .query_row([name], |row| row.get(0))
+            .map_err(storage)
     }
 
     fn set_counter(&self, name: &str, value: i64) -> Result<(), StoreError> {
-        self.execute("UPDATE counters SET value = ?2 WHERE name = ?1", params![name, value])
-            .map(drop)
+        self.execute(
+            "UPDATE counters SET value = ?2 WHERE name = ?1",
+            params![name, value],
+        )
+        .map(drop)
     }
 }
 
@@ -120,9 +142,14 @@ impl ChatRead for SqliteChat<'_> {
     fn user_by_name(&self, name: &Username) -> Result<Option<UserRecord>, StoreError> {
         let mut statement = self
             .conn
-            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"))
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE username = ?1"
+            ))
             .map_err(storage)?;
-        let raw = statement.query_row([name.as_str()], user_row).optional().map_err(storage)?;
+        let raw = statement
+            .query_row([name.as_str()], user_row)
+            .optional()
+            .map_err(storage)?;
         raw.map(to_user).transpose()
     }
 
@@ -131,16 +158,24 @@ impl ChatRead for SqliteChat<'_> {
             .conn
             .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
             .map_err(storage)?;
-        let raw = statement.query_row([id.0], user_row).optional().map_err(storage)?;
+        let raw = statement
+            .query_row([id.0], user_row)
+            .optional()
+            .map_err(storage)?;
         raw.map(to_user).transpose()
     }
 
     fn session(&self, digest: &TokenDigest) -> Result<Option<SessionRecord>, StoreError> {
         let mut statement = self
             .conn
-            .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_digest = ?1"))
+            .prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_digest = ?1"
+            ))
             .map_err(storage)?;
-        statement.query_row([digest.as_str()], session_row).optional().map_err(storage)
+        statement
+            .query_row([digest.as_str()], session_row)
+            .optional()
+            .map_err(storage)
     }
 
     fn has_live_session(&self, user: UserId, at_ms: i64) -> Result<bool, StoreError> {
@@ -158,7 +193,11 @@ impl ChatRead for SqliteChat<'_> {
         )
     }
 
-    fn away_messages(&self, recipient: &Username, limit: u32) -> Result<Vec<MessageRecord>, StoreError> {
+    fn away_messages(
+        &self,
+        recipient: &Username,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
         self.messages(
             &format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE recipient = ?1 AND to_deliver = 0 \
@@ -195,10 +234,14 @@ impl ChatRead for SqliteChat<'_> {
                     ),
                     params![owner.as_str(), limit, offset],
                 )?,
-                self.count("SELECT count(*) FROM messages WHERE recipient = ?1", [owner.as_str()])?,
+                self.count(
+                    "SELECT count(*) FROM messages WHERE recipient = ?1",
+                    [owner.as_str()],
+                )?,
             )),
             Some(other) => {
-                const BETWEEN: &str = "(recipient = ?1 AND sender = ?2) OR (recipient = ?2 AND sender = ?1)";
+                const BETWEEN: &str =
+                    "(recipient = ?1 AND sender = ?2) OR (recipient = ?2 AND sender = ?1)";
                 Ok((
                     self.messages(
                         &format!(
@@ -216,7 +259,11 @@ impl ChatRead for SqliteChat<'_> {
         }
     }
 
-    fn accounts(&self, pattern: &Pattern, page: Page) -> Result<(Vec<AccountRecord>, u64), StoreError> {
+    fn accounts(
+        &self,
+        pattern: &Pattern,
+        page: Page,
+    ) -> Result<(Vec<AccountRecord>, u64), StoreError> {
         let (limit, offset) = page_params(page);
         let like = pattern.to_like();
         let mut statement = self
@@ -227,7 +274,9 @@ impl ChatRead for SqliteChat<'_> {
             )
             .map_err(storage)?;
         let rows = statement
-            .query_map(params![like, limit, offset], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
+            .query_map(params![like, limit, offset], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })
             .map_err(storage)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
@@ -240,7 +289,10 @@ impl ChatRead for SqliteChat<'_> {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let total = self.count("SELECT count(*) FROM users WHERE username LIKE ?1 ESCAPE '\\'", [like])?;
+        let total = self.count(
+            "SELECT count(*) FROM users WHERE username LIKE ?1 ESCAPE '\\'",
+            [like],
+        )?;
         Ok((accounts, total))
     }
 
@@ -251,7 +303,12 @@ impl ChatRead for SqliteChat<'_> {
             .map_err(storage)?;
         let raw = statement
             .query_row([key.as_str()], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
             })
             .optional()
             .map_err(storage)?;
@@ -259,8 +316,9 @@ impl ChatRead for SqliteChat<'_> {
             Ok(Remembered {
                 scope,
                 kind,
-                outcome: serde_json::from_str(&outcome)
-                    .map_err(|e| StoreError(format!("corrupt remembered outcome in database: {e}")))?,
+                outcome: serde_json::from_str(&outcome).map_err(|e| {
+                    StoreError(format!("corrupt remembered outcome in database: {e}"))
+                })?,
                 at_ms,
             })
         })
@@ -289,14 +347,19 @@ impl ChatRead for SqliteChat<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let mut sessions_statement = self
             .conn
-            .prepare(&format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY token_digest"))
+            .prepare(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions ORDER BY token_digest"
+            ))
             .map_err(storage)?;
         let sessions = sessions_statement
             .query_map([], session_row)
             .map_err(storage)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
-        let messages = self.messages(&format!("SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY id"), [])?;
+        let messages = self.messages(
+            &format!("SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY id"),
+            [],
+        )?;
         let mut keys_statement = self
             .conn
             .prepare("SELECT key FROM idempotency ORDER BY key")
@@ -335,7 +398,8 @@ impl ChatStore for SqliteChat<'_> {
     }
 
     fn delete_user(&mut self, id: UserId) -> Result<(), StoreError> {
-        self.execute("DELETE FROM users WHERE id = ?1", [id.0]).map(drop)
+        self.execute("DELETE FROM users WHERE id = ?1", [id.0])
+            .map(drop)
     }
 
     fn insert_session(&mut self, session: &SessionRecord) -> Result<(), StoreError> {
@@ -347,16 +411,21 @@ impl ChatStore for SqliteChat<'_> {
     }
 
     fn delete_session(&mut self, digest: &TokenDigest) -> Result<bool, StoreError> {
-        self.execute("DELETE FROM sessions WHERE token_digest = ?1", [digest.as_str()])
-            .map(|n| n > 0)
+        self.execute(
+            "DELETE FROM sessions WHERE token_digest = ?1",
+            [digest.as_str()],
+        )
+        .map(|n| n > 0)
     }
 
     fn delete_sessions_of(&mut self, user: UserId) -> Result<(), StoreError> {
-        self.execute("DELETE FROM sessions WHERE user_id = ?1", [user.0]).map(drop)
+        self.execute("DELETE FROM sessions WHERE user_id = ?1", [user.0])
+            .map(drop)
     }
 
     fn delete_expired_sessions(&mut self, at_ms: i64) -> Result<(), StoreError> {
-        self.execute("DELETE FROM sessions WHERE expires_at_ms <= ?1", [at_ms]).map(drop)
+        self.execute("DELETE FROM sessions WHERE expires_at_ms <= ?1", [at_ms])
+            .map(drop)
     }
 
     fn insert_message(&mut self, message: &MessageRecord) -> Result<(), StoreError> {
@@ -382,7 +451,11 @@ impl ChatStore for SqliteChat<'_> {
         Ok(())
     }
 
-    fn delete_inbox_messages(&mut self, recipient: &Username, ids: &[MessageId]) -> Result<u64, StoreError> {
+    fn delete_inbox_messages(
+        &mut self,
+        recipient: &Username,
+        ids: &[MessageId],
+    ) -> Result<u64, StoreError> {
         let mut count = 0;
         for id in ids {
             count += self.execute(
