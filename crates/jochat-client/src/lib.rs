@@ -1,1 +1,83 @@
-//! placeholder
+//! The JoChat client library: [`ChatServerClient`], one typed async method per chat operation.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let node = jochat_node::spawn_ephemeral().await?;
+//! use jochat_client::ChatServerClient;
+//!
+//! let client = ChatServerClient::builder().servers([node.address()]).build()?;
+//! client.sign_up("alice", "correct horse").await?;
+//! let alice = client.log_in("alice", "correct horse").await?;
+//! client.send_message(&alice.token, "alice", "note to self").await?;
+//! assert_eq!(client.unread_count(&alice.token).await?, 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Passwords never leave the client: it sends their SHA-256 ([`hash_password`]), and the
+//! server stores only an argon2id hash of that. Errors are one enum, [`ClientError`], whose
+//! [`ClientError::is_retryable`] tells final answers from passing failures.
+//!
+//! # Layout
+//!
+//! - `client`: [`ChatServerClient`], its builder, and the one call path every method takes
+//!   (deadline, session metadata, retries with backoff).
+//! - `types`: the values methods take and return ([`SessionToken`], [`Message`], queries...).
+//! - `error`: [`ClientError`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+mod types;
+
+use sha2::{Digest, Sha256};
+
+pub use client::{
+    ChatServerClient, ChatServerClientBuilder, BACKOFF_INITIAL, BACKOFF_MAX,
+    CONNECT_TIMEOUT_DEFAULT, DEADLINE_DEFAULT, REPLY_BYTES_MAX,
+};
+pub use error::ClientError;
+pub use types::{
+    Account, AccountPage, AccountQuery, AwayMessages, ClusterInfo, InboxQuery, LoggedIn, Member,
+    MemberRole, Message, MessagePage, MessageStatus, ReadConsistency, SentMessage, SessionToken,
+    SignedUp,
+};
+
+/// The lowercase hex SHA-256 of a password's UTF-8 bytes: what the client sends instead of
+/// the password.
+///
+/// ```
+/// assert_eq!(
+///     jochat_client::hash_password("abc"),
+///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+/// );
+/// ```
+pub fn hash_password(password: &str) -> String {
+    hex::encode(Sha256::digest(password.as_bytes()))
+}
+
+/// A fresh idempotency key: 128 random bits as 32 hex characters. If the random source fails
+/// the write goes without a key (it is then not protected against a double apply on retry).
+fn idempotency_key() -> String {
+    let mut bytes = [0u8; 16];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => hex::encode(bytes),
+        Err(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_fresh_hex() {
+        let (a, b) = (idempotency_key(), idempotency_key());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

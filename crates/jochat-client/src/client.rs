@@ -1,0 +1,764 @@
+//! [`ChatServerClient`] and its builder.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jochat_proto::v1;
+use jochat_proto::v1::chat_client::ChatClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::error::ClientError;
+use crate::types::*;
+use crate::{hash_password, idempotency_key};
+
+/// Default time one call may take, retries included.
+pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
+/// Default time to establish a connection to a server.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// First pause between retries; it doubles up to [`BACKOFF_MAX`], with jitter.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
+/// Longest pause between retries.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Largest reply accepted, in bytes. Servers cap the content of one reply at 4 MiB.
+pub const REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Builds a [`ChatServerClient`].
+#[derive(Debug, Clone)]
+pub struct ChatServerClientBuilder {
+    servers: Vec<String>,
+    deadline: Duration,
+    connect_timeout: Duration,
+}
+
+impl Default for ChatServerClientBuilder {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            deadline: DEADLINE_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+impl ChatServerClientBuilder {
+    /// The servers, as `host:port` (an `http://` prefix is accepted).
+    pub fn servers<I, S>(mut self, servers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.servers = servers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long one call may take, retries included (default 10 s).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// How long connecting to a server may take (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The client. Connections are made on first use.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidAddress`] when the list is empty or an address is not
+    /// `host:port`.
+    pub fn build(self) -> Result<ChatServerClient, ClientError> {
+        if self.servers.is_empty() {
+            return Err(ClientError::InvalidAddress {
+                address: String::new(),
+                reason: "no server given".into(),
+            });
+        }
+        let servers = self
+            .servers
+            .iter()
+            .map(|address| {
+                let host_port = parse_address(address)?;
+                let endpoint = Endpoint::from_shared(format!("http://{host_port}"))
+                    .map_err(|e| ClientError::InvalidAddress {
+                        address: address.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true);
+                Ok(Server {
+                    address: host_port,
+                    channel: endpoint.connect_lazy(),
+                })
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(ChatServerClient {
+            inner: Arc::new(Inner {
+                servers,
+                deadline: self.deadline,
+            }),
+        })
+    }
+}
+
+/// Checks `host:port` (optionally behind `http://`) and returns it without the scheme.
+fn parse_address(raw: &str) -> Result<String, ClientError> {
+    let invalid = |reason: &str| ClientError::InvalidAddress {
+        address: raw.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let trimmed = raw.trim();
+    let host_port = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("expected HOST:PORT"))?;
+    if host.is_empty() || host.contains(['/', ' ']) {
+        return Err(invalid("expected HOST:PORT"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(host_port.to_owned()),
+        _ => Err(invalid("the port must be a number from 1 to 65535")),
+    }
+}
+
+struct Server {
+    address: String,
+    /// One HTTP/2 channel per server, shared by every clone of the client.
+    channel: Channel,
+}
+
+struct Inner {
+    servers: Vec<Server>,
+    deadline: Duration,
+}
+
+/// What every attempt of a call carries: the session token and the time left.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    token: Option<&'a SessionToken>,
+    remaining: Duration,
+}
+
+impl Attempt<'_> {
+    /// Wraps `message` with the `authorization` metadata and the `grpc-timeout` header.
+    fn request<M>(self, message: M) -> Result<Request<M>, Status> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.remaining);
+        if let Some(token) = self.token {
+            let value = format!("Bearer {}", token.as_str())
+                .parse()
+                .map_err(|_| Status::unauthenticated("session token is malformed"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// A pause of about `base`, drawn uniformly from `[base/2, base]` so that many clients
+/// retrying at once spread out.
+fn jittered(base: Duration) -> Duration {
+    let mut bytes = [0u8; 8];
+    // Without randomness the pause is simply `base`; jitter is an optimisation.
+    let fraction = match getrandom::fill(&mut bytes) {
+        Ok(()) => (u64::from_le_bytes(bytes) % 1000) as u32,
+        Err(_) => 1000,
+    };
+    base / 2 + base / 2 * fraction / 1000
+}
+
+/// The JoChat client: one typed async method per chat operation.
+///
+/// Cheap to clone and safe to share between tasks (`Clone + Send + Sync`); clones share the
+/// connections. Every call has a deadline (10 s by default) that covers its retries. Every
+/// write carries an idempotency key generated once per call, so a write retried after a lost
+/// reply is applied once.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let node = jochat_node::spawn_ephemeral().await?;
+/// use jochat_client::{ChatServerClient, InboxQuery, MessageStatus};
+///
+/// let client = ChatServerClient::builder().servers([node.address()]).build()?;
+/// client.sign_up("alice", "correct horse").await?;
+/// client.sign_up("bob", "battery staple").await?;
+///
+/// let alice = client.log_in("alice", "correct horse").await?;
+/// let sent = client.send_message(&alice.token, "bob", "hi Bob").await?;
+/// assert_eq!(sent.status, MessageStatus::Away); // Bob has not logged in.
+///
+/// let bob = client.log_in("bob", "battery staple").await?;
+/// assert_eq!(bob.unread_count, 1);
+/// let inbox = client.list_messages(&bob.token, &InboxQuery::default()).await?;
+/// assert_eq!(inbox.messages[0].content, "hi Bob");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ChatServerClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ChatServerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatServerClient")
+            .field("servers", &self.servers())
+            .field("deadline", &self.inner.deadline)
+            .finish()
+    }
+}
+
+fn wire_password(password: &str) -> String {
+    // An empty password is sent as such so that the server, the one place input is
+    // validated, answers with its rule ("password: must not be empty").
+    if password.is_empty() {
+        String::new()
+    } else {
+        hash_password(password)
+    }
+}
+
+impl ChatServerClient {
+    /// A builder; give it at least one server.
+    pub fn builder() -> ChatServerClientBuilder {
+        ChatServerClientBuilder::default()
+    }
+
+    /// The servers this client knows, as `host:port`.
+    pub fn servers(&self) -> Vec<String> {
+        self.inner
+            .servers
+            .iter()
+            .map(|s| s.address.clone())
+            .collect()
+    }
+
+    /// The one path every call takes: applies the deadline, attaches the token, and retries
+    /// retryable failures with jittered exponential backoff until the deadline.
+    async fn call<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        token: Option<&SessionToken>,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(ChatClient<Channel>, Attempt<'_>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = self.inner.deadline;
+        let exceeded = ClientError::DeadlineExceeded {
+            operation,
+            deadline,
+        };
+        let started = Instant::now();
+        let mut backoff = BACKOFF_INITIAL;
+        // This version talks to the first server; the list is kept for failover.
+        let server = &self.inner.servers[0];
+        loop {
+            let Some(remaining) = deadline.checked_sub(started.elapsed()) else {
+                return Err(exceeded);
+            };
+            let client =
+                ChatClient::new(server.channel.clone()).max_decoding_message_size(REPLY_BYTES_MAX);
+            let outcome =
+                tokio::time::timeout(remaining, attempt(client, Attempt { token, remaining }))
+                    .await;
+            let error = match outcome {
+                Err(_elapsed) => return Err(exceeded),
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                    return Err(exceeded)
+                }
+                Ok(Err(status)) => ClientError::from(status),
+            };
+            if !error.is_retryable() {
+                return Err(error);
+            }
+            tracing::debug!(operation, server = %server.address, %error, "retrying");
+            let pause = jittered(backoff);
+            if started.elapsed() + pause >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Creates an account. The password is sent as its SHA-256 ([`hash_password`]).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a name outside 1–32 letters, digits, `_`, `-`,
+    /// `.`, or an empty password; [`ClientError::AlreadyExists`] when the name is taken,
+    /// ignoring case.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// let account = client.sign_up("Alice", "correct horse").await?;
+    /// assert_eq!(account.username, "Alice");
+    /// assert!(client.sign_up("alice", "other").await.is_err()); // taken, ignoring case
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sign_up(&self, username: &str, password: &str) -> Result<SignedUp, ClientError> {
+        let message = v1::SignUpRequest {
+            username: username.to_owned(),
+            password: wire_password(password),
+            idempotency_key: idempotency_key(),
+        };
+        let reply = self
+            .call("sign_up", None, |mut client, attempt| {
+                let request = attempt.request(message.clone());
+                async move { client.sign_up(request?).await }
+            })
+            .await?;
+        Ok(SignedUp {
+            user_id: reply.user_id,
+            username: reply.username,
+        })
+    }
+
+    /// Opens a session, ending the account's other sessions, and returns its token with the
+    /// unread count.
+    ///
+    /// # Errors
+    /// [`ClientError::Unauthenticated`] ("wrong username or password") for an unknown name or
+    /// a wrong password; [`ClientError::RateLimited`] after repeated failures for the name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// client.sign_up("alice", "correct horse").await?;
+    /// let session = client.log_in("ALICE", "correct horse").await?;
+    /// assert_eq!(session.username, "alice");
+    /// assert_eq!(session.unread_count, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn log_in(&self, username: &str, password: &str) -> Result<LoggedIn, ClientError> {
+        let message = v1::LogInRequest {
+            username: username.to_owned(),
+            password: wire_password(password),
+            idempotency_key: idempotency_key(),
+        };
+        let reply = self
+            .call("log_in", None, |mut client, attempt| {
+                let request = attempt.request(message.clone());
+                async move { client.log_in(request?).await }
+            })
+            .await?;
+        Ok(LoggedIn {
+            token: SessionToken::from(reply.token),
+            username: reply.username,
+            user_id: reply.user_id,
+            unread_count: non_negative("unread_count", reply.unread_count)?,
+            expires_at_ms: reply.expires_at_ms,
+        })
+    }
+
+    /// Ends the session.
+    ///
+    /// # Errors
+    /// [`ClientError::Unauthenticated`] when the session is not valid.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// # client.sign_up("alice", "pw").await?;
+    /// let session = client.log_in("alice", "pw").await?;
+    /// client.log_out(&session.token).await?;
+    /// assert!(client.unread_count(&session.token).await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn log_out(&self, token: &SessionToken) -> Result<(), ClientError> {
+        let message = v1::LogOutRequest {
+            idempotency_key: idempotency_key(),
+        };
+        self.call("log_out", Some(token), |mut client, attempt| {
+            let request = attempt.request(message.clone());
+            async move { client.log_out(request?).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sends `content` to `recipient` (matched ignoring case). The message is delivered if
+    /// the recipient has a live session, and waits as away otherwise.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for empty or oversized content;
+    /// [`ClientError::NotFound`] for an unknown recipient; [`ClientError::Unauthenticated`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// # client.sign_up("alice", "pw").await?;
+    /// # client.sign_up("bob", "pw").await?;
+    /// let alice = client.log_in("alice", "pw").await?;
+    /// let sent = client.send_message(&alice.token, "Bob", "lunch?").await?;
+    /// assert!(sent.id > 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_message(
+        &self,
+        token: &SessionToken,
+        recipient: &str,
+        content: &str,
+    ) -> Result<SentMessage, ClientError> {
+        let message = v1::SendMessageRequest {
+            recipient: recipient.to_owned(),
+            content: content.to_owned(),
+            idempotency_key: idempotency_key(),
+        };
+        let reply = self
+            .call("send_message", Some(token), |mut client, attempt| {
+                let request = attempt.request(message.clone());
+                async move { client.send_message(request?).await }
+            })
+            .await?;
+        Ok(SentMessage {
+            id: reply.id,
+            timestamp_ms: reply.timestamp_ms,
+            status: status_of(reply.status)?,
+        })
+    }
+
+    /// The number of messages that arrived while the account was away and are not fetched.
+    ///
+    /// # Errors
+    /// [`ClientError::Unauthenticated`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// # client.sign_up("alice", "pw").await?;
+    /// let alice = client.log_in("alice", "pw").await?;
+    /// assert_eq!(client.unread_count(&alice.token).await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn unread_count(&self, token: &SessionToken) -> Result<u64, ClientError> {
+        let reply = self
+            .call("unread_count", Some(token), |mut client, attempt| {
+                let request = attempt.request(v1::UnreadCountRequest::default());
+                async move { client.unread_count(request?).await }
+            })
+            .await?;
+        non_negative("unread_count", reply.unread_count)
+    }
+
+    /// Fetches up to `limit` (1–1000; 0 for 100) of the oldest away messages and marks them
+    /// delivered.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a limit above 1000; [`ClientError::Unauthenticated`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// # client.sign_up("alice", "pw").await?;
+    /// # client.sign_up("bob", "pw").await?;
+    /// # let alice = client.log_in("alice", "pw").await?;
+    /// client.send_message(&alice.token, "bob", "while you were out").await?;
+    /// let bob = client.log_in("bob", "pw").await?;
+    /// let away = client.fetch_away(&bob.token, 10).await?;
+    /// assert_eq!(away.messages[0].content, "while you were out");
+    /// assert_eq!(client.unread_count(&bob.token).await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fetch_away(
+        &self,
+        token: &SessionToken,
+        limit: u32,
+    ) -> Result<AwayMessages, ClientError> {
+        let message = v1::FetchAwayRequest {
+            limit: i64::from(limit),
+            idempotency_key: idempotency_key(),
+        };
+        let reply = self
+            .call("fetch_away", Some(token), |mut client, attempt| {
+                let request = attempt.request(message.clone());
+                async move { client.fetch_away(request?).await }
+            })
+            .await?;
+        Ok(AwayMessages {
+            messages: messages(reply.messages)?,
+            remaining: non_negative("remaining", reply.remaining)?,
+        })
+    }
+
+    /// A page of the inbox, newest first, or of one conversation.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a limit above 1000 or an offset above
+    /// 1,000,000,000; [`ClientError::NotFound`] for an unknown `with_user`;
+    /// [`ClientError::Unauthenticated`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// # client.sign_up("alice", "pw").await?;
+    /// # let alice = client.log_in("alice", "pw").await?;
+    /// use jochat_client::InboxQuery;
+    /// client.send_message(&alice.token, "alice", "note to self").await?;
+    /// let query = InboxQuery { limit: 20, with_user: Some("alice".into()), ..InboxQuery::default() };
+    /// let page = client.list_messages(&alice.token, &query).await?;
+    /// assert_eq!(page.total_count, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_messages(
+        &self,
+        token: &SessionToken,
+        query: &InboxQuery,
+    ) -> Result<MessagePage, ClientError> {
+        let message = v1::ListMessagesRequest {
+            offset: i64::try_from(query.offset).unwrap_or(i64::MAX),
+            limit: i64::from(query.limit),
+            with_user: query.with_user.clone().unwrap_or_default(),
+            consistency: query.consistency.wire(),
+        };
+        let reply = self
+            .call("list_messages", Some(token), |mut client, attempt| {
+                let request = attempt.request(message.clone());
+                async move { client.list_messages(request?).await }
+            })
+            .await?;
+        Ok(MessagePage {
+            messages: messages(reply.messages)?,
+            total_count: non_negative("total_count", reply.total_count)?,
+        })
+    }
+
+    /// Deletes messages from the caller's inbox (at most 1000 ids); returns how many were
+    /// deleted. Ids of messages that are not the caller's are left alone.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for no ids, more than 1000, or ids that are not
+    /// positive; [`ClientError::Unauthenticated`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// # client.sign_up("alice", "pw").await?;
+    /// # let alice = client.log_in("alice", "pw").await?;
+    /// let sent = client.send_message(&alice.token, "alice", "to delete").await?;
+    /// assert_eq!(client.delete_messages(&alice.token, &[sent.id]).await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_messages(
+        &self,
+        token: &SessionToken,
+        ids: &[i64],
+    ) -> Result<u64, ClientError> {
+        let message = v1::DeleteMessagesRequest {
+            ids: ids.to_vec(),
+            idempotency_key: idempotency_key(),
+        };
+        let reply = self
+            .call("delete_messages", Some(token), |mut client, attempt| {
+                let request = attempt.request(message.clone());
+                async move { client.delete_messages(request?).await }
+            })
+            .await?;
+        non_negative("deleted_count", reply.deleted_count)
+    }
+
+    /// A page of the accounts matching a pattern: `*` any run, `?` one character, plain text
+    /// as a substring, empty for all; ignoring case; ordered by name.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a pattern over 64 characters or with control
+    /// characters, or a bad page; [`ClientError::Unauthenticated`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// # client.sign_up("alice", "pw").await?;
+    /// # client.sign_up("albert", "pw").await?;
+    /// # let alice = client.log_in("alice", "pw").await?;
+    /// use jochat_client::AccountQuery;
+    /// let query = AccountQuery { pattern: "al*".into(), ..AccountQuery::default() };
+    /// let page = client.list_accounts(&alice.token, &query).await?;
+    /// let names: Vec<_> = page.accounts.iter().map(|a| a.username.as_str()).collect();
+    /// assert_eq!(names, ["albert", "alice"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_accounts(
+        &self,
+        token: &SessionToken,
+        query: &AccountQuery,
+    ) -> Result<AccountPage, ClientError> {
+        let message = v1::ListAccountsRequest {
+            pattern: query.pattern.clone(),
+            offset: i64::try_from(query.offset).unwrap_or(i64::MAX),
+            limit: i64::from(query.limit),
+            consistency: query.consistency.wire(),
+        };
+        let reply = self
+            .call("list_accounts", Some(token), |mut client, attempt| {
+                let request = attempt.request(message.clone());
+                async move { client.list_accounts(request?).await }
+            })
+            .await?;
+        Ok(AccountPage {
+            accounts: reply
+                .accounts
+                .into_iter()
+                .map(|a| Account {
+                    id: a.id,
+                    username: a.username,
+                })
+                .collect(),
+            total_count: non_negative("total_count", reply.total_count)?,
+        })
+    }
+
+    /// Deletes the caller's account, its sessions and every message it sent or received,
+    /// after checking the password again. Returns how many messages were deleted.
+    ///
+    /// # Errors
+    /// [`ClientError::Unauthenticated`] for a wrong password or an invalid session.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// client.sign_up("alice", "pw").await?;
+    /// let alice = client.log_in("alice", "pw").await?;
+    /// assert!(client.delete_account(&alice.token, "not the password").await.is_err());
+    /// client.delete_account(&alice.token, "pw").await?;
+    /// assert!(client.log_in("alice", "pw").await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_account(
+        &self,
+        token: &SessionToken,
+        password: &str,
+    ) -> Result<u64, ClientError> {
+        let message = v1::DeleteAccountRequest {
+            password: wire_password(password),
+            idempotency_key: idempotency_key(),
+        };
+        let reply = self
+            .call("delete_account", Some(token), |mut client, attempt| {
+                let request = attempt.request(message.clone());
+                async move { client.delete_account(request?).await }
+            })
+            .await?;
+        non_negative("deleted_messages", reply.deleted_messages)
+    }
+
+    /// The cluster as the answering node sees it. Needs no session.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] or [`ClientError::DeadlineExceeded`] when no server
+    /// answers.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// let info = client.cluster_info().await?;
+    /// assert_eq!(info.leader_id, Some(info.node_id));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cluster_info(&self) -> Result<ClusterInfo, ClientError> {
+        let reply = self
+            .call("cluster_info", None, |mut client, attempt| {
+                let request = attempt.request(v1::ClusterInfoRequest {});
+                async move { client.cluster_info(request?).await }
+            })
+            .await?;
+        Ok(reply.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_checked() {
+        assert_eq!(parse_address("127.0.0.1:5001").unwrap(), "127.0.0.1:5001");
+        assert_eq!(parse_address("http://node-1:80").unwrap(), "node-1:80");
+        assert!(parse_address("127.0.0.1").is_err());
+        assert!(parse_address("host:0").is_err());
+        assert!(parse_address("host:99999").is_err());
+        assert!(parse_address(":5001").is_err());
+        let error = ChatServerClient::builder()
+            .servers(["nope"])
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "server address \"nope\": expected HOST:PORT"
+        );
+        assert!(ChatServerClient::builder().build().is_err());
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_full() {
+        for _ in 0..100 {
+            let pause = jittered(Duration::from_millis(100));
+            assert!(
+                pause >= Duration::from_millis(50) && pause <= Duration::from_millis(100),
+                "{pause:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_retried_until_the_deadline() {
+        // Port 1 on loopback refuses connections at once.
+        let client = ChatServerClient::builder()
+            .servers(["127.0.0.1:1"])
+            .deadline(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let error = client.cluster_info().await.unwrap_err();
+        assert!(
+            error.is_retryable() || matches!(error, ClientError::DeadlineExceeded { .. }),
+            "{error:?}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "it retried before giving up"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "it respected the deadline"
+        );
+    }
+}
