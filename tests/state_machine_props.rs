@@ -20,7 +20,11 @@ const SEEDS: u8 = 5;
 
 fn name(index: usize, upper: bool) -> Username {
     let raw = NAMES[index % NAMES.len()];
-    let raw = if upper { raw.to_ascii_uppercase() } else { raw.to_owned() };
+    let raw = if upper {
+        raw.to_ascii_uppercase()
+    } else {
+        raw.to_owned()
+    };
     Username::new(&raw).expect("test names are valid")
 }
 
@@ -42,56 +46,70 @@ fn action() -> impl Strategy<Value = Action> {
             token_digest: digest(seed),
             expires_at_ms: ttl,
         }),
-        (0..SEEDS).prop_map(|seed| Action::RevokeSession { session: digest(seed) }),
-        (0..SEEDS, user.clone(), "[a-z ]{1,12}").prop_map(|(seed, (i, upper), text)| Action::SendMessage {
-            session: digest(seed),
-            recipient: name(i, upper),
-            content: Content::new(text, 64).expect("generated content fits"),
+        (0..SEEDS).prop_map(|seed| Action::RevokeSession {
+            session: digest(seed)
+        }),
+        (0..SEEDS, user.clone(), "[a-z ]{1,12}").prop_map(|(seed, (i, upper), text)| {
+            Action::SendMessage {
+                session: digest(seed),
+                recipient: name(i, upper),
+                content: Content::new(text, 64).expect("generated content fits"),
+            }
         }),
         (0..SEEDS, 0..4i64).prop_map(|(seed, limit)| Action::MarkDelivered {
             session: digest(seed),
             limit: FetchLimit::new(limit).expect("small limits are valid"),
         }),
-        (0..SEEDS, proptest::collection::vec(1..20i64, 1..5)).prop_map(|(seed, ids)| Action::DeleteMessages {
-            session: digest(seed),
-            ids: MessageIds::new(&ids).expect("generated ids are valid"),
+        (0..SEEDS, proptest::collection::vec(1..20i64, 1..5)).prop_map(|(seed, ids)| {
+            Action::DeleteMessages {
+                session: digest(seed),
+                ids: MessageIds::new(&ids).expect("generated ids are valid"),
+            }
         }),
-        (0..SEEDS).prop_map(|seed| Action::DeleteAccount { session: digest(seed) }),
+        (0..SEEDS).prop_map(|seed| Action::DeleteAccount {
+            session: digest(seed)
+        }),
     ]
 }
 
 /// Commands with non-decreasing times (as a leader issues them) and occasional keys, some
 /// of them repeated, so that retries are exercised too.
 fn commands() -> impl Strategy<Value = Vec<Command>> {
-    proptest::collection::vec((action(), 0..4i64, proptest::option::weighted(0.3, 0..6u8)), 1..60).prop_map(
-        |steps| {
-            let mut at_ms = 0;
-            steps
-                .into_iter()
-                .map(|(action, advance, key)| {
-                    at_ms += advance;
-                    // Session lifetimes are generated relative to "now".
-                    let action = match action {
-                        Action::CreateSession { user_id, token_digest, expires_at_ms } => Action::CreateSession {
-                            user_id,
-                            token_digest,
-                            expires_at_ms: at_ms + expires_at_ms,
-                        },
-                        other => other,
-                    };
-                    Command {
-                        at_ms,
-                        idempotency_key: key.map(|k| {
-                            IdempotencyKey::optional(&format!("key-{k}"))
-                                .expect("valid key")
-                                .expect("non-empty key")
-                        }),
-                        action,
-                    }
-                })
-                .collect()
-        },
+    proptest::collection::vec(
+        (action(), 0..4i64, proptest::option::weighted(0.3, 0..6u8)),
+        1..60,
     )
+    .prop_map(|steps| {
+        let mut at_ms = 0;
+        steps
+            .into_iter()
+            .map(|(action, advance, key)| {
+                at_ms += advance;
+                // Session lifetimes are generated relative to "now".
+                let action = match action {
+                    Action::CreateSession {
+                        user_id,
+                        token_digest,
+                        expires_at_ms,
+                    } => Action::CreateSession {
+                        user_id,
+                        token_digest,
+                        expires_at_ms: at_ms + expires_at_ms,
+                    },
+                    other => other,
+                };
+                Command {
+                    at_ms,
+                    idempotency_key: key.map(|k| {
+                        IdempotencyKey::optional(&format!("key-{k}"))
+                            .expect("valid key")
+                            .expect("non-empty key")
+                    }),
+                    action,
+                }
+            })
+            .collect()
+    })
 }
 
 fn sqlite() -> Connection {
@@ -144,11 +162,16 @@ impl Model {
                     false
                 } else {
                     self.last_user += 1;
-                    self.users.insert(self.last_user, username.as_str().to_owned());
+                    self.users
+                        .insert(self.last_user, username.as_str().to_owned());
                     true
                 }
             }
-            Action::CreateSession { user_id, token_digest, expires_at_ms } => {
+            Action::CreateSession {
+                user_id,
+                token_digest,
+                expires_at_ms,
+            } => {
                 if !self.users.contains_key(&user_id.0)
                     || *expires_at_ms <= at
                     || self.sessions.contains_key(token_digest.as_str())
@@ -156,7 +179,10 @@ impl Model {
                     false
                 } else {
                     self.sessions.retain(|_, (u, e)| *u != user_id.0 && *e > at);
-                    self.sessions.insert(token_digest.as_str().to_owned(), (user_id.0, *expires_at_ms));
+                    self.sessions.insert(
+                        token_digest.as_str().to_owned(),
+                        (user_id.0, *expires_at_ms),
+                    );
                     true
                 }
             }
@@ -167,12 +193,18 @@ impl Model {
                 }
                 None => false,
             },
-            Action::SendMessage { session, recipient, .. } => {
-                match (self.session_user(session, at), self.user_named(recipient.as_str())) {
+            Action::SendMessage {
+                session, recipient, ..
+            } => {
+                match (
+                    self.session_user(session, at),
+                    self.user_named(recipient.as_str()),
+                ) {
                     (Some((_, sender)), Some((rid, rname))) => {
                         let live = self.sessions.values().any(|(u, e)| *u == rid && *e > at);
                         self.last_message += 1;
-                        self.messages.insert(self.last_message, (sender, rname, live));
+                        self.messages
+                            .insert(self.last_message, (sender, rname, live));
                         true
                     }
                     _ => false,
@@ -217,26 +249,44 @@ impl Model {
         };
         if ok {
             if let (Some(key), Some(scope)) = (&command.idempotency_key, scope) {
-                self.keys.insert(key.as_str().to_owned(), (scope, command.action.kind()));
+                self.keys
+                    .insert(key.as_str().to_owned(), (scope, command.action.kind()));
             }
         }
         ok
     }
 
     fn assert_matches(&self, dump: &StateDump) {
-        let users: BTreeMap<i64, String> =
-            dump.users.iter().map(|u| (u.id.0, u.username.as_str().to_owned())).collect();
+        let users: BTreeMap<i64, String> = dump
+            .users
+            .iter()
+            .map(|u| (u.id.0, u.username.as_str().to_owned()))
+            .collect();
         assert_eq!(users, self.users, "users differ from the model");
         let sessions: BTreeMap<String, (i64, i64)> = dump
             .sessions
             .iter()
-            .map(|s| (s.token_digest.as_str().to_owned(), (s.user_id.0, s.expires_at_ms)))
+            .map(|s| {
+                (
+                    s.token_digest.as_str().to_owned(),
+                    (s.user_id.0, s.expires_at_ms),
+                )
+            })
             .collect();
         assert_eq!(sessions, self.sessions, "sessions differ from the model");
         let messages: BTreeMap<i64, (String, String, bool)> = dump
             .messages
             .iter()
-            .map(|m| (m.id.0, (m.sender.as_str().to_owned(), m.recipient.as_str().to_owned(), m.delivered)))
+            .map(|m| {
+                (
+                    m.id.0,
+                    (
+                        m.sender.as_str().to_owned(),
+                        m.recipient.as_str().to_owned(),
+                        m.delivered,
+                    ),
+                )
+            })
             .collect();
         assert_eq!(messages, self.messages, "messages differ from the model");
         assert_eq!(dump.last_ids.user, self.last_user);
@@ -244,7 +294,9 @@ impl Model {
     }
 }
 
-fn kind_of(result: &Result<Outcome, ChatError>) -> Result<&Outcome, std::mem::Discriminant<ChatError>> {
+fn kind_of(
+    result: &Result<Outcome, ChatError>,
+) -> Result<&Outcome, std::mem::Discriminant<ChatError>> {
     result.as_ref().map_err(std::mem::discriminant)
 }
 
@@ -310,19 +362,56 @@ fn sqlite_rows_are_readable_with_the_documented_columns() {
     let mut conn = sqlite();
     let a = digest(1);
     let commands = [
-        Command { at_ms: 1, idempotency_key: None, action: Action::SignUp { username: name(0, false), password_hash: "h".into() } },
-        Command { at_ms: 1, idempotency_key: None, action: Action::SignUp { username: name(1, false), password_hash: "h".into() } },
-        Command { at_ms: 2, idempotency_key: None, action: Action::CreateSession { user_id: UserId(1), token_digest: a.clone(), expires_at_ms: 100 } },
-        Command { at_ms: 3, idempotency_key: None, action: Action::SendMessage { session: a, recipient: name(1, true), content: Content::new("hi".into(), 10).unwrap() } },
+        Command {
+            at_ms: 1,
+            idempotency_key: None,
+            action: Action::SignUp {
+                username: name(0, false),
+                password_hash: "h".into(),
+            },
+        },
+        Command {
+            at_ms: 1,
+            idempotency_key: None,
+            action: Action::SignUp {
+                username: name(1, false),
+                password_hash: "h".into(),
+            },
+        },
+        Command {
+            at_ms: 2,
+            idempotency_key: None,
+            action: Action::CreateSession {
+                user_id: UserId(1),
+                token_digest: a.clone(),
+                expires_at_ms: 100,
+            },
+        },
+        Command {
+            at_ms: 3,
+            idempotency_key: None,
+            action: Action::SendMessage {
+                session: a,
+                recipient: name(1, true),
+                content: Content::new("hi".into(), 10).unwrap(),
+            },
+        },
     ];
     let refs: Vec<&Command> = commands.iter().collect();
     assert!(apply_batch(&mut conn, &refs).iter().all(Result::is_ok));
     let row: (i64, String, String, String, i64) = conn
-        .query_row("SELECT id, sender, recipient, content, to_deliver FROM messages", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
+        .query_row(
+            "SELECT id, sender, recipient, content, to_deliver FROM messages",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
         .unwrap();
     assert_eq!(row, (1, "alice".into(), "Bob".into(), "hi".into(), 0));
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, i64::from(jochat_node::store::schema::SCHEMA_VERSION));
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        version,
+        i64::from(jochat_node::store::schema::SCHEMA_VERSION)
+    );
 }

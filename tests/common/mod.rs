@@ -1,0 +1,83 @@
+//! Helpers shared by the integration tests: a node on an ephemeral port in a temporary
+//! folder, clients for it, and a read of its database file as the `sqlite3` shell sees it.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use jochat_client::{ChatServerClient, LoggedIn};
+use jochat_core::store::{ChatRead, StateDump};
+use jochat_node::store::SqliteChat;
+use jochat_node::{spawn_ephemeral_with, EphemeralNode, NodeConfig};
+use jochat_proto::v1::chat_client::ChatClient;
+use rusqlite::{Connection, OpenFlags};
+use tonic::transport::Channel;
+
+/// A node with the default configuration.
+pub async fn node() -> EphemeralNode {
+    node_with(NodeConfig::default()).await
+}
+
+/// A node with `config` (address and database are chosen by the helper).
+pub async fn node_with(config: NodeConfig) -> EphemeralNode {
+    spawn_ephemeral_with(config)
+        .await
+        .expect("an ephemeral node starts")
+}
+
+/// The client library pointed at `node`.
+pub fn client(node: &EphemeralNode) -> ChatServerClient {
+    ChatServerClient::builder()
+        .servers([node.address()])
+        .build()
+        .expect("the node's address is valid")
+}
+
+/// The generated gRPC client, for requests the client library would never send.
+pub async fn raw(node: &EphemeralNode) -> ChatClient<Channel> {
+    ChatClient::connect(format!("http://{}", node.address()))
+        .await
+        .expect("the node accepts connections")
+}
+
+/// Signs `name` up with password `name-password` and logs in.
+pub async fn user(client: &ChatServerClient, name: &str) -> LoggedIn {
+    client
+        .sign_up(name, &format!("{name}-password"))
+        .await
+        .expect("sign-up succeeds");
+    client
+        .log_in(name, &format!("{name}-password"))
+        .await
+        .expect("log-in succeeds")
+}
+
+/// Everything in the node's database file, read through a separate read-only connection
+/// exactly as an operator's `sqlite3` shell would open it.
+pub fn dump(node: &EphemeralNode) -> StateDump {
+    let conn = Connection::open_with_flags(node.db_path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("the database file opens read-only");
+    SqliteChat::new(&conn).dump().expect("the database dumps")
+}
+
+/// `(sender, recipient, content, to_deliver)` of every message, by id, from the file.
+pub fn message_rows(node: &EphemeralNode) -> Vec<(String, String, String, i64)> {
+    let conn = Connection::open_with_flags(node.db_path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("the database file opens read-only");
+    let mut statement = conn
+        .prepare("SELECT sender, recipient, content, to_deliver FROM messages ORDER BY id")
+        .expect("the messages table has the documented columns");
+    statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("rows read")
+        .collect::<Result<_, _>>()
+        .expect("rows decode")
+}
+
+/// Attaches `authorization: Bearer <token>` to a raw request.
+pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("tokens are ASCII"),
+    );
+    request
+}
