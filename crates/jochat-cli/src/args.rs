@@ -1,0 +1,176 @@
+//! The command line, as clap parses it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The JoChat command line.
+#[derive(Debug, Parser)]
+#[command(name = "jochat", version, about = "JoChat from the command line")]
+pub struct Cli {
+    /// Servers to talk to, as HOST:PORT,...
+    #[arg(
+        long,
+        env = "JOCHAT_SERVERS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:5001",
+        global = true
+    )]
+    pub servers: Vec<String>,
+    /// Where the session token is kept [default: <config dir>/jochat/session.json].
+    #[arg(long = "session-file", env = "JOCHAT_SESSION_FILE", global = true)]
+    pub session_file: Option<PathBuf>,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long one command may wait for the servers, in milliseconds.
+    #[arg(
+        long = "deadline-ms",
+        env = "JOCHAT_DEADLINE_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub deadline_ms: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct PageArgs {
+    /// Items to skip.
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// Items to show (1-1000; 0 for the server's default of 50).
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    /// Read from whichever server answers, even if slightly behind.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an account (the password is asked for, or read from JOCHAT_PASSWORD).
+    Signup {
+        /// 1-32 letters, digits, '_', '-', '.'.
+        user: String,
+    },
+    /// Log in and keep the session for the next commands.
+    Login {
+        /// The account.
+        user: String,
+    },
+    /// End the session.
+    Logout,
+    /// Send a message.
+    Send {
+        /// The recipient.
+        user: String,
+        /// The text (the words are joined with spaces).
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// How many messages arrived while you were away.
+    Unread,
+    /// Fetch the messages that arrived while you were away (marks them delivered).
+    Away {
+        /// How many at most (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Your inbox, newest first.
+    Inbox {
+        /// Only the conversation with this user.
+        #[arg(long = "with")]
+        with_user: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Delete messages from your inbox by id.
+    DeleteMessages {
+        /// The ids (at most 1000).
+        #[arg(required = true, num_args = 1..)]
+        ids: Vec<i64>,
+    },
+    /// Search accounts: '*' any run, '?' one character, plain text a substring.
+    Accounts {
+        /// The pattern (all accounts when left out).
+        #[arg(default_value = "")]
+        pattern: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Delete your account and all its messages (asks for the password again).
+    DeleteAccount,
+    /// The cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// Cluster commands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, leader, term and indexes as a node sees them.
+    Info,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("jochat").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn commands_parse() {
+        let cli = parse(&[
+            "--servers",
+            "a:1,b:2",
+            "--json",
+            "send",
+            "bob",
+            "hello",
+            "there",
+        ])
+        .unwrap();
+        assert_eq!(cli.servers, ["a:1", "b:2"]);
+        assert!(cli.json);
+        assert!(
+            matches!(cli.command, Command::Send { ref user, ref text } if user == "bob" && text == &["hello", "there"])
+        );
+
+        let cli = parse(&[
+            "inbox", "--offset", "20", "--limit", "10", "--with", "alice",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Command::Inbox { ref with_user, page } if with_user.as_deref() == Some("alice") && page.offset == 20 && page.limit == 10)
+        );
+
+        let cli = parse(&["accounts"]).unwrap();
+        assert!(matches!(cli.command, Command::Accounts { ref pattern, .. } if pattern.is_empty()));
+        assert!(matches!(
+            parse(&["cluster", "info"]).unwrap().command,
+            Command::Cluster {
+                command: ClusterCommand::Info
+            }
+        ));
+        assert!(
+            matches!(parse(&["delete-messages", "1", "2"]).unwrap().command, Command::DeleteMessages { ref ids } if ids == &[1, 2])
+        );
+    }
+
+    #[test]
+    fn bad_usage_is_refused() {
+        assert!(parse(&["send", "bob"]).is_err());
+        assert!(parse(&["inbox", "--offset", "-1"]).is_err());
+        assert!(parse(&["delete-messages"]).is_err());
+        assert!(parse(&["fly"]).is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! What a command prints: a text for people and one JSON document for scripts.
+
+use jochat_client::{Account, ClusterInfo, MemberRole, Message, MessageStatus};
+use serde_json::{json, Value};
+
+/// A command's result in both forms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Printed by default.
+    pub text: String,
+    /// Printed with `--json`; numbers are JSON numbers.
+    pub json: Value,
+}
+
+impl Output {
+    /// Both forms.
+    pub fn new(text: impl Into<String>, json: Value) -> Self {
+        Self {
+            text: text.into(),
+            json,
+        }
+    }
+}
+
+/// `delivered` or `away`.
+pub fn status_name(status: MessageStatus) -> &'static str {
+    match status {
+        MessageStatus::Delivered => "delivered",
+        MessageStatus::Away => "away",
+    }
+}
+
+/// A message as JSON.
+pub fn message_json(message: &Message) -> Value {
+    json!({
+        "id": message.id,
+        "sender": message.sender,
+        "recipient": message.recipient,
+        "content": message.content,
+        "timestamp_ms": message.timestamp_ms,
+        "status": status_name(message.status),
+    })
+}
+
+/// Messages as a table: id, time (UTC), from, to, status, content.
+pub fn message_table(messages: &[Message]) -> String {
+    let mut out = format!(
+        "{:>8}  {:19}  {:12}  {:12}  {:9}  content\n",
+        "id", "time (UTC)", "from", "to", "status"
+    );
+    for m in messages {
+        out.push_str(&format!(
+            "{:>8}  {:19}  {:12}  {:12}  {:9}  {}\n",
+            m.id,
+            utc(m.timestamp_ms),
+            m.sender,
+            m.recipient,
+            status_name(m.status),
+            m.content.replace('\n', "\n    "),
+        ));
+    }
+    out.pop();
+    out
+}
+
+/// Accounts as JSON.
+pub fn accounts_json(accounts: &[Account], total_count: u64) -> Value {
+    json!({
+        "accounts": accounts.iter().map(|a| json!({"id": a.id, "username": a.username})).collect::<Vec<_>>(),
+        "total_count": total_count,
+    })
+}
+
+/// Cluster information in both forms.
+pub fn cluster(info: &ClusterInfo) -> Output {
+    let role = |role: MemberRole| match role {
+        MemberRole::Voter => "voter",
+        MemberRole::Learner => "learner",
+    };
+    let mut text = format!(
+        "node {} answered; leader: {}; term {}; commit index {}\n",
+        info.node_id,
+        info.leader_id.map_or("unknown".to_owned(), |id| format!(
+            "{id} at {}",
+            info.leader_address.as_deref().unwrap_or("?")
+        )),
+        info.term,
+        info.commit_index
+    );
+    for m in &info.members {
+        text.push_str(&format!(
+            "  {:>4}  {:21}  {:7}  {:11}  applied {}\n",
+            m.id,
+            m.address,
+            role(m.role),
+            if m.reachable {
+                "reachable"
+            } else {
+                "unreachable"
+            },
+            m.applied_index
+        ));
+    }
+    text.pop();
+    let json = json!({
+        "node_id": info.node_id,
+        "leader_id": info.leader_id,
+        "leader_address": info.leader_address,
+        "term": info.term,
+        "commit_index": info.commit_index,
+        "members": info.members.iter().map(|m| json!({
+            "id": m.id,
+            "address": m.address,
+            "role": role(m.role),
+            "reachable": m.reachable,
+            "applied_index": m.applied_index,
+        })).collect::<Vec<_>>(),
+    });
+    Output::new(text, json)
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` in UTC.
+pub fn utc(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000);
+    let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        Message {
+            id: 7,
+            sender: "alice".into(),
+            recipient: "bob".into(),
+            content: "hi".into(),
+            timestamp_ms: 1_700_000_000_000,
+            status: MessageStatus::Away,
+        }
+    }
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_700_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc(-1000), "1969-12-31 23:59:59");
+    }
+
+    #[test]
+    fn json_keeps_numbers_as_numbers() {
+        let value = message_json(&message());
+        assert_eq!(value["id"], json!(7));
+        assert_eq!(value["timestamp_ms"], json!(1_700_000_000_000i64));
+        assert_eq!(value["status"], json!("away"));
+        let accounts = accounts_json(
+            &[Account {
+                id: 1,
+                username: "alice".into(),
+            }],
+            5,
+        );
+        assert_eq!(
+            accounts.to_string(),
+            r#"{"accounts":[{"id":1,"username":"alice"}],"total_count":5}"#
+        );
+    }
+
+    #[test]
+    fn tables_show_every_column() {
+        let table = message_table(&[message()]);
+        assert!(table.contains("2023-11-14 22:13:20"));
+        assert!(table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim_start()
+            .starts_with("7  "));
+        assert!(table.ends_with("hi"));
+    }
+}

@@ -1,0 +1,124 @@
+//! The `jochat` binary against a real node: every command, text and `--json` output, exit
+//! statuses, and the session file.
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+
+/// Runs `jochat` with `args` against `server`, keeping the session in `session`.
+fn jochat(server: &str, session: &Path, password: Option<&str>, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_jochat"));
+    command
+        .args(["--servers", server, "--session-file"])
+        .arg(session)
+        .args(args)
+        .env_remove("JOCHAT_PASSWORD")
+        .env_remove("JOCHAT_SERVERS")
+        .stdin(std::process::Stdio::null());
+    if let Some(password) = password {
+        command.env("JOCHAT_PASSWORD", password);
+    }
+    command.output().expect("the jochat binary runs")
+}
+
+/// Runs a `--json` command that must succeed and returns its document.
+fn json(server: &str, session: &Path, password: Option<&str>, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let output = jochat(server, session, password, &all);
+    assert!(
+        output.status.success(),
+        "jochat {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
+    assert_eq!(stdout.lines().count(), 1, "one JSON document: {stdout}");
+    serde_json::from_str(&stdout).expect("valid JSON")
+}
+
+#[tokio::test]
+async fn every_command_against_a_node() {
+    let node = jochat_node::spawn_ephemeral().await.unwrap();
+    let server = node.address();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice.json");
+    let bob = dir.path().join("bob.json");
+
+    // The binary blocks on its own runtime; keep the node's runtime free by running it on
+    // the blocking pool.
+    let run = {
+        let server = server.clone();
+        move |f: Box<dyn FnOnce(&str) + Send>| {
+            let server = server.clone();
+            tokio::task::spawn_blocking(move || f(&server))
+        }
+    };
+
+    let (alice2, bob2) = (alice.clone(), bob.clone());
+    run(Box::new(move |server| {
+        // 1. Sign up two accounts and log Alice in.
+        let signed_up = json(server, &alice2, Some("pw-a"), &["signup", "alice"]);
+        assert_eq!(signed_up["username"], "alice");
+        json(server, &bob2, Some("pw-b"), &["signup", "bob"]);
+        let logged_in = json(server, &alice2, Some("pw-a"), &["login", "alice"]);
+        assert_eq!(logged_in["unread_count"], 0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&alice2).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "the session file is private");
+        }
+
+        // 2. Send while Bob is away; words are joined.
+        let sent = json(server, &alice2, None, &["send", "bob", "hello", "there"]);
+        assert_eq!(sent["status"], "away");
+        assert!(sent["id"].is_i64());
+        let accounts = json(server, &alice2, None, &["accounts", "b*"]);
+        assert_eq!(accounts["total_count"], 1);
+        assert_eq!(accounts["accounts"][0]["username"], "bob");
+
+        // 3. Bob logs in, sees the unread count, fetches, lists, deletes.
+        assert_eq!(json(server, &bob2, Some("pw-b"), &["login", "bob"])["unread_count"], 1);
+        assert_eq!(json(server, &bob2, None, &["unread"])["unread_count"], 1);
+        let away = json(server, &bob2, None, &["away", "--limit", "5"]);
+        assert_eq!(away["messages"][0]["content"], "hello there");
+        assert_eq!(away["remaining"], 0);
+        let inbox = json(server, &bob2, None, &["inbox", "--with", "alice", "--limit", "10"]);
+        assert_eq!(inbox["total_count"], 1);
+        assert_eq!(inbox["messages"][0]["status"], "delivered");
+        let id = inbox["messages"][0]["id"].as_i64().unwrap().to_string();
+        assert_eq!(json(server, &bob2, None, &["delete-messages", &id])["deleted_count"], 1);
+
+        // 4. Human output is text.
+        let text = jochat(server, &bob2, None, &["cluster", "info"]);
+        assert!(text.status.success());
+        assert!(String::from_utf8_lossy(&text.stdout).starts_with("node 1 answered; leader: 1 at "));
+
+        // 5. Errors: one line on stderr, non-zero status.
+        let unknown = jochat(server, &bob2, None, &["send", "zed", "hi"]);
+        assert_eq!(unknown.status.code(), Some(2));
+        assert_eq!(String::from_utf8_lossy(&unknown.stderr), "error: recipient: no account named \"zed\"\n");
+        let no_password = jochat(server, &bob2, None, &["delete-account"]);
+        assert_eq!(no_password.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&no_password.stderr).contains("set JOCHAT_PASSWORD"));
+
+        // 6. Log out removes the session; commands then say how to log in.
+        json(server, &bob2, None, &["logout"]);
+        assert!(!bob2.exists());
+        let logged_out = jochat(server, &bob2, None, &["unread"]);
+        assert_eq!(logged_out.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&logged_out.stderr),
+            "error: not logged in: run `jochat login USER`\n"
+        );
+
+        // 7. Alice deletes her account.
+        let deleted = json(server, &alice2, Some("pw-a"), &["delete-account"]);
+        assert_eq!(deleted["username"], "alice");
+        assert!(!alice2.exists());
+    }))
+    .await
+    .unwrap();
+    node.shutdown().await.unwrap();
+}
