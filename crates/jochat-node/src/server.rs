@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tracing::Instrument;
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
@@ -36,8 +37,20 @@ pub async fn serve(
     let address = listener.local_addr()?;
     let node = Arc::new(Node::open(config.clone(), address)?);
     let span = tracing::info_span!("node", node_id = node.id());
-    let _entered = span.enter();
+    // Every log line of the node's life carries its id; `instrument` (not `enter`) keeps the
+    // span attached to this future only, across its awaits.
+    run(config, listener, address, node, shutdown)
+        .instrument(span)
+        .await
+}
 
+async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    address: SocketAddr,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), NodeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChatServer<ChatApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
