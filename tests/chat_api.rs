@@ -285,3 +285,126 @@ async fn acknowledged_writes_survive_a_graceful_restart() {
     assert_eq!(client.unread_count(&alice.token).await.unwrap(), 0);
     second.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_write_retried_with_its_key_returns_the_first_outcome() {
+    use common::{authorized, raw};
+    use jochat_proto::v1;
+
+    let node = node().await;
+    let client = client(&node);
+    let mut raw = raw(&node).await;
+    let bob = user(&client, "bob").await;
+
+    // 1. Sign-up: the retry finds its own name taken, yet returns the first outcome.
+    let sign_up = v1::SignUpRequest {
+        username: "alice".into(),
+        password: jochat_client::hash_password("pw"),
+        idempotency_key: "k-sign-up".into(),
+    };
+    let first = raw.sign_up(sign_up.clone()).await.unwrap().into_inner();
+    assert_eq!(raw.sign_up(sign_up).await.unwrap().into_inner(), first);
+
+    // 2. Send, fetch and delete: one message, one fetch, one deletion.
+    let send = v1::SendMessageRequest {
+        recipient: "alice".into(),
+        content: "once".into(),
+        idempotency_key: "k-send".into(),
+    };
+    let first = raw
+        .send_message(authorized(send.clone(), bob.token.as_str()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        raw.send_message(authorized(send, bob.token.as_str()))
+            .await
+            .unwrap()
+            .into_inner(),
+        first
+    );
+    assert_eq!(dump(&node).messages.len(), 1);
+    // Alice logs in only now, so the message waited as away.
+    let alice = client.log_in("alice", "pw").await.unwrap();
+    let token = alice.token.as_str();
+    let fetch = v1::FetchAwayRequest {
+        limit: 10,
+        idempotency_key: "k-fetch".into(),
+    };
+    let first = raw
+        .fetch_away(authorized(fetch.clone(), token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.messages.len(), 1);
+    assert_eq!(
+        raw.fetch_away(authorized(fetch, token))
+            .await
+            .unwrap()
+            .into_inner(),
+        first
+    );
+    let delete = v1::DeleteMessagesRequest {
+        ids: vec![first.messages[0].id],
+        idempotency_key: "k-delete".into(),
+    };
+    let deleted = raw
+        .delete_messages(authorized(delete.clone(), token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted_count, 1);
+    assert_eq!(
+        raw.delete_messages(authorized(delete, token))
+            .await
+            .unwrap()
+            .into_inner(),
+        deleted
+    );
+
+    // 3. Another caller cannot replay someone else's key.
+    let stolen = v1::DeleteMessagesRequest {
+        ids: vec![1],
+        idempotency_key: "k-delete".into(),
+    };
+    let refused = raw
+        .delete_messages(authorized(stolen, bob.token.as_str()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        refused.message(),
+        "idempotency_key: already used for a different request"
+    );
+
+    // 4. Account deletion: the retry has no account left, yet returns the first outcome.
+    let delete_account = v1::DeleteAccountRequest {
+        password: jochat_client::hash_password("pw"),
+        idempotency_key: "k-account".into(),
+    };
+    let first = raw
+        .delete_account(authorized(delete_account.clone(), token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        raw.delete_account(authorized(delete_account, token))
+            .await
+            .unwrap()
+            .into_inner(),
+        first
+    );
+    assert_eq!(dump(&node).users.len(), 1);
+
+    // 5. Log-out likewise.
+    let log_out = v1::LogOutRequest {
+        idempotency_key: "k-logout".into(),
+    };
+    raw.log_out(authorized(log_out.clone(), bob.token.as_str()))
+        .await
+        .unwrap();
+    raw.log_out(authorized(log_out, bob.token.as_str()))
+        .await
+        .unwrap();
+    assert!(dump(&node).sessions.is_empty());
+}

@@ -146,6 +146,17 @@ impl Node {
             .await
     }
 
+    /// Whether an outcome is remembered under `key`: the request is then a retry, and its
+    /// command will replay that outcome (to the same caller only) instead of applying again.
+    async fn is_remembered(&self, key: &Option<IdempotencyKey>) -> Result<bool, NodeError> {
+        let Some(key) = key.clone() else {
+            return Ok(false);
+        };
+        self.db
+            .read(move |store| Ok(store.remembered(&key)?.is_some()))
+            .await
+    }
+
     /// Creates an account.
     ///
     /// # Errors
@@ -161,18 +172,21 @@ impl Node {
         let credential = Credential::new(password)?;
         let key = IdempotencyKey::optional(key)?;
         // Refuse a taken name before spending an argon2 hash on it; the state machine checks
-        // again, authoritatively.
-        let probe = username.clone();
-        if let Some(existing) = self
-            .db
-            .read(move |store| Ok(store.user_by_name(&probe)?))
-            .await?
-        {
-            return Err(ChatError::AlreadyExists {
-                field: "username",
-                value: existing.username.as_str().to_owned(),
+        // again, authoritatively. A retry of a sign-up that already succeeded finds its own
+        // name taken, so it skips the check and lets the state machine replay the outcome.
+        if !self.is_remembered(&key).await? {
+            let probe = username.clone();
+            if let Some(existing) = self
+                .db
+                .read(move |store| Ok(store.user_by_name(&probe)?))
+                .await?
+            {
+                return Err(ChatError::AlreadyExists {
+                    field: "username",
+                    value: existing.username.as_str().to_owned(),
+                }
+                .into());
             }
-            .into());
         }
         let password_hash = self.hasher.hash(&credential).await?;
         match self
@@ -447,18 +461,22 @@ impl Node {
     ) -> Result<u64, NodeError> {
         let credential = Credential::new(password)?;
         let key = IdempotencyKey::optional(key)?;
-        let user = self.authenticate(token).await?;
-        let folded = user.username.folded();
-        self.limiter.check(&folded)?;
-        if !self
-            .hasher
-            .verify(&credential, Some(user.password_hash))
-            .await?
-        {
-            self.limiter.record_failure(&folded);
-            return Err(ChatError::WrongCredentials.into());
-        }
         let session = session_digest(token)?;
+        // A retry of a deletion that already succeeded has no account left to check the
+        // password against; the state machine replays the first outcome to the same session.
+        if !self.is_remembered(&key).await? {
+            let user = self.authenticate(token).await?;
+            let folded = user.username.folded();
+            self.limiter.check(&folded)?;
+            if !self
+                .hasher
+                .verify(&credential, Some(user.password_hash))
+                .await?
+            {
+                self.limiter.record_failure(&folded);
+                return Err(ChatError::WrongCredentials.into());
+            }
+        }
         match self.write(key, Action::DeleteAccount { session }).await? {
             Outcome::AccountDeleted { messages_deleted } => Ok(messages_deleted),
             other => Err(unexpected(other)),
