@@ -15,8 +15,12 @@ use jochat_client::{ChatServerClient, InboxQuery};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let server = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:5001".to_owned());
-    let client = ChatServerClient::builder().servers([server.as_str()]).build()?;
+    let server = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:5001".to_owned());
+    let client = ChatServerClient::builder()
+        .servers([server.as_str()])
+        .build()?;
 
     // 1. Two fresh accounts (the suffix keeps repeated runs apart).
     let suffix = std::process::id();
@@ -34,7 +38,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. Bob logs in, sees one unread message, fetches it, then reads his inbox.
     let bob_session = client.log_in(&bob, "bob's password").await?;
-    println!("{bob} logged in with {} unread message(s)", bob_session.unread_count);
+    println!(
+        "{bob} logged in with {} unread message(s)",
+        bob_session.unread_count
+    );
     for message in client.fetch_away(&bob_session.token, 10).await?.messages {
         println!("  from {}: {}", message.sender, message.content);
     }
