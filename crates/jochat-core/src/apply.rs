@@ -417,8 +417,7 @@ mod tests {
         .unwrap();
         assert_eq!(outcome, Outcome::MessagesDeleted { count: 1 });
         assert_eq!(
-            store
-                .messages_by_ids(&[MessageId(1), MessageId(2)])
+            crate::query::messages_by_ids(&store, &[MessageId(1), MessageId(2)])
                 .unwrap()
                 .len(),
             1

@@ -86,14 +86,8 @@ impl ChatRead for MemoryStore {
             .collect())
     }
 
-    fn messages_by_ids(&self, ids: &[MessageId]) -> Result<Vec<MessageRecord>, StoreError> {
-        let mut found: Vec<MessageRecord> = ids
-            .iter()
-            .filter_map(|id| self.messages.get(id).cloned())
-            .collect();
-        found.sort_by_key(|m| m.id);
-        found.dedup_by_key(|m| m.id);
-        Ok(found)
+    fn message_by_id(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        Ok(self.messages.get(&id).cloned())
     }
 
     fn inbox(

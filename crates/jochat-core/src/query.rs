@@ -124,5 +124,12 @@ pub fn messages_by_ids<R: ChatRead + ?Sized>(
     store: &R,
     ids: &[MessageId],
 ) -> Result<Vec<MessageRecord>, ChatError> {
-    Ok(store.messages_by_ids(ids)?)
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        found.extend(store.message_by_id(id)?);
+    }
+    Ok(found)
 }

@@ -117,8 +117,8 @@ pub trait ChatRead {
         recipient: &Username,
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StoreError>;
-    /// The messages with these ids that exist, ascending by id.
-    fn messages_by_ids(&self, ids: &[MessageId]) -> Result<Vec<MessageRecord>, StoreError>;
+    /// The message with this id, if it exists.
+    fn message_by_id(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError>;
     /// A page of `owner`'s inbox, newest first, with the total: messages addressed to `owner`;
     /// with `with`, the conversation between the two in both directions.
     fn inbox(

@@ -7,7 +7,28 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+/// One reflection request and its reply, as `grpcurl` sends them.
+async fn reflect(
+    client: &mut ServerReflectionClient<tonic::transport::Channel>,
+    request: MessageRequest,
+) -> ServerReflectionResponse {
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("the reflection stream opens")
+        .into_inner();
+    replies
+        .message()
+        .await
+        .expect("the reflection stream answers")
+        .expect("one reply")
+}
 
 #[tokio::test]
 async fn health_and_reflection_are_served() {
@@ -39,16 +60,7 @@ async fn health_and_reflection_are_served() {
 
     // 2. Reflection lists the chat, health and reflection services.
     let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = replies.message().await.unwrap().expect("one reply");
+    let reply = reflect(&mut reflection, MessageRequest::ListServices(String::new())).await;
     let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
         panic!("expected a service list, got {reply:?}");
     };
@@ -64,18 +76,8 @@ async fn health_and_reflection_are_served() {
     );
 
     // 3. The chat service's descriptor can be fetched by symbol, as grpcurl does.
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(
-            "jochat.v1.Chat".into(),
-        )),
-    };
-    let mut replies = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = replies.message().await.unwrap().expect("one reply");
+    let symbol = MessageRequest::FileContainingSymbol("jochat.v1.Chat".into());
+    let reply = reflect(&mut reflection, symbol).await;
     assert!(
         matches!(reply.message_response, Some(MessageResponse::FileDescriptorResponse(ref files)) if !files.file_descriptor_proto.is_empty()),
         "{reply:?}"

@@ -207,15 +207,9 @@ impl ChatRead for SqliteChat<'_> {
         )
     }
 
-    fn messages_by_ids(&self, ids: &[MessageId]) -> Result<Vec<MessageRecord>, StoreError> {
+    fn message_by_id(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {
         let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1");
-        let mut found = Vec::with_capacity(ids.len());
-        for id in ids {
-            found.extend(self.messages(&sql, [id.0])?);
-        }
-        found.sort_by_key(|m| m.id);
-        found.dedup_by_key(|m| m.id);
-        Ok(found)
+        Ok(self.messages(&sql, [id.0])?.pop())
     }
 
     fn inbox(
