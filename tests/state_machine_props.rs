@@ -37,38 +37,40 @@ fn digest(seed: u8) -> TokenDigest {
 fn action() -> impl Strategy<Value = Action> {
     let user = (0..NAMES.len(), any::<bool>());
     prop_oneof![
-        user.clone().prop_map(|(i, upper)| Action::SignUp {
+        10 => user.clone().prop_map(|(i, upper)| Action::SignUp {
             username: name(i, upper),
             password_hash: format!("$argon2id$fake${i}"),
         }),
-        (1..6i64, 0..SEEDS, 1..50i64).prop_map(|(user, seed, ttl)| Action::CreateSession {
+        10 => (1..6i64, 0..SEEDS, 1..50i64).prop_map(|(user, seed, ttl)| Action::CreateSession {
             user_id: UserId(user),
             token_digest: digest(seed),
             expires_at_ms: ttl,
         }),
-        (0..SEEDS).prop_map(|seed| Action::RevokeSession {
+        10 => (0..SEEDS).prop_map(|seed| Action::RevokeSession {
             session: digest(seed)
         }),
-        (0..SEEDS, user.clone(), "[a-z ]{1,12}").prop_map(|(seed, (i, upper), text)| {
+        10 => (0..SEEDS, user.clone(), "[a-z ]{1,12}").prop_map(|(seed, (i, upper), text)| {
             Action::SendMessage {
                 session: digest(seed),
                 recipient: name(i, upper),
                 content: Content::new(text, 64).expect("generated content fits"),
             }
         }),
-        (0..SEEDS, 0..4i64).prop_map(|(seed, limit)| Action::MarkDelivered {
+        10 => (0..SEEDS, 0..4i64).prop_map(|(seed, limit)| Action::MarkDelivered {
             session: digest(seed),
             limit: FetchLimit::new(limit).expect("small limits are valid"),
         }),
-        (0..SEEDS, proptest::collection::vec(1..20i64, 1..5)).prop_map(|(seed, ids)| {
+        10 => (0..SEEDS, proptest::collection::vec(1..20i64, 1..5)).prop_map(|(seed, ids)| {
             Action::DeleteMessages {
                 session: digest(seed),
                 ids: MessageIds::new(&ids).expect("generated ids are valid"),
             }
         }),
-        (0..SEEDS).prop_map(|seed| Action::DeleteAccount {
+        10 => (0..SEEDS).prop_map(|seed| Action::DeleteAccount {
             session: digest(seed)
         }),
+        // Rare, or it would empty most sequences.
+        1 => (0..SEEDS).prop_map(|seed| Action::ResetAll { session: digest(seed) }),
     ]
 }
 
@@ -233,6 +235,16 @@ impl Model {
                             self.messages.remove(&id.0);
                         }
                     }
+                    true
+                }
+                None => false,
+            },
+            Action::ResetAll { session } => match self.session_user(session, at) {
+                Some(_) => {
+                    self.users.clear();
+                    self.sessions.clear();
+                    self.messages.clear();
+                    self.keys.clear();
                     true
                 }
                 None => false,

@@ -1,4 +1,4 @@
-//! Generates the `jochat.v1` code with the vendored `protoc`, so that no system `protoc` is needed.
+//! Generates the `jochat.v1` and legacy `ChatService` code with the vendored `protoc`, so that no system `protoc` is needed.
 
 use std::path::PathBuf;
 
@@ -9,8 +9,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .codec_path("crate::codec::JoChatCodec")
-        .file_descriptor_set_path(out_dir.join("jochat_v1_descriptor.bin"))
-        .compile_protos(&["proto/jochat/v1/chat.proto"], &["proto"])?;
+        .file_descriptor_set_path(out_dir.join("jochat_descriptor.bin"))
+        .compile_protos(
+            &[
+                "proto/jochat/v1/chat.proto",
+                "proto/legacy/chat_service.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

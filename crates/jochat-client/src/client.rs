@@ -1,7 +1,8 @@
 //! [`ChatServerClient`] and its builder.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::net::Ipv6Addr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use jochat_proto::v1;
@@ -65,16 +66,30 @@ impl ChatServerClientBuilder {
         self
     }
 
-    /// The client. Connections are made on first use.
+    /// The client. Nothing is connected yet: each server's connection is made on the first
+    /// call that needs it, so `build` needs no Tokio runtime and succeeds while servers are
+    /// down.
     ///
     /// # Errors
-    /// [`ClientError::InvalidAddress`] when the list is empty or an address is not
-    /// `host:port`.
+    /// [`ClientError::InvalidAddress`], naming the address, when the list is empty or an
+    /// address is not `host:port` (with an optional `http://` prefix; IPv6 hosts in brackets,
+    /// as in `[::1]:5001`).
+    ///
+    /// ```
+    /// use jochat_client::{ChatServerClient, ClientError};
+    ///
+    /// let client = ChatServerClient::builder().servers(["http://127.0.0.1:5001"]).build()?;
+    /// assert_eq!(client.servers(), ["127.0.0.1:5001"]);
+    ///
+    /// let error = ChatServerClient::builder().servers(["localhost"]).build().unwrap_err();
+    /// assert!(matches!(error, ClientError::InvalidAddress { address, .. } if address == "localhost"));
+    /// # Ok::<(), ClientError>(())
+    /// ```
     pub fn build(self) -> Result<ChatServerClient, ClientError> {
         if self.servers.is_empty() {
             return Err(ClientError::InvalidAddress {
                 address: String::new(),
-                reason: "no server given".into(),
+                reason: "no server given: at least one HOST:PORT is needed".into(),
             });
         }
         let servers = self
@@ -91,7 +106,8 @@ impl ChatServerClientBuilder {
                     .tcp_nodelay(true);
                 Ok(Server {
                     address: host_port,
-                    channel: endpoint.connect_lazy(),
+                    endpoint,
+                    channel: OnceLock::new(),
                 })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
@@ -104,18 +120,40 @@ impl ChatServerClientBuilder {
     }
 }
 
-/// Checks `host:port` (optionally behind `http://`) and returns it without the scheme.
+/// Checks a server address, `host:port` with an optional `http://` prefix, and returns it as
+/// `host:port`. Anything else (another scheme, a path, a missing or zero port) is refused here
+/// rather than failing on every call later.
 fn parse_address(raw: &str) -> Result<String, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidAddress {
         address: raw.to_owned(),
         reason: reason.to_owned(),
     };
     let trimmed = raw.trim();
-    let host_port = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let without_scheme = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let host_port = without_scheme.strip_suffix('/').unwrap_or(without_scheme);
+    if host_port.contains("://") {
+        return Err(invalid(
+            "only plain http:// servers are supported: expected HOST:PORT",
+        ));
+    }
     let (host, port) = host_port
         .rsplit_once(':')
         .ok_or_else(|| invalid("expected HOST:PORT"))?;
-    if host.is_empty() || host.contains(['/', ' ']) {
+    let host_is_valid = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ipv6) => ipv6.parse::<Ipv6Addr>().is_ok(),
+        None if host.contains(':') => {
+            return Err(invalid(
+                "an IPv6 host must be in brackets, as in [::1]:5001",
+            ))
+        }
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    if !host_is_valid {
         return Err(invalid("expected HOST:PORT"));
     }
     match port.parse::<u16>() {
@@ -124,14 +162,33 @@ fn parse_address(raw: &str) -> Result<String, ClientError> {
     }
 }
 
+/// One server the client may call.
 struct Server {
+    /// `host:port`, as checked by [`parse_address`].
     address: String,
-    /// One HTTP/2 channel per server, shared by every clone of the client.
-    channel: Channel,
+    /// How to reach it: its URI, the connect timeout, TCP options.
+    endpoint: Endpoint,
+    /// The one HTTP/2 channel to it, shared by every clone of the client and made on first
+    /// use. Making a channel spawns its connection task, which needs a Tokio runtime that
+    /// `build` may not run in. A `OnceLock` suffices: making the channel does no I/O, so the
+    /// lock is held for microseconds and never across an `.await`.
+    channel: OnceLock<Channel>,
 }
 
+impl Server {
+    /// The channel to this server, made on the first call.
+    fn channel(&self) -> Channel {
+        self.channel
+            .get_or_init(|| self.endpoint.connect_lazy())
+            .clone()
+    }
+}
+
+/// What every clone of a [`ChatServerClient`] shares.
 struct Inner {
+    /// Every server given to the builder, in the order given; never empty.
     servers: Vec<Server>,
+    /// The time one call may take, retries included.
     deadline: Duration,
 }
 
@@ -175,6 +232,12 @@ fn jittered(base: Duration) -> Duration {
 /// connections. Every call has a deadline (10 s by default) that covers its retries. Every
 /// write carries an idempotency key generated once per call, so a write retried after a lost
 /// reply is applied once.
+///
+/// The connection to a server is made by the first call that needs it and belongs to the
+/// Tokio runtime of that call: use a client (and its clones) within one runtime.
+///
+/// This version calls the first server of its list; following the leader and failing over to
+/// the other servers come later, behind the same methods.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -236,8 +299,18 @@ impl ChatServerClient {
             .collect()
     }
 
-    /// The one path every call takes: applies the deadline, attaches the token, and retries
-    /// retryable failures with jittered exponential backoff until the deadline.
+    /// The one path every call takes: it applies the deadline (a Tokio timeout around each
+    /// attempt, and `grpc-timeout` so the server gives up too), attaches the session token,
+    /// maps the status to a [`ClientError`], and retries retryable failures with jittered
+    /// exponential backoff ([`BACKOFF_INITIAL`] doubling to [`BACKOFF_MAX`]) until the deadline.
+    ///
+    /// `attempt` makes one attempt on the given server's client; it builds its request from
+    /// values fixed before the first attempt (so every retry of a write reuses its idempotency
+    /// key). Choosing the server is the one step failover will grow: leader hints and the next
+    /// server on a transport error belong here, not in the methods.
+    ///
+    /// When the next pause would pass the deadline, the last retryable error is returned (it
+    /// says why no server answered, which a bare "deadline exceeded" would hide).
     async fn call<T, F, Fut>(
         &self,
         operation: &'static str,
@@ -262,17 +335,14 @@ impl ChatServerClient {
                 return Err(exceeded);
             };
             let client =
-                ChatClient::new(server.channel.clone()).max_decoding_message_size(REPLY_BYTES_MAX);
+                ChatClient::new(server.channel()).max_decoding_message_size(REPLY_BYTES_MAX);
             let outcome =
                 tokio::time::timeout(remaining, attempt(client, Attempt { token, remaining }))
                     .await;
             let error = match outcome {
                 Err(_elapsed) => return Err(exceeded),
                 Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
-                    return Err(exceeded)
-                }
-                Ok(Err(status)) => ClientError::from(status),
+                Ok(Err(status)) => ClientError::from_status(&status, operation, deadline),
             };
             if !error.is_retryable() {
                 return Err(error);
@@ -354,6 +424,11 @@ impl ChatServerClient {
                 async move { client.log_in(request?).await }
             })
             .await?;
+        if reply.token.is_empty() {
+            return Err(ClientError::InvalidResponse(
+                "LogInResponse.token is missing".into(),
+            ));
+        }
         Ok(LoggedIn {
             token: SessionToken::from(reply.token),
             username: reply.username,
@@ -700,7 +775,7 @@ impl ChatServerClient {
                 async move { client.cluster_info(request?).await }
             })
             .await?;
-        Ok(reply.into())
+        ClusterInfo::try_from(reply)
     }
 }
 

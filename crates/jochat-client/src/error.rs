@@ -1,100 +1,130 @@
-//! [`ClientError`]: the one error type of the client library.
+//! [`ClientError`]: the one error type of the client library, and how a caller should react
+//! to each variant.
 
+use std::error::Error as _;
 use std::time::Duration;
 
-use thiserror::Error;
 use tonic::{Code, Status};
 
-/// Why a call failed. [`ClientError::is_retryable`] tells a final answer (bad input, wrong
-/// password, not found: retrying changes nothing) from a passing failure (no server reachable).
+/// The prefix of the status that tonic's generated client returns when the channel could not
+/// become ready (its connection task is gone). It is a local transport failure, not an answer
+/// from a server, but it carries no error source to recognise it by.
+const NOT_READY_PREFIX: &str = "Service was not ready";
+
+/// An error from a [`ChatServerClient`](crate::ChatServerClient) call.
 ///
-/// Server-sent variants carry the server's message unchanged; it names the field and the rule,
-/// for example `username: must be 1 to 32 characters, got 0`.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+/// The variants that come from the server carry its message verbatim; the server's messages
+/// already name the field and the rule (for example `username: must be 1 to 32 characters`),
+/// so `Display` shows them as they are.
+///
+/// Only [`ClientError::Unavailable`] is retryable (see [`ClientError::is_retryable`]), and the
+/// client has already retried it with backoff until the deadline before returning it; every
+/// other variant is final for this request: retrying the same request gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// A request field breaks a rule. Final: fix the input.
+    /// The request broke a rule (`INVALID_ARGUMENT`): fix the input, do not retry.
     #[error("{0}")]
     InvalidArgument(String),
-    /// The thing to create exists already (a username taken). Final.
+    /// The thing being created exists already (`ALREADY_EXISTS`), for example a username
+    /// taken ignoring case. Final.
     #[error("{0}")]
     AlreadyExists(String),
-    /// A named thing does not exist (an unknown recipient). Final.
+    /// The request names something that does not exist (`NOT_FOUND`), for example an unknown
+    /// recipient. Final.
     #[error("{0}")]
     NotFound(String),
-    /// The session is missing, malformed, revoked or expired, or the password was wrong.
-    /// Final: log in again.
+    /// Wrong username or password, or the session token is missing, revoked or expired
+    /// (`UNAUTHENTICATED`): log in again.
     #[error("{0}")]
     Unauthenticated(String),
-    /// The caller may not do this. Final.
+    /// The caller may not do this (`PERMISSION_DENIED`). Final.
     #[error("{0}")]
     PermissionDenied(String),
-    /// Too many attempts (failed log-ins). Final for now: wait before trying again.
+    /// Too many attempts (`RESOURCE_EXHAUSTED`), for example repeated failed logins: wait
+    /// before trying again.
     #[error("{0}")]
     RateLimited(String),
-    /// The request conflicts with the server's state (an idempotency key reused for another
-    /// request). Final.
+    /// The request conflicts with the server's state (`FAILED_PRECONDITION`), for example an
+    /// idempotency key reused for a different request. Final until that state changes.
     #[error("{0}")]
     FailedPrecondition(String),
-    /// No server could take the call (down, unreachable, shutting down). Retryable.
-    #[error("unavailable: {0}")]
+    /// No server could be reached, or the server could not serve the call now (`UNAVAILABLE`,
+    /// or a transport failure such as a refused or reset connection). Retryable; the client
+    /// already retried until the deadline.
+    #[error("{0}")]
     Unavailable(String),
-    /// The call did not finish within its deadline (retries included).
-    #[error("{operation}: no answer within {deadline:?}")]
+    /// The call did not finish within its deadline, retries included. Final for this call;
+    /// a write may or may not have happened, so a caller that tries again should expect, for
+    /// example, `AlreadyExists` after a sign-up that did happen.
+    #[error("{operation}: no answer within the deadline of {} ms", deadline.as_millis())]
     DeadlineExceeded {
-        /// The operation that timed out.
+        /// The operation that timed out, for example `send_message`.
         operation: &'static str,
-        /// The deadline it had.
+        /// The deadline that passed.
         deadline: Duration,
     },
-    /// Any other status from the server.
+    /// Any other gRPC status from the server, with its code and message.
     #[error("{message} ({code:?})")]
     Server {
         /// The gRPC status code.
         code: Code,
-        /// The server's message.
+        /// The server's message, verbatim.
         message: String,
     },
-    /// A server address given to the builder is not usable.
-    #[error("server address {address:?}: {reason}")]
+    /// A server address given to the builder cannot be used.
+    #[error("invalid server address {address:?}: {reason}")]
     InvalidAddress {
-        /// The address as given.
+        /// The address as it was given.
         address: String,
         /// What is wrong with it.
         reason: String,
     },
-    /// The server's reply lacks something the protocol promises.
-    #[error("invalid response: {0}")]
+    /// The server's reply broke the protocol, for example a required field was missing or an
+    /// enum had an unknown value. Final: the server and client disagree about the API.
+    #[error("invalid response from the server: {0}")]
     InvalidResponse(String),
 }
 
 impl ClientError {
-    /// Whether the same call may succeed if made again. Only availability failures are; the
-    /// client itself already retried those until the deadline.
+    /// Whether trying the same request again later may succeed.
+    ///
+    /// True only for [`ClientError::Unavailable`] (an `UNAVAILABLE` status or a transport
+    /// failure). [`ClientError::DeadlineExceeded`] is not retryable: the deadline is the
+    /// caller's budget for the call, and it is spent.
+    #[must_use]
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
 
-    /// The gRPC status code behind this error, if it came from (or stands for) a status.
+    /// The gRPC status code this error stands for, or `None` for errors found by the client
+    /// itself (a bad address or an invalid response).
+    #[must_use]
     pub fn code(&self) -> Option<Code> {
-        Some(match self {
-            Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::AlreadyExists(_) => Code::AlreadyExists,
-            Self::NotFound(_) => Code::NotFound,
-            Self::Unauthenticated(_) => Code::Unauthenticated,
-            Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::RateLimited(_) => Code::ResourceExhausted,
-            Self::FailedPrecondition(_) => Code::FailedPrecondition,
-            Self::Unavailable(_) => Code::Unavailable,
-            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            Self::Server { code, .. } => *code,
-            Self::InvalidAddress { .. } | Self::InvalidResponse(_) => return None,
-        })
+        match self {
+            Self::InvalidArgument(_) => Some(Code::InvalidArgument),
+            Self::AlreadyExists(_) => Some(Code::AlreadyExists),
+            Self::NotFound(_) => Some(Code::NotFound),
+            Self::Unauthenticated(_) => Some(Code::Unauthenticated),
+            Self::PermissionDenied(_) => Some(Code::PermissionDenied),
+            Self::RateLimited(_) => Some(Code::ResourceExhausted),
+            Self::FailedPrecondition(_) => Some(Code::FailedPrecondition),
+            Self::Unavailable(_) => Some(Code::Unavailable),
+            Self::DeadlineExceeded { .. } => Some(Code::DeadlineExceeded),
+            Self::Server { code, .. } => Some(*code),
+            Self::InvalidAddress { .. } | Self::InvalidResponse(_) => None,
+        }
     }
-}
 
-impl From<Status> for ClientError {
-    fn from(status: Status) -> Self {
+    /// Maps a status returned by one attempt of `operation`, whose deadline is `deadline`.
+    pub(crate) fn from_status(
+        status: &Status,
+        operation: &'static str,
+        deadline: Duration,
+    ) -> Self {
         let message = status.message().to_owned();
+        if is_transport_failure(status) {
+            return Self::Unavailable(message);
+        }
         match status.code() {
             Code::InvalidArgument => Self::InvalidArgument(message),
             Code::AlreadyExists => Self::AlreadyExists(message),
@@ -104,32 +134,167 @@ impl From<Status> for ClientError {
             Code::ResourceExhausted => Self::RateLimited(message),
             Code::FailedPrecondition => Self::FailedPrecondition(message),
             Code::Unavailable => Self::Unavailable(message),
+            Code::DeadlineExceeded => Self::DeadlineExceeded {
+                operation,
+                deadline,
+            },
             code => Self::Server { code, message },
         }
     }
+}
+
+/// Whether `status` was made by the local transport rather than sent by a server.
+///
+/// A status decoded from a server's reply never has an error source, while tonic attaches the
+/// underlying I/O, hyper or h2 error to the statuses it makes for a broken connection (refused
+/// connections already arrive as `UNAVAILABLE`). Such a failure says nothing about the request,
+/// so it is as retryable as `UNAVAILABLE`; writes are safe to retry thanks to their
+/// idempotency key.
+fn is_transport_failure(status: &Status) -> bool {
+    let local_code = matches!(
+        status.code(),
+        Code::Unknown | Code::Cancelled | Code::Internal
+    );
+    let made_locally = status.source().is_some() || status.message().starts_with(NOT_READY_PREFIX);
+    local_code && made_locally
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn map(status: &Status) -> ClientError {
+        ClientError::from_status(status, "sign_up", DEADLINE)
+    }
+
     #[test]
-    fn statuses_map_to_variants_and_only_unavailability_is_retried() {
-        let error = ClientError::from(Status::invalid_argument("username: must not be empty"));
+    fn server_codes_map_to_their_variants_with_the_message_verbatim() {
+        let message = "username: must be 1 to 32 characters";
+        let cases = [
+            (
+                Code::InvalidArgument,
+                ClientError::InvalidArgument(message.into()),
+            ),
+            (
+                Code::AlreadyExists,
+                ClientError::AlreadyExists(message.into()),
+            ),
+            (Code::NotFound, ClientError::NotFound(message.into())),
+            (
+                Code::Unauthenticated,
+                ClientError::Unauthenticated(message.into()),
+            ),
+            (
+                Code::PermissionDenied,
+                ClientError::PermissionDenied(message.into()),
+            ),
+            (
+                Code::ResourceExhausted,
+                ClientError::RateLimited(message.into()),
+            ),
+            (
+                Code::FailedPrecondition,
+                ClientError::FailedPrecondition(message.into()),
+            ),
+            (Code::Unavailable, ClientError::Unavailable(message.into())),
+            (
+                Code::Internal,
+                ClientError::Server {
+                    code: Code::Internal,
+                    message: message.into(),
+                },
+            ),
+            (
+                Code::Unknown,
+                ClientError::Server {
+                    code: Code::Unknown,
+                    message: message.into(),
+                },
+            ),
+        ];
+        for (code, expected) in cases {
+            let error = map(&Status::new(code, message));
+            assert_eq!(error, expected, "{code:?}");
+            assert_eq!(error.code(), Some(code));
+        }
+        assert_eq!(
+            ClientError::InvalidArgument(message.into()).to_string(),
+            message
+        );
+    }
+
+    #[test]
+    fn deadline_exceeded_names_the_operation_and_the_deadline() {
+        let error = map(&Status::deadline_exceeded("too slow"));
         assert_eq!(
             error,
-            ClientError::InvalidArgument("username: must not be empty".into())
+            ClientError::DeadlineExceeded {
+                operation: "sign_up",
+                deadline: DEADLINE,
+            }
         );
-        assert_eq!(error.to_string(), "username: must not be empty");
-        assert_eq!(error.code(), Some(Code::InvalidArgument));
+        assert_eq!(
+            error.to_string(),
+            "sign_up: no answer within the deadline of 10000 ms"
+        );
         assert!(!error.is_retryable());
-        assert!(ClientError::from(Status::unavailable("down")).is_retryable());
-        assert!(
-            !ClientError::from(Status::unauthenticated("wrong username or password"))
-                .is_retryable()
+    }
+
+    #[test]
+    fn transport_failures_are_unavailable() {
+        // 1. A status made by tonic around an I/O error has a source.
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection reset");
+        let status = Status::from_error(Box::new(io));
+        assert!(status.source().is_some());
+        assert!(matches!(map(&status), ClientError::Unavailable(_)));
+
+        // 2. The generated client's "not ready" status has no source but is local too.
+        let status = Status::unknown(format!("{NOT_READY_PREFIX}: buffer closed"));
+        assert!(map(&status).is_retryable());
+
+        // 3. The same code sent by a server is not a transport failure.
+        assert!(!map(&Status::unknown("boom")).is_retryable());
+    }
+
+    #[test]
+    fn only_unavailable_is_retryable() {
+        assert!(ClientError::Unavailable("no quorum".into()).is_retryable());
+        let final_errors = [
+            ClientError::InvalidArgument(String::new()),
+            ClientError::Unauthenticated(String::new()),
+            ClientError::RateLimited(String::new()),
+            ClientError::DeadlineExceeded {
+                operation: "log_in",
+                deadline: DEADLINE,
+            },
+            ClientError::Server {
+                code: Code::Aborted,
+                message: String::new(),
+            },
+            ClientError::InvalidResponse(String::new()),
+            ClientError::InvalidAddress {
+                address: String::new(),
+                reason: String::new(),
+            },
+        ];
+        for error in final_errors {
+            assert!(!error.is_retryable(), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn local_errors_have_no_code() {
+        assert_eq!(ClientError::InvalidResponse("x".into()).code(), None);
+        let error = ClientError::InvalidAddress {
+            address: "nope".into(),
+            reason: "expected HOST:PORT".into(),
+        };
+        assert_eq!(error.code(), None);
+        assert_eq!(
+            error.to_string(),
+            "invalid server address \"nope\": expected HOST:PORT"
         );
-        let other = ClientError::from(Status::out_of_range("too large"));
-        assert_eq!(other.code(), Some(Code::OutOfRange));
-        assert!(!other.is_retryable());
     }
 }

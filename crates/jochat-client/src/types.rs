@@ -64,6 +64,14 @@ pub enum MessageStatus {
 }
 
 impl MessageStatus {
+    /// `"delivered"` or `"away"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Away => "away",
+        }
+    }
+
     fn from_wire(raw: i32) -> Result<Self, ClientError> {
         match v1::MessageStatus::try_from(raw) {
             Ok(v1::MessageStatus::Delivered) => Ok(Self::Delivered),
@@ -72,6 +80,12 @@ impl MessageStatus {
                 "unknown message status {raw}"
             ))),
         }
+    }
+}
+
+impl fmt::Display for MessageStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -195,6 +209,41 @@ pub struct InboxQuery {
     pub consistency: ReadConsistency,
 }
 
+impl InboxQuery {
+    /// The first page of the whole inbox, at the server's default page size.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Skips the first `offset` messages.
+    #[must_use]
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    /// Returns at most `limit` messages (0 for the server's default).
+    #[must_use]
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Lists only the conversation with `username`, in both directions.
+    #[must_use]
+    pub fn with_user(mut self, username: impl Into<String>) -> Self {
+        self.with_user = Some(username.into());
+        self
+    }
+
+    /// Reads at this consistency.
+    #[must_use]
+    pub fn consistency(mut self, consistency: ReadConsistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
+}
+
 /// Which accounts to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountQuery {
@@ -206,6 +255,37 @@ pub struct AccountQuery {
     pub limit: u32,
     /// How fresh.
     pub consistency: ReadConsistency,
+}
+
+impl AccountQuery {
+    /// The first page of the accounts matching `pattern`, at the server's default page size.
+    pub fn new(pattern: impl Into<String>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Skips the first `offset` accounts.
+    #[must_use]
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    /// Returns at most `limit` accounts (0 for the server's default).
+    #[must_use]
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Reads at this consistency.
+    #[must_use]
+    pub fn consistency(mut self, consistency: ReadConsistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
 }
 
 /// A cluster member.
@@ -232,6 +312,32 @@ pub enum MemberRole {
     Learner,
 }
 
+impl MemberRole {
+    /// `"voter"` or `"learner"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Voter => "voter",
+            Self::Learner => "learner",
+        }
+    }
+
+    fn from_wire(raw: i32) -> Result<Self, ClientError> {
+        match v1::MemberRole::try_from(raw) {
+            Ok(v1::MemberRole::Voter) => Ok(Self::Voter),
+            Ok(v1::MemberRole::Learner) => Ok(Self::Learner),
+            _ => Err(ClientError::InvalidResponse(format!(
+                "unknown member role {raw}"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for MemberRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The cluster as one node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterInfo {
@@ -249,30 +355,32 @@ pub struct ClusterInfo {
     pub members: Vec<Member>,
 }
 
-impl From<v1::ClusterInfoResponse> for ClusterInfo {
-    fn from(wire: v1::ClusterInfoResponse) -> Self {
-        Self {
+impl TryFrom<v1::ClusterInfoResponse> for ClusterInfo {
+    type Error = ClientError;
+
+    fn try_from(wire: v1::ClusterInfoResponse) -> Result<Self, ClientError> {
+        let members = wire
+            .members
+            .into_iter()
+            .map(|m| {
+                Ok(Member {
+                    id: m.id,
+                    address: m.address,
+                    role: MemberRole::from_wire(m.role)?,
+                    reachable: m.reachable,
+                    applied_index: m.applied_index,
+                })
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(Self {
             node_id: wire.node_id,
+            // The wire says "no leader known" with 0 and an empty address.
             leader_id: (wire.leader_id != 0).then_some(wire.leader_id),
             leader_address: (!wire.leader_address.is_empty()).then_some(wire.leader_address),
             term: wire.term,
             commit_index: wire.commit_index,
-            members: wire
-                .members
-                .into_iter()
-                .map(|m| Member {
-                    id: m.id,
-                    address: m.address,
-                    role: if m.role == v1::MemberRole::Learner as i32 {
-                        MemberRole::Learner
-                    } else {
-                        MemberRole::Voter
-                    },
-                    reachable: m.reachable,
-                    applied_index: m.applied_index,
-                })
-                .collect(),
-        }
+            members,
+        })
     }
 }
 
@@ -290,6 +398,59 @@ mod tests {
         let token = SessionToken::from("secret-token".to_owned());
         assert_eq!(format!("{token:?}"), "SessionToken(<redacted>)");
         assert_eq!(token.as_str(), "secret-token");
+    }
+
+    #[test]
+    fn queries_are_built_with_setters() {
+        let query = InboxQuery::new()
+            .offset(20)
+            .limit(10)
+            .with_user("bob")
+            .consistency(ReadConsistency::Stale);
+        assert_eq!(
+            query,
+            InboxQuery {
+                offset: 20,
+                limit: 10,
+                with_user: Some("bob".into()),
+                consistency: ReadConsistency::Stale,
+            }
+        );
+        let query = AccountQuery::new("al*").offset(5).limit(1);
+        assert_eq!(query.pattern, "al*");
+        assert_eq!((query.offset, query.limit), (5, 1));
+        assert_eq!(query.consistency, ReadConsistency::Linearizable);
+        assert_eq!(InboxQuery::new().limit, 0, "0 asks for the server's default");
+    }
+
+    #[test]
+    fn cluster_info_maps_the_no_leader_sentinels_and_refuses_unknown_roles() {
+        let member = |role: v1::MemberRole| v1::Member {
+            id: 2,
+            address: "127.0.0.1:5002".into(),
+            role: role as i32,
+            reachable: true,
+            applied_index: 9,
+        };
+        let wire = v1::ClusterInfoResponse {
+            members: vec![member(v1::MemberRole::Learner)],
+            leader_id: 0,
+            leader_address: String::new(),
+            term: 3,
+            commit_index: 9,
+            node_id: 2,
+        };
+        let info = ClusterInfo::try_from(wire.clone()).unwrap();
+        assert_eq!((info.leader_id, info.leader_address), (None, None));
+        assert_eq!(info.members[0].role, MemberRole::Learner);
+        let unknown = v1::ClusterInfoResponse {
+            members: vec![member(v1::MemberRole::Unspecified)],
+            ..wire
+        };
+        assert!(matches!(
+            ClusterInfo::try_from(unknown),
+            Err(ClientError::InvalidResponse(_))
+        ));
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub fn apply<S: ChatStore + ?Sized>(
         Action::MarkDelivered { session, limit } => mark_delivered(store, session, *limit, at_ms)?,
         Action::DeleteMessages { session, ids } => delete_messages(store, session, ids, at_ms)?,
         Action::DeleteAccount { session } => delete_account(store, session, at_ms)?,
+        Action::ResetAll { session } => {
+            authenticate_digest(store, session, at_ms)?;
+            store.clear_chat_state()?;
+            Outcome::Reset
+        }
     };
 
     if let (Some(key), Some(scope)) = (&command.idempotency_key, scope) {

@@ -79,6 +79,13 @@ pub enum Action {
         /// The caller's session.
         session: TokenDigest,
     },
+    /// Delete every account, session and message (the prototype's `ResetDB`). The accepting
+    /// node checked that the session belongs to its configured administrator. Id counters are
+    /// kept, so ids are still never reused.
+    ResetAll {
+        /// The administrator's session.
+        session: TokenDigest,
+    },
 }
 
 impl Action {
@@ -92,6 +99,7 @@ impl Action {
             Self::MarkDelivered { .. } => "mark_delivered",
             Self::DeleteMessages { .. } => "delete_messages",
             Self::DeleteAccount { .. } => "delete_account",
+            Self::ResetAll { .. } => "reset_all",
         }
     }
 
@@ -103,7 +111,8 @@ impl Action {
             | Self::SendMessage { session, .. }
             | Self::MarkDelivered { session, .. }
             | Self::DeleteMessages { session, .. }
-            | Self::DeleteAccount { session } => Some(session),
+            | Self::DeleteAccount { session }
+            | Self::ResetAll { session } => Some(session),
         }
     }
 
@@ -169,4 +178,6 @@ pub enum Outcome {
         /// How many messages went with it.
         messages_deleted: u64,
     },
+    /// All chat state was cleared.
+    Reset,
 }

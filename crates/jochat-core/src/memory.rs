@@ -251,4 +251,12 @@ impl ChatStore for MemoryStore {
         self.last_ids = ids;
         Ok(())
     }
+
+    fn clear_chat_state(&mut self) -> Result<(), StoreError> {
+        *self = Self {
+            last_ids: self.last_ids,
+            ..Self::default()
+        };
+        Ok(())
+    }
 }

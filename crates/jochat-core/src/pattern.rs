@@ -29,6 +29,23 @@ impl Pattern {
     /// # Errors
     /// `InvalidArgument` on `pattern` naming the broken rule.
     pub fn new(raw: &str) -> Result<Self, ChatError> {
+        Self::parse(raw, true)
+    }
+
+    /// Checks `raw` like [`Pattern::new`], but every character, `*` and `?` included, stands
+    /// for itself and the whole text matches as a substring; only `*` alone (or nothing)
+    /// matches every account. These are the prototype's search rules.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `pattern` naming the broken rule.
+    pub fn substring(raw: &str) -> Result<Self, ChatError> {
+        if raw == "*" {
+            return Self::new("");
+        }
+        Self::parse(raw, false)
+    }
+
+    fn parse(raw: &str, wildcards: bool) -> Result<Self, ChatError> {
         let chars = raw.chars().count();
         if chars > PATTERN_CHARS_MAX {
             return Err(ChatError::invalid(
@@ -42,7 +59,7 @@ impl Pattern {
                 "must not contain control characters",
             ));
         }
-        let has_wildcard = raw.contains(['*', '?']);
+        let has_wildcard = wildcards && raw.contains(['*', '?']);
         let mut tokens = Vec::with_capacity(chars + 2);
         if !has_wildcard {
             // A plain pattern is a substring search: "li" finds "alice".
@@ -50,8 +67,8 @@ impl Pattern {
         }
         for c in raw.chars() {
             let token = match c {
-                '*' => Token::AnyRun,
-                '?' => Token::AnyOne,
+                '*' if wildcards => Token::AnyRun,
+                '?' if wildcards => Token::AnyOne,
                 c => Token::Literal(c.to_ascii_lowercase()),
             };
             // Runs of `*` mean the same as one; collapsing them keeps matching linear.
@@ -160,6 +177,17 @@ mod tests {
         assert!(p("a_b").matches("xa_by"));
         assert!(!p("a_b").matches("axb"));
         assert!(!p("%").matches("alice"));
+    }
+
+    #[test]
+    fn the_prototypes_rules_match_literal_substrings() {
+        let all = Pattern::substring("*").unwrap();
+        assert!(all.matches_all());
+        let literal = Pattern::substring("a*").unwrap();
+        assert!(!literal.matches("alice"));
+        assert!(literal.matches("xa*y"));
+        assert_eq!(literal.to_like(), "%a*%");
+        assert!(Pattern::substring("LI").unwrap().matches("alice"));
     }
 
     #[test]

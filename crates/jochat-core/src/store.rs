@@ -177,4 +177,6 @@ pub trait ChatStore: ChatRead {
     fn forget_remembered(&mut self, before_ms: i64, keep_max: u64) -> Result<(), StoreError>;
     /// Stores the id counters.
     fn set_last_ids(&mut self, ids: LastIds) -> Result<(), StoreError>;
+    /// Removes every user, session, message and remembered outcome; keeps the id counters.
+    fn clear_chat_state(&mut self) -> Result<(), StoreError>;
 }

@@ -1,4 +1,5 @@
-//! JoChat's wire format: the `jochat.v1` gRPC package and its generated tonic/prost code.
+//! JoChat's wire format: the `jochat.v1` gRPC package, the prototype's `ChatService`, and
+//! their generated tonic/prost code.
 //!
 //! The `.proto` files live in `proto/` beside this crate and are compiled at build time with
 //! a vendored `protoc`, so a fresh machine needs no system `protoc`.
@@ -6,6 +7,7 @@
 //! # Layout
 //!
 //! - [`v1`]: the generated messages, the `Chat` client and server.
+//! - [`legacy`]: the prototype's `ChatService`, same wire format, for its old clients.
 //! - [`codec`]: the codec every generated method uses; it reports requests that cannot be
 //!   decoded (malformed frames, invalid UTF-8 in a string field) as `INVALID_ARGUMENT`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
@@ -20,5 +22,13 @@ pub mod v1 {
     tonic::include_proto!("jochat.v1");
 }
 
+/// The Python prototype's service, `ChatService` (no package), from
+/// `proto/legacy/chat_service.proto`: the same wire format, served for its old clients.
+pub mod legacy {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    // A package-less `.proto` is generated into `_.rs`.
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
 /// The encoded `FileDescriptorSet` of every `.proto` in this crate, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("jochat_v1_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("jochat_descriptor");

@@ -496,4 +496,11 @@ impl ChatStore for SqliteChat<'_> {
         self.set_counter("last_user_id", ids.user)?;
         self.set_counter("last_message_id", ids.message)
     }
+
+    fn clear_chat_state(&mut self) -> Result<(), StoreError> {
+        for table in ["users", "sessions", "messages", "idempotency"] {
+            self.execute(&format!("DELETE FROM {table}"), [])?;
+        }
+        self.set_counter("remembered_count", 0)
+    }
 }
