@@ -125,6 +125,10 @@ pub struct NodeConfig {
         default_value_t = 4
     )]
     pub read_pool_size: u32,
+    /// The account allowed to reset the whole database through the prototype's ResetDB call
+    /// (refused to everyone when unset).
+    #[arg(long = "admin-user", alias = "admin_user", env = "JOCHAT_ADMIN_USER")]
+    pub admin_user: Option<String>,
     /// Concurrent requests per client connection at most; more wait.
     #[arg(
         long = "connection-requests-max",
@@ -153,6 +157,7 @@ impl Default for NodeConfig {
             login_lockout_secs: 60,
             read_pool_size: 4,
             connection_requests_max: 256,
+            admin_user: None,
         }
     }
 }
@@ -203,6 +208,12 @@ impl NodeConfig {
         }
         if self.cluster_secret.as_deref().is_some_and(str::is_empty) {
             return fail("cluster-secret", "must not be empty when given".into());
+        }
+        if let Some(admin) = &self.admin_user {
+            jochat_core::types::Username::new(admin).map_err(|e| NodeError::Config {
+                flag: "admin-user",
+                rule: e.to_string(),
+            })?;
         }
         self.listen_address()?;
         Ok(())

@@ -12,6 +12,10 @@ pub enum NodeError {
     /// The chat core refused the request (bad input, unknown session, name taken, ...).
     #[error(transparent)]
     Chat(#[from] ChatError),
+    /// The caller may not do this (for example ResetDB by someone other than the
+    /// administrator, or the prototype's internal replication calls).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Too many failed log-ins for one username; retry after the given time.
     #[error("too many failed log-ins for this username: try again in {retry_after_secs} s")]
     RateLimited {
@@ -67,6 +71,7 @@ impl NodeError {
                 ChatError::Storage(_) => Code::Internal,
             },
             Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Config { .. } => Code::InvalidArgument,
             Self::ShuttingDown => Code::Unavailable,
             Self::Sqlite(_)

@@ -435,7 +435,22 @@ impl Node {
         offset: i64,
         limit: i64,
     ) -> Result<AccountPage, NodeError> {
-        let pattern = Pattern::new(pattern)?;
+        self.list_accounts_matching(token, Pattern::new(pattern)?, offset, limit)
+            .await
+    }
+
+    /// A page of the accounts matching an already parsed `pattern` (the prototype's service
+    /// parses with its own rules, [`Pattern::substring`]).
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `offset` or `limit`; `Unauthenticated`.
+    pub async fn list_accounts_matching(
+        &self,
+        token: &str,
+        pattern: Pattern,
+        offset: i64,
+        limit: i64,
+    ) -> Result<AccountPage, NodeError> {
         let page = Page::new(offset, limit)?;
         let digest = session_digest(token)?;
         let now = now_ms();
@@ -477,8 +492,55 @@ impl Node {
                 return Err(ChatError::WrongCredentials.into());
             }
         }
+        self.delete_session_account(session, key).await
+    }
+
+    /// Deletes the account behind `token` on the strength of the session alone, as the
+    /// prototype's `DeleteAccount` did (its request carries no password).
+    ///
+    /// # Errors
+    /// `Unauthenticated`.
+    pub async fn delete_account_by_session(&self, token: &str) -> Result<u64, NodeError> {
+        self.delete_session_account(session_digest(token)?, None)
+            .await
+    }
+
+    async fn delete_session_account(
+        &self,
+        session: TokenDigest,
+        key: Option<IdempotencyKey>,
+    ) -> Result<u64, NodeError> {
         match self.write(key, Action::DeleteAccount { session }).await? {
             Outcome::AccountDeleted { messages_deleted } => Ok(messages_deleted),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes every account, session and message, for the administrator named by
+    /// `--admin-user` only (the prototype's `ResetDB`).
+    ///
+    /// # Errors
+    /// `PermissionDenied` when no administrator is configured or the caller is someone else;
+    /// `Unauthenticated`.
+    pub async fn reset_all(&self, token: &str) -> Result<(), NodeError> {
+        let Some(admin) = &self.config.admin_user else {
+            return Err(NodeError::PermissionDenied(
+                "resetting the database is disabled: the node has no --admin-user".into(),
+            ));
+        };
+        let user = self.authenticate(token).await?;
+        if !user.username.as_str().eq_ignore_ascii_case(admin) {
+            tracing::warn!(user = %user.username, "refused a database reset by a non-administrator");
+            return Err(NodeError::PermissionDenied(
+                "only the administrator may reset the database".into(),
+            ));
+        }
+        let session = session_digest(token)?;
+        match self.write(None, Action::ResetAll { session }).await? {
+            Outcome::Reset => {
+                tracing::warn!(admin = %user.username, "database reset: every account, session and message deleted");
+                Ok(())
+            }
             other => Err(unexpected(other)),
         }
     }

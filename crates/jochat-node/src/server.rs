@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jochat_proto::legacy::chat_service_server::ChatServiceServer;
 use jochat_proto::v1::chat_server::ChatServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -18,6 +19,7 @@ use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::node::Node;
 use crate::service::chat::ChatApi;
+use crate::service::legacy::LegacyApi;
 
 /// How often an idle client connection is pinged, so dead peers are noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -53,12 +55,15 @@ async fn run(
 ) -> Result<(), NodeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChatServer<ChatApi>>().await;
+    health.set_serving::<ChatServiceServer<LegacyApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(jochat_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Task(format!("reflection service: {e}")))?;
     let chat = ChatServer::new(ChatApi::new(Arc::clone(&node)))
+        .max_decoding_message_size(config.request_bytes_max);
+    let legacy = ChatServiceServer::new(LegacyApi::new(Arc::clone(&node)))
         .max_decoding_message_size(config.request_bytes_max);
 
     if !config.peers.is_empty() {
@@ -67,13 +72,14 @@ async fn run(
             "--peers is accepted but this build runs a single node"
         );
     }
-    tracing::info!(%address, db = %node.database().path().display(), "serving jochat.v1");
+    tracing::info!(%address, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
     let served = Server::builder()
         .concurrency_limit_per_connection(config.connection_requests_max)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(chat)
+        .add_service(legacy)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     tracing::info!("stopped accepting requests; committing what was accepted");

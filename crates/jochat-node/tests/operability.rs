@@ -69,6 +69,7 @@ async fn health_and_reflection_are_served() {
     assert_eq!(
         names,
         [
+            "ChatService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "jochat.v1.Chat"

@@ -2,6 +2,7 @@
 //! call into [`crate::Node`], domain values (or a status) out.
 
 pub mod chat;
+pub mod legacy;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

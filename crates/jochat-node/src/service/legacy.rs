@@ -1,0 +1,430 @@
+//! `ChatService`: the Python prototype's service, served beside `jochat.v1` so that its
+//! clients keep working.
+//!
+//! A thin adapter: every call maps onto the same [`Node`] operation `jochat.v1` uses, with the
+//! prototype's shapes around it. Replies carry `status` "ok" or "error" and a human `msg`
+//! instead of gRPC codes; the session token travels in the body as `auth_token`; passwords
+//! are taken as the prototype's client sent them (and stored as argon2id like any other);
+//! account search follows the prototype's rules (`*` lists all, other text is a substring).
+//! The prototype's own replication calls are refused: Raft replicates in JoChat.
+
+use std::sync::Arc;
+
+use jochat_core::Pattern;
+use jochat_proto::legacy as pb;
+use jochat_proto::legacy::chat_service_server::ChatService;
+use tonic::{Request, Response, Status};
+
+use super::observe;
+use crate::error::NodeError;
+use crate::node::Node;
+
+const OK: &str = "ok";
+const ERROR: &str = "error";
+
+/// The prototype's `ChatService` over one [`Node`].
+#[derive(Clone)]
+pub struct LegacyApi {
+    node: Arc<Node>,
+}
+
+impl LegacyApi {
+    /// The service for `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+/// The prototype's way to report a refusal: the same message `jochat.v1` sends with its
+/// status code (internal details stay in the log).
+fn refusal(error: NodeError) -> String {
+    tracing::info!(%error, "refused (answered with status \"error\")");
+    Status::from(error).message().to_owned()
+}
+
+fn generic(result: Result<String, NodeError>) -> pb::GenericResponse {
+    match result {
+        Ok(msg) => pb::GenericResponse {
+            status: OK.into(),
+            msg,
+        },
+        Err(error) => pb::GenericResponse {
+            status: ERROR.into(),
+            msg: refusal(error),
+        },
+    }
+}
+
+/// The prototype's 32-bit counts; larger values are shown as the largest it can carry.
+fn count32(value: u64) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// The prototype's 32-bit message ids. JoChat's are 64-bit; an id past 2^31 cannot be shown
+/// to these clients, which is reported rather than truncated.
+fn id32(id: i64) -> Result<i32, NodeError> {
+    i32::try_from(id).map_err(|_| {
+        jochat_core::ChatError::invalid(
+            "id",
+            format!("message id {id} does not fit the prototype's 32-bit ids: use jochat.v1"),
+        )
+        .into()
+    })
+}
+
+fn chat_messages(
+    records: Vec<jochat_core::store::MessageRecord>,
+) -> Result<Vec<pb::ChatMessage>, NodeError> {
+    records
+        .into_iter()
+        .map(|m| {
+            Ok(pb::ChatMessage {
+                id: id32(m.id.0)?,
+                sender: m.sender.to_string(),
+                content: m.content,
+            })
+        })
+        .collect()
+}
+
+/// Checks the prototype's paging fields, naming them as it does.
+fn legacy_page(start: i32, count: i32) -> Result<(i64, i64), NodeError> {
+    if start < 0 {
+        return Err(jochat_core::ChatError::invalid(
+            "start",
+            format!("must not be negative, got {start}"),
+        )
+        .into());
+    }
+    if !(0..=1000).contains(&count) {
+        return Err(jochat_core::ChatError::invalid(
+            "count",
+            format!("must be between 0 and 1000, got {count}"),
+        )
+        .into());
+    }
+    Ok((i64::from(start), i64::from(count)))
+}
+
+fn refuse_internal(operation: &'static str, caller: Option<std::net::SocketAddr>) -> Status {
+    tracing::warn!(operation, caller = ?caller, "refused the prototype's internal replication call");
+    Status::permission_denied(format!(
+        "{operation} is not served: JoChat nodes replicate through Raft, not through the prototype's calls"
+    ))
+}
+
+#[tonic::async_trait]
+impl ChatService for LegacyApi {
+    async fn signup(
+        &self,
+        request: Request<pb::SignupRequest>,
+    ) -> Result<Response<pb::GenericResponse>, Status> {
+        let node = &self.node;
+        let request = request.into_inner();
+        observe(node.id(), "legacy.signup", async move {
+            let result = node.sign_up(&request.username, &request.password, "").await;
+            Ok(generic(
+                result.map(|(_, name)| format!("signed up as {name}")),
+            ))
+        })
+        .await
+    }
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let node = &self.node;
+        let request = request.into_inner();
+        observe(node.id(), "legacy.login", async move {
+            Ok(
+                match node.log_in(&request.username, &request.password).await {
+                    Ok(session) => pb::LoginResponse {
+                        auth_token: session.token.as_str().to_owned(),
+                        status: OK.into(),
+                        msg: format!("logged in as {}", session.username),
+                        unread_count: count32(session.unread_count),
+                    },
+                    Err(error) => pb::LoginResponse {
+                        status: ERROR.into(),
+                        msg: refusal(error),
+                        ..Default::default()
+                    },
+                },
+            )
+        })
+        .await
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::EmptyRequest>,
+    ) -> Result<Response<pb::GenericResponse>, Status> {
+        let node = &self.node;
+        let token = request.into_inner().auth_token.unwrap_or_default();
+        observe(node.id(), "legacy.logout", async move {
+            Ok(generic(
+                node.log_out(&token, "")
+                    .await
+                    .map(|()| "logged out".to_owned()),
+            ))
+        })
+        .await
+    }
+
+    async fn count_unread(
+        &self,
+        request: Request<pb::CountUnreadRequest>,
+    ) -> Result<Response<pb::CountUnreadResponse>, Status> {
+        let node = &self.node;
+        let request = request.into_inner();
+        observe(node.id(), "legacy.count_unread", async move {
+            Ok(match node.unread_count(&request.auth_token).await {
+                Ok(unread) => pb::CountUnreadResponse {
+                    status: OK.into(),
+                    msg: format!("{unread} unread message(s)"),
+                    unread_count: count32(unread),
+                },
+                Err(error) => pb::CountUnreadResponse {
+                    status: ERROR.into(),
+                    msg: refusal(error),
+                    unread_count: 0,
+                },
+            })
+        })
+        .await
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::GenericResponse>, Status> {
+        let node = &self.node;
+        let request = request.into_inner();
+        observe(node.id(), "legacy.send_message", async move {
+            let result = node
+                .send_message(&request.auth_token, &request.recipient, request.content, "")
+                .await;
+            Ok(generic(
+                result.map(|sent| format!("message {} sent", sent.id.0)),
+            ))
+        })
+        .await
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let node = &self.node;
+        let request = request.into_inner();
+        observe(node.id(), "legacy.list_messages", async move {
+            let result = async {
+                let (offset, limit) = legacy_page(request.start, request.count)?;
+                let page = node
+                    .list_messages(&request.auth_token, offset, limit, "")
+                    .await?;
+                Ok::<_, NodeError>((chat_messages(page.messages)?, page.total_count))
+            }
+            .await;
+            Ok(match result {
+                Ok((messages, total)) => pb::ListMessagesResponse {
+                    status: OK.into(),
+                    msg: format!("{} of {total} message(s)", messages.len()),
+                    messages,
+                    total_count: count32(total),
+                },
+                Err(error) => pb::ListMessagesResponse {
+                    status: ERROR.into(),
+                    msg: refusal(error),
+                    ..Default::default()
+                },
+            })
+        })
+        .await
+    }
+
+    async fn fetch_away_msgs(
+        &self,
+        request: Request<pb::FetchAwayMsgsRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let node = &self.node;
+        let request = request.into_inner();
+        observe(node.id(), "legacy.fetch_away_msgs", async move {
+            let result = async {
+                let fetched = node
+                    .fetch_away(&request.auth_token, i64::from(request.limit), "")
+                    .await?;
+                Ok::<_, NodeError>((chat_messages(fetched.messages)?, fetched.remaining))
+            }
+            .await;
+            Ok(match result {
+                Ok((messages, remaining)) => pb::ListMessagesResponse {
+                    status: OK.into(),
+                    msg: format!(
+                        "{} message(s) fetched, {remaining} still waiting",
+                        messages.len()
+                    ),
+                    total_count: count32(messages.len() as u64),
+                    messages,
+                },
+                Err(error) => pb::ListMessagesResponse {
+                    status: ERROR.into(),
+                    msg: refusal(error),
+                    ..Default::default()
+                },
+            })
+        })
+        .await
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let node = &self.node;
+        let request = request.into_inner();
+        observe(node.id(), "legacy.list_accounts", async move {
+            let result = async {
+                let (offset, limit) = legacy_page(request.start, request.count)?;
+                let pattern = Pattern::substring(&request.pattern)?;
+                node.list_accounts_matching(&request.auth_token, pattern, offset, limit)
+                    .await
+            }
+            .await;
+            Ok(match result {
+                Ok(page) => pb::ListAccountsResponse {
+                    status: OK.into(),
+                    msg: format!("{} of {} account(s)", page.accounts.len(), page.total_count),
+                    users: page
+                        .accounts
+                        .into_iter()
+                        .map(|a| pb::UserRecord {
+                            id: i32::try_from(a.id.0).unwrap_or(i32::MAX),
+                            username: a.username.to_string(),
+                        })
+                        .collect(),
+                },
+                Err(error) => pb::ListAccountsResponse {
+                    status: ERROR.into(),
+                    msg: refusal(error),
+                    users: Vec::new(),
+                },
+            })
+        })
+        .await
+    }
+
+    async fn delete_messages(
+        &self,
+        request: Request<pb::DeleteMessagesRequest>,
+    ) -> Result<Response<pb::DeleteMessagesResponse>, Status> {
+        let node = &self.node;
+        let request = request.into_inner();
+        observe(node.id(), "legacy.delete_messages", async move {
+            let ids: Vec<i64> = request
+                .message_ids_to_delete
+                .iter()
+                .map(|&id| i64::from(id))
+                .collect();
+            Ok(
+                match node.delete_messages(&request.auth_token, &ids, "").await {
+                    Ok(deleted) => pb::DeleteMessagesResponse {
+                        status: OK.into(),
+                        msg: format!("{deleted} message(s) deleted"),
+                        deleted_count: count32(deleted),
+                    },
+                    Err(error) => pb::DeleteMessagesResponse {
+                        status: ERROR.into(),
+                        msg: refusal(error),
+                        deleted_count: 0,
+                    },
+                },
+            )
+        })
+        .await
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<pb::EmptyRequest>,
+    ) -> Result<Response<pb::GenericResponse>, Status> {
+        let node = &self.node;
+        let token = request.into_inner().auth_token.unwrap_or_default();
+        observe(node.id(), "legacy.delete_account", async move {
+            let result = node.delete_account_by_session(&token).await;
+            Ok(generic(
+                result.map(|n| format!("account deleted with {n} message(s)")),
+            ))
+        })
+        .await
+    }
+
+    async fn reset_db(
+        &self,
+        request: Request<pb::EmptyRequest>,
+    ) -> Result<Response<pb::GenericResponse>, Status> {
+        let node = &self.node;
+        let token = request.into_inner().auth_token.unwrap_or_default();
+        // A refused reset is answered with the PERMISSION_DENIED status rather than an
+        // "error" reply: it is an administrative call, refused for who makes it.
+        observe(node.id(), "legacy.reset_db", async move {
+            node.reset_all(&token).await?;
+            Ok(pb::GenericResponse {
+                status: OK.into(),
+                msg: "database reset".into(),
+            })
+        })
+        .await
+    }
+
+    async fn replicate(
+        &self,
+        request: Request<pb::ReplicationRequest>,
+    ) -> Result<Response<pb::GenericResponse>, Status> {
+        Err(refuse_internal("Replicate", request.remote_addr()))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        Err(refuse_internal("Heartbeat", request.remote_addr()))
+    }
+
+    async fn cluster_info(
+        &self,
+        _request: Request<pb::EmptyRequest>,
+    ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
+        let node = &self.node;
+        observe(node.id(), "legacy.cluster_info", async move {
+            // A single node is the whole cluster and its leader.
+            let view = node.cluster_view();
+            let me = pb::ServerInfo {
+                server_id: i32::try_from(view.node_id).unwrap_or(i32::MAX),
+                address: view.address,
+            };
+            Ok(pb::ClusterInfoResponse {
+                status: OK.into(),
+                msg: "this node is the leader".into(),
+                servers: vec![me.clone()],
+                leader: Some(me),
+            })
+        })
+        .await
+    }
+
+    async fn get_full_snapshot(
+        &self,
+        request: Request<pb::EmptyRequest>,
+    ) -> Result<Response<pb::FullSnapshot>, Status> {
+        Err(refuse_internal("GetFullSnapshot", request.remote_addr()))
+    }
+
+    async fn add_replica(
+        &self,
+        request: Request<pb::AddReplicaRequest>,
+    ) -> Result<Response<pb::AddReplicaResponse>, Status> {
+        Err(refuse_internal("AddReplica", request.remote_addr()))
+    }
+}
