@@ -8,26 +8,23 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "jochat", version, about = "JoChat from the command line")]
 pub struct Cli {
-    /// Servers to talk to, as HOST:PORT,...
-    #[arg(
-        long,
-        env = "JOCHAT_SERVERS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:5001",
-        global = true
-    )]
-    pub servers: Vec<String>,
-    /// Where the session token is kept [default: <config dir>/jochat/session.json].
+    /// Servers to talk to, as HOST:PORT,... [default: the servers of the saved session, else
+    /// 127.0.0.1:5001]
+    #[arg(long, env = "JOCHAT_SERVERS", value_delimiter = ',', global = true)]
+    pub servers: Option<Vec<String>>,
+    /// Where the session token is kept [default: jochat/session.json in the user
+    /// configuration folder]
     #[arg(long = "session-file", env = "JOCHAT_SESSION_FILE", global = true)]
     pub session_file: Option<PathBuf>,
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// How long one command may wait for the servers, in milliseconds.
+    /// How long one command may wait for the servers, in milliseconds (retries included).
     #[arg(
         long = "deadline-ms",
         env = "JOCHAT_DEADLINE_MS",
         default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..),
         global = true
     )]
     pub deadline_ms: u64,
@@ -139,7 +136,7 @@ mod tests {
             "there",
         ])
         .unwrap();
-        assert_eq!(cli.servers, ["a:1", "b:2"]);
+        assert_eq!(cli.servers, Some(vec!["a:1".to_owned(), "b:2".to_owned()]));
         assert!(cli.json);
         assert!(
             matches!(cli.command, Command::Send { ref user, ref text } if user == "bob" && text == &["hello", "there"])
@@ -151,6 +148,26 @@ mod tests {
         .unwrap();
         assert!(
             matches!(cli.command, Command::Inbox { ref with_user, page } if with_user.as_deref() == Some("alice") && page.offset == 20 && page.limit == 10)
+        );
+
+        let cli = parse(&[
+            "unread",
+            "--deadline-ms",
+            "500",
+            "--session-file",
+            "/tmp/s.json",
+        ])
+        .unwrap();
+        assert_eq!(cli.deadline_ms, 500);
+        assert_eq!(cli.session_file, Some(PathBuf::from("/tmp/s.json")));
+        assert!(!cli.json);
+
+        let cli = parse(&["away"]).unwrap();
+        assert!(matches!(cli.command, Command::Away { limit: 100 }));
+
+        let cli = parse(&["accounts", "al*", "--stale", "--offset", "3"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Accounts { ref pattern, page } if pattern == "al*" && page.stale && page.offset == 3)
         );
 
         let cli = parse(&["accounts"]).unwrap();
@@ -172,5 +189,8 @@ mod tests {
         assert!(parse(&["inbox", "--offset", "-1"]).is_err());
         assert!(parse(&["delete-messages"]).is_err());
         assert!(parse(&["fly"]).is_err());
+        assert!(parse(&["--deadline-ms", "0", "unread"]).is_err());
+        assert!(parse(&["delete-messages", "seven"]).is_err());
+        assert!(parse(&["cluster"]).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! What a command prints: a text for people and one JSON document for scripts.
 
-use jochat_client::{Account, ClusterInfo, MemberRole, Message, MessageStatus};
+use jochat_client::{Account, ClusterInfo, Message};
 use serde_json::{json, Value};
 
 /// A command's result in both forms.
@@ -22,14 +22,6 @@ impl Output {
     }
 }
 
-/// `delivered` or `away`.
-pub fn status_name(status: MessageStatus) -> &'static str {
-    match status {
-        MessageStatus::Delivered => "delivered",
-        MessageStatus::Away => "away",
-    }
-}
-
 /// A message as JSON.
 pub fn message_json(message: &Message) -> Value {
     json!({
@@ -38,7 +30,7 @@ pub fn message_json(message: &Message) -> Value {
         "recipient": message.recipient,
         "content": message.content,
         "timestamp_ms": message.timestamp_ms,
-        "status": status_name(message.status),
+        "status": message.status.as_str(),
     })
 }
 
@@ -55,12 +47,38 @@ pub fn message_table(messages: &[Message]) -> String {
             utc(m.timestamp_ms),
             m.sender,
             m.recipient,
-            status_name(m.status),
-            m.content.replace('\n', "\n    "),
+            m.status.as_str(),
+            printable(&m.content),
         ));
     }
     out.pop();
     out
+}
+
+/// `text` safe to print in one table row: line breaks and tabs become spaces, and other
+/// control characters (a terminal escape sequence sent as a message) are shown escaped.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => " ".to_owned(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// Accounts as a list of ids and names, and how many match in all.
+pub fn account_table(accounts: &[Account], total_count: u64) -> String {
+    let mut text: String = accounts
+        .iter()
+        .map(|a| format!("{:>8}  {}\n", a.id, a.username))
+        .collect();
+    text.push_str(&format!(
+        "{} of {} matching account(s)",
+        accounts.len(),
+        total_count
+    ));
+    text
 }
 
 /// Accounts as JSON.
@@ -73,10 +91,6 @@ pub fn accounts_json(accounts: &[Account], total_count: u64) -> Value {
 
 /// Cluster information in both forms.
 pub fn cluster(info: &ClusterInfo) -> Output {
-    let role = |role: MemberRole| match role {
-        MemberRole::Voter => "voter",
-        MemberRole::Learner => "learner",
-    };
     let mut text = format!(
         "node {} answered; leader: {}; term {}; commit index {}\n",
         info.node_id,
@@ -92,7 +106,7 @@ pub fn cluster(info: &ClusterInfo) -> Output {
             "  {:>4}  {:21}  {:7}  {:11}  applied {}\n",
             m.id,
             m.address,
-            role(m.role),
+            m.role.as_str(),
             if m.reachable {
                 "reachable"
             } else {
@@ -111,7 +125,7 @@ pub fn cluster(info: &ClusterInfo) -> Output {
         "members": info.members.iter().map(|m| json!({
             "id": m.id,
             "address": m.address,
-            "role": role(m.role),
+            "role": m.role.as_str(),
             "reachable": m.reachable,
             "applied_index": m.applied_index,
         })).collect::<Vec<_>>(),
@@ -148,6 +162,8 @@ pub fn utc(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use jochat_client::MessageStatus;
+
     use super::*;
 
     fn message() -> Message {
@@ -185,6 +201,58 @@ mod tests {
         assert_eq!(
             accounts.to_string(),
             r#"{"accounts":[{"id":1,"username":"alice"}],"total_count":5}"#
+        );
+    }
+
+    #[test]
+    fn replies_render_as_one_json_document_each() {
+        let page = json!({
+            "messages": [message_json(&message())],
+            "total_count": 1,
+        });
+        assert_eq!(
+            page.to_string(),
+            r#"{"messages":[{"content":"hi","id":7,"recipient":"bob","sender":"alice","status":"away","timestamp_ms":1700000000000}],"total_count":1}"#
+        );
+        let info = ClusterInfo {
+            node_id: 1,
+            leader_id: None,
+            leader_address: None,
+            term: 2,
+            commit_index: 5,
+            members: vec![jochat_client::Member {
+                id: 1,
+                address: "127.0.0.1:5001".into(),
+                role: jochat_client::MemberRole::Voter,
+                reachable: true,
+                applied_index: 5,
+            }],
+        };
+        let rendered = cluster(&info);
+        assert_eq!(rendered.json["leader_id"], Value::Null);
+        assert_eq!(rendered.json["members"][0]["role"], "voter");
+        assert_eq!(rendered.json["members"][0]["applied_index"], 5);
+        assert!(rendered
+            .text
+            .starts_with("node 1 answered; leader: unknown; term 2"));
+    }
+
+    #[test]
+    fn control_characters_cannot_reach_the_terminal() {
+        assert_eq!(printable("two\nlines\ttab"), "two lines tab");
+        assert_eq!(printable("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(printable("héllo 👋"), "héllo 👋");
+    }
+
+    #[test]
+    fn account_lists_end_with_the_total() {
+        let accounts = [Account {
+            id: 3,
+            username: "bob".into(),
+        }];
+        assert_eq!(
+            account_table(&accounts, 9),
+            "       3  bob\n1 of 9 matching account(s)"
         );
     }
 

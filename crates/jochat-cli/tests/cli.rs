@@ -74,6 +74,17 @@ async fn every_command_against_a_node() {
         let sent = json(server, &alice2, None, &["send", "bob", "hello", "there"]);
         assert_eq!(sent["status"], "away");
         assert!(sent["id"].is_i64());
+        // The session remembers its servers: without --servers the command goes there.
+        let remembered = std::process::Command::new(env!("CARGO_BIN_EXE_jochat"))
+            .args(["--json", "--session-file"])
+            .arg(&alice2)
+            .arg("unread")
+            .env_remove("JOCHAT_SERVERS")
+            .env_remove("JOCHAT_PASSWORD")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(remembered.status.success(), "{}", String::from_utf8_lossy(&remembered.stderr));
         let accounts = json(server, &alice2, None, &["accounts", "b*"]);
         assert_eq!(accounts["total_count"], 1);
         assert_eq!(accounts["accounts"][0]["username"], "bob");
@@ -99,6 +110,11 @@ async fn every_command_against_a_node() {
         let unknown = jochat(server, &bob2, None, &["send", "zed", "hi"]);
         assert_eq!(unknown.status.code(), Some(2));
         assert_eq!(String::from_utf8_lossy(&unknown.stderr), "error: recipient: no account named \"zed\"\n");
+        let usage = jochat(server, &bob2, None, &["inbox", "--limit", "many"]);
+        assert_eq!(usage.status.code(), Some(2));
+        let usage = String::from_utf8_lossy(&usage.stderr);
+        assert!(usage.starts_with("error: invalid value 'many'"), "{usage}");
+        assert_eq!(usage.lines().count(), 1, "{usage}");
         let no_password = jochat(server, &bob2, None, &["delete-account"]);
         assert_eq!(no_password.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&no_password.stderr).contains("set JOCHAT_PASSWORD"));

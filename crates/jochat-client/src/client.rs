@@ -45,6 +45,7 @@ impl Default for ChatServerClientBuilder {
 
 impl ChatServerClientBuilder {
     /// The servers, as `host:port` (an `http://` prefix is accepted).
+    #[must_use]
     pub fn servers<I, S>(mut self, servers: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -55,12 +56,14 @@ impl ChatServerClientBuilder {
     }
 
     /// How long one call may take, retries included (default 10 s).
+    #[must_use]
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
     }
 
     /// How long connecting to a server may take (default 2 s).
+    #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -82,7 +85,8 @@ impl ChatServerClientBuilder {
     /// assert_eq!(client.servers(), ["127.0.0.1:5001"]);
     ///
     /// let error = ChatServerClient::builder().servers(["localhost"]).build().unwrap_err();
-    /// assert!(matches!(error, ClientError::InvalidAddress { address, .. } if address == "localhost"));
+    /// let ClientError::InvalidAddress { address, .. } = error else { panic!("{error}") };
+    /// assert_eq!(address, "localhost");
     /// # Ok::<(), ClientError>(())
     /// ```
     pub fn build(self) -> Result<ChatServerClient, ClientError> {
@@ -342,7 +346,9 @@ impl ChatServerClient {
             let error = match outcome {
                 Err(_elapsed) => return Err(exceeded),
                 Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => ClientError::from_status(&status, operation, deadline),
+                Ok(Err(status)) => {
+                    ClientError::from_status(&status, operation, deadline, &server.address)
+                }
             };
             if !error.is_retryable() {
                 return Err(error);
@@ -596,7 +602,7 @@ impl ChatServerClient {
     /// # let alice = client.log_in("alice", "pw").await?;
     /// use jochat_client::InboxQuery;
     /// client.send_message(&alice.token, "alice", "note to self").await?;
-    /// let query = InboxQuery { limit: 20, with_user: Some("alice".into()), ..InboxQuery::default() };
+    /// let query = InboxQuery::new().limit(20).with_user("alice");
     /// let page = client.list_messages(&alice.token, &query).await?;
     /// assert_eq!(page.total_count, 1);
     /// # Ok(())
@@ -678,7 +684,7 @@ impl ChatServerClient {
     /// # client.sign_up("albert", "pw").await?;
     /// # let alice = client.log_in("alice", "pw").await?;
     /// use jochat_client::AccountQuery;
-    /// let query = AccountQuery { pattern: "al*".into(), ..AccountQuery::default() };
+    /// let query = AccountQuery::new("al*");
     /// let page = client.list_accounts(&alice.token, &query).await?;
     /// let names: Vec<_> = page.accounts.iter().map(|a| a.username.as_str()).collect();
     /// assert_eq!(names, ["albert", "alice"]);
@@ -781,25 +787,79 @@ impl ChatServerClient {
 
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+
     use super::*;
+    use crate::mock::{MockChat, MockServer};
+
+    /// A client of `server` with a short deadline.
+    fn client_of(server: &MockServer, deadline: Duration) -> ChatServerClient {
+        ChatServerClient::builder()
+            .servers([server.address()])
+            .deadline(deadline)
+            .build()
+            .unwrap()
+    }
+
+    fn token() -> SessionToken {
+        SessionToken::from("t0k3n".to_owned())
+    }
 
     #[test]
     fn addresses_are_checked() {
-        assert_eq!(parse_address("127.0.0.1:5001").unwrap(), "127.0.0.1:5001");
-        assert_eq!(parse_address("http://node-1:80").unwrap(), "node-1:80");
-        assert!(parse_address("127.0.0.1").is_err());
-        assert!(parse_address("host:0").is_err());
-        assert!(parse_address("host:99999").is_err());
-        assert!(parse_address(":5001").is_err());
+        let parsed = |raw: &str| parse_address(raw).unwrap();
+        assert_eq!(parsed("127.0.0.1:5001"), "127.0.0.1:5001");
+        assert_eq!(parsed(" http://node-1:80/ "), "node-1:80");
+        assert_eq!(parsed("[::1]:5001"), "[::1]:5001");
+        for bad in [
+            "127.0.0.1",
+            "host:0",
+            "host:99999",
+            "host:port",
+            ":5001",
+            "https://host:5001",
+            "host:5001/path",
+            "::1:5001",
+            "[nope]:5001",
+            "a b:1",
+            "",
+        ] {
+            let error = parse_address(bad).unwrap_err();
+            assert!(
+                matches!(&error, ClientError::InvalidAddress { address, .. } if address == bad),
+                "{bad:?}: {error:?}"
+            );
+        }
         let error = ChatServerClient::builder()
-            .servers(["nope"])
+            .servers(["127.0.0.1:5001", "nope"])
             .build()
             .unwrap_err();
         assert_eq!(
             error.to_string(),
-            "server address \"nope\": expected HOST:PORT"
+            "invalid server address \"nope\": expected HOST:PORT"
         );
-        assert!(ChatServerClient::builder().build().is_err());
+        assert!(matches!(
+            ChatServerClient::builder().build(),
+            Err(ClientError::InvalidAddress { .. })
+        ));
+    }
+
+    #[test]
+    fn building_needs_no_runtime_and_the_client_is_shareable() {
+        fn shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
+        fn sendable<T: Send>(_: T) {}
+        // 1. No Tokio runtime here: `build` must not connect or spawn.
+        let client = ChatServerClient::builder()
+            .servers(["127.0.0.1:5001", "http://127.0.0.1:5002"])
+            .build()
+            .unwrap();
+        assert_eq!(client.servers(), ["127.0.0.1:5001", "127.0.0.1:5002"]);
+        // 2. Clones share one state, and the calls can be spawned onto other threads.
+        shareable(&client);
+        assert!(Arc::ptr_eq(&client.inner, &client.clone().inner));
+        let token = token();
+        sendable(client.send_message(&token, "bob", "hi"));
+        sendable(client.cluster_info());
     }
 
     #[test]
@@ -814,19 +874,157 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_is_retried_with_its_key_until_it_succeeds() {
+        // 1. The server is unavailable for the first two attempts.
+        let server = MockServer::start(MockChat::failing_first([
+            Status::unavailable("warming up"),
+            Status::unavailable("warming up"),
+        ]))
+        .await;
+        let client = client_of(&server, Duration::from_secs(5));
+
+        // 2. The send succeeds on the third attempt.
+        let sent = client.send_message(&token(), "bob", "hi").await.unwrap();
+        assert_eq!(sent.id, 7);
+        assert_eq!(sent.status, MessageStatus::Away);
+
+        // 3. Every attempt carried the same key, the bearer token and a grpc-timeout.
+        let seen = server.chat.seen();
+        assert_eq!(seen.len(), 3);
+        let key = &seen[0].idempotency_key;
+        assert_eq!(key.len(), 32);
+        assert!(key.bytes().all(|c| c.is_ascii_hexdigit()));
+        for attempt in &seen {
+            assert_eq!(&attempt.idempotency_key, key);
+            assert_eq!(attempt.authorization.as_deref(), Some("Bearer t0k3n"));
+            assert!(attempt.has_grpc_timeout);
+        }
+
+        // 4. The next logical call has a fresh key.
+        client.send_message(&token(), "bob", "again").await.unwrap();
+        assert_ne!(&server.chat.seen()[3].idempotency_key, key);
+    }
+
+    #[tokio::test]
+    async fn final_errors_are_not_retried() {
+        // 1. The server refuses the request once, with a final error.
+        let server = MockServer::start(MockChat::failing_first([Status::invalid_argument(
+            "content: must be 1 to 65536 bytes",
+        )]))
+        .await;
+        let client = client_of(&server, Duration::from_secs(5));
+
+        // 2. The caller gets the server's message verbatim, after one attempt.
+        let error = client.send_message(&token(), "bob", "").await.unwrap_err();
+        assert_eq!(
+            error,
+            ClientError::InvalidArgument("content: must be 1 to 65536 bytes".into())
+        );
+        assert_eq!(server.chat.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_server_gets_deadline_exceeded() {
+        // 1. The server answers after a second; the deadline is 200 ms.
+        let server = MockServer::start(MockChat {
+            delay: Duration::from_secs(1),
+            ..MockChat::default()
+        })
+        .await;
+        let deadline = Duration::from_millis(200);
+        let client = client_of(&server, deadline);
+
+        // 2. The call gives up at the deadline and names the operation.
+        let started = Instant::now();
+        let error = client.cluster_info().await.unwrap_err();
+        assert_eq!(
+            error,
+            ClientError::DeadlineExceeded {
+                operation: "cluster_info",
+                deadline,
+            }
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(!error.is_retryable());
+        assert_eq!(error.code(), Some(Code::DeadlineExceeded));
+    }
+
+    #[tokio::test]
+    async fn passwords_are_sent_hashed_except_an_empty_one() {
+        let server = MockServer::start(MockChat::default()).await;
+        let client = client_of(&server, Duration::from_secs(5));
+
+        // 1. A password is sent as its SHA-256, without a session.
+        client.sign_up("alice", "abc").await.unwrap();
+        // 2. An empty one is sent empty, for the server to refuse with its own rule.
+        client.sign_up("bob", "").await.unwrap();
+        client.delete_account(&token(), "abc").await.unwrap();
+
+        let seen = server.chat.seen();
+        assert_eq!(
+            seen[0].password.as_deref(),
+            Some(hash_password("abc").as_str())
+        );
+        assert_eq!(seen[0].authorization, None);
+        assert_eq!(seen[1].password.as_deref(), Some(""));
+        assert_eq!(
+            seen[2].password.as_deref(),
+            Some(hash_password("abc").as_str())
+        );
+        assert_eq!(seen[2].authorization.as_deref(), Some("Bearer t0k3n"));
+    }
+
+    #[tokio::test]
+    async fn replies_that_break_the_protocol_are_invalid_responses() {
+        let server = MockServer::start(MockChat::default()).await;
+        let client = client_of(&server, Duration::from_secs(5));
+        // The mock answers a login without a token and a negative unread count.
+        assert!(matches!(
+            client.log_in("alice", "pw").await,
+            Err(ClientError::InvalidResponse(_))
+        ));
+        assert!(matches!(
+            client.unread_count(&token()).await,
+            Err(ClientError::InvalidResponse(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_token_is_refused_before_sending() {
+        let server = MockServer::start(MockChat::default()).await;
+        let client = client_of(&server, Duration::from_secs(5));
+        let token = SessionToken::from("line\nbreak".to_owned());
+        assert!(matches!(
+            client.unread_count(&token).await,
+            Err(ClientError::Unauthenticated(_))
+        ));
+        assert!(server.chat.seen().is_empty());
+    }
+
+    #[tokio::test]
     async fn an_unreachable_server_is_retried_until_the_deadline() {
-        // Port 1 on loopback refuses connections at once.
+        // 1. A port that was just free refuses connections at once.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
         let client = ChatServerClient::builder()
-            .servers(["127.0.0.1:1"])
+            .servers([format!("127.0.0.1:{port}")])
             .deadline(Duration::from_millis(300))
             .build()
             .unwrap();
+
+        // 2. The call keeps trying until the deadline, then says why it failed.
         let started = Instant::now();
         let error = client.cluster_info().await.unwrap_err();
-        assert!(
-            error.is_retryable() || matches!(error, ClientError::DeadlineExceeded { .. }),
-            "{error:?}"
-        );
+        match &error {
+            ClientError::Unavailable(message) => assert!(
+                message.starts_with(&format!("cannot reach 127.0.0.1:{port}: ")),
+                "{message}"
+            ),
+            ClientError::DeadlineExceeded { .. } => {}
+            other => panic!("neither unavailable nor past the deadline: {other:?}"),
+        }
         assert!(
             started.elapsed() >= Duration::from_millis(100),
             "it retried before giving up"

@@ -115,15 +115,24 @@ impl ClientError {
         }
     }
 
-    /// Maps a status returned by one attempt of `operation`, whose deadline is `deadline`.
+    /// Maps a status returned by one attempt of `operation` (whose deadline is `deadline`) on
+    /// `server`. A server's message is kept verbatim; a transport failure, which has no
+    /// server message, is described with the server's address and the causes tonic kept.
     pub(crate) fn from_status(
         status: &Status,
         operation: &'static str,
         deadline: Duration,
+        server: &str,
     ) -> Self {
         let message = status.message().to_owned();
+        if is_local_timeout(status) {
+            return Self::DeadlineExceeded {
+                operation,
+                deadline,
+            };
+        }
         if is_transport_failure(status) {
-            return Self::Unavailable(message);
+            return Self::Unavailable(format!("cannot reach {server}: {}", with_causes(status)));
         }
         match status.code() {
             Code::InvalidArgument => Self::InvalidArgument(message),
@@ -143,17 +152,46 @@ impl ClientError {
     }
 }
 
+/// The status's message followed by each cause in its source chain that the text does not
+/// already say (tonic's "tcp connect error" becomes "tcp connect error: Connection refused").
+fn with_causes(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = status.source();
+    while let Some(error) = source {
+        let cause = error.to_string();
+        if !cause.is_empty() && !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = error.source();
+    }
+    text
+}
+
+/// Whether `status` is tonic's own enforcement of the `grpc-timeout` the client set from its
+/// deadline (reported as `CANCELLED`, "Timeout expired"): the deadline has passed.
+fn is_local_timeout(status: &Status) -> bool {
+    let mut source = status.source();
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 /// Whether `status` was made by the local transport rather than sent by a server.
 ///
 /// A status decoded from a server's reply never has an error source, while tonic attaches the
-/// underlying I/O, hyper or h2 error to the statuses it makes for a broken connection (refused
-/// connections already arrive as `UNAVAILABLE`). Such a failure says nothing about the request,
-/// so it is as retryable as `UNAVAILABLE`; writes are safe to retry thanks to their
-/// idempotency key.
+/// underlying connect, I/O, hyper or h2 error to the statuses it makes for a refused, reset or
+/// broken connection (as `UNAVAILABLE`, `UNKNOWN`, `CANCELLED` or `INTERNAL`). Such a failure
+/// says nothing about the request, so it is as retryable as `UNAVAILABLE`; writes are safe to
+/// retry thanks to their idempotency key.
 fn is_transport_failure(status: &Status) -> bool {
     let local_code = matches!(
         status.code(),
-        Code::Unknown | Code::Cancelled | Code::Internal
+        Code::Unknown | Code::Cancelled | Code::Internal | Code::Unavailable
     );
     let made_locally = status.source().is_some() || status.message().starts_with(NOT_READY_PREFIX);
     local_code && made_locally
@@ -166,7 +204,7 @@ mod tests {
     const DEADLINE: Duration = Duration::from_secs(10);
 
     fn map(status: &Status) -> ClientError {
-        ClientError::from_status(status, "sign_up", DEADLINE)
+        ClientError::from_status(status, "sign_up", DEADLINE, "127.0.0.1:5001")
     }
 
     #[test]
@@ -248,7 +286,10 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection reset");
         let status = Status::from_error(Box::new(io));
         assert!(status.source().is_some());
-        assert!(matches!(map(&status), ClientError::Unavailable(_)));
+        assert_eq!(
+            map(&status),
+            ClientError::Unavailable("cannot reach 127.0.0.1:5001: connection reset".into())
+        );
 
         // 2. The generated client's "not ready" status has no source but is local too.
         let status = Status::unknown(format!("{NOT_READY_PREFIX}: buffer closed"));
@@ -256,6 +297,19 @@ mod tests {
 
         // 3. The same code sent by a server is not a transport failure.
         assert!(!map(&Status::unknown("boom")).is_retryable());
+    }
+
+    #[test]
+    fn the_local_grpc_timeout_is_the_deadline() {
+        let status = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(status.code(), Code::Cancelled);
+        assert_eq!(
+            map(&status),
+            ClientError::DeadlineExceeded {
+                operation: "sign_up",
+                deadline: DEADLINE,
+            }
+        );
     }
 
     #[test]

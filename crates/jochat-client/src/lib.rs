@@ -24,13 +24,16 @@
 //! - `client`: [`ChatServerClient`], its builder, and the one call path every method takes
 //!   (deadline, session metadata, retries with backoff).
 //! - `types`: the values methods take and return ([`SessionToken`], [`Message`], queries...).
-//! - `error`: [`ClientError`].
+//! - `error`: [`ClientError`], and the mapping from gRPC statuses and transport failures.
+//! - this file: [`hash_password`] and the idempotency keys every write carries.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod client;
 mod error;
+#[cfg(test)]
+mod mock;
 mod types;
 
 use sha2::{Digest, Sha256};
@@ -49,6 +52,12 @@ pub use types::{
 /// The lowercase hex SHA-256 of a password's UTF-8 bytes: what the client sends instead of
 /// the password.
 ///
+/// [`ChatServerClient::sign_up`], [`ChatServerClient::log_in`] and
+/// [`ChatServerClient::delete_account`] take the plain password and send this digest, except
+/// that an empty password is sent as the empty string: the server is the one place input is
+/// validated, so it is the server that answers with its rule (`INVALID_ARGUMENT`), exactly as
+/// for any other bad input.
+///
 /// ```
 /// assert_eq!(
 ///     jochat_client::hash_password("abc"),
@@ -65,7 +74,10 @@ fn idempotency_key() -> String {
     let mut bytes = [0u8; 16];
     match getrandom::fill(&mut bytes) {
         Ok(()) => hex::encode(bytes),
-        Err(_) => String::new(),
+        Err(error) => {
+            tracing::warn!(%error, "no randomness for an idempotency key; the write goes without");
+            String::new()
+        }
     }
 }
 
@@ -74,10 +86,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hash_password_is_lowercase_hex_sha256() {
+        assert_eq!(
+            hash_password("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hash_password(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
     fn idempotency_keys_are_fresh_hex() {
         let (a, b) = (idempotency_key(), idempotency_key());
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
         assert_ne!(a, b);
     }
 }

@@ -420,7 +420,11 @@ mod tests {
         assert_eq!(query.pattern, "al*");
         assert_eq!((query.offset, query.limit), (5, 1));
         assert_eq!(query.consistency, ReadConsistency::Linearizable);
-        assert_eq!(InboxQuery::new().limit, 0, "0 asks for the server's default");
+        assert_eq!(
+            InboxQuery::new().limit,
+            0,
+            "0 asks for the server's default"
+        );
     }
 
     #[test]
