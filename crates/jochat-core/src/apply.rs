@@ -87,7 +87,7 @@ fn sign_up<S: ChatStore + ?Sized>(
 ) -> Result<Outcome, ChatError> {
     if let Some(existing) = store.user_by_name(username)? {
         return Err(ChatError::AlreadyExists {
-            field: "username",
+            field: "username".into(),
             value: existing.username.as_str().to_owned(),
         });
     }
@@ -155,7 +155,7 @@ fn send_message<S: ChatStore + ?Sized>(
     let sender = authenticate_digest(store, session, at_ms)?;
     let Some(recipient) = store.user_by_name(recipient)? else {
         return Err(ChatError::NotFound {
-            field: "recipient",
+            field: "recipient".into(),
             value: recipient.as_str().to_owned(),
         });
     };

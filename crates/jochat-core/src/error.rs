@@ -1,19 +1,22 @@
 //! The one error type of the chat core.
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Why a command or a query was refused.
 ///
 /// Every variant but [`ChatError::Storage`] is final: retrying the same request gives the same
 /// answer. A refused command changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum ChatError {
     /// A field of the request breaks a rule; the message names both (`"username: must be 1 to
     /// 32 characters"`). Fix the request.
     #[error("{field}: {rule}")]
     InvalidArgument {
         /// The request field at fault.
-        field: &'static str,
+        field: Cow<'static, str>,
         /// The rule it breaks, in words.
         rule: String,
     },
@@ -21,7 +24,7 @@ pub enum ChatError {
     #[error("{field}: {value:?} is already taken")]
     AlreadyExists {
         /// The request field at fault.
-        field: &'static str,
+        field: Cow<'static, str>,
         /// The value that is taken.
         value: String,
     },
@@ -29,13 +32,13 @@ pub enum ChatError {
     #[error("{field}: no account named {value:?}")]
     NotFound {
         /// The request field at fault.
-        field: &'static str,
+        field: Cow<'static, str>,
         /// The value that names nothing.
         value: String,
     },
     /// The session token is missing, malformed, unknown, revoked or expired. Log in again.
     #[error("{0}")]
-    Unauthenticated(&'static str),
+    Unauthenticated(Cow<'static, str>),
     /// Log-in or password check failed. Deliberately says nothing about which part was wrong.
     #[error("wrong username or password")]
     WrongCredentials,
@@ -51,9 +54,14 @@ impl ChatError {
     /// Builds an [`ChatError::InvalidArgument`].
     pub fn invalid(field: &'static str, rule: impl Into<String>) -> Self {
         Self::InvalidArgument {
-            field,
+            field: Cow::Borrowed(field),
             rule: rule.into(),
         }
+    }
+
+    /// Builds an [`ChatError::Unauthenticated`] with its reason.
+    pub fn unauthenticated(reason: &'static str) -> Self {
+        Self::Unauthenticated(Cow::Borrowed(reason))
     }
 
     /// Whether the same request may succeed if sent again unchanged.

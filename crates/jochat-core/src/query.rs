@@ -47,18 +47,16 @@ pub fn authenticate_digest<R: ChatRead + ?Sized>(
     at_ms: i64,
 ) -> Result<UserRecord, ChatError> {
     let Some(session) = store.session(digest)? else {
-        return Err(ChatError::Unauthenticated(
+        return Err(ChatError::unauthenticated(
             "session token is not valid (unknown or revoked): log in again",
         ));
     };
     if session.expires_at_ms <= at_ms {
-        return Err(ChatError::Unauthenticated("session expired: log in again"));
+        return Err(ChatError::unauthenticated("session expired: log in again"));
     }
     store
         .user_by_id(session.user_id)?
-        .ok_or(ChatError::Unauthenticated(
-            "session's account no longer exists",
-        ))
+        .ok_or_else(|| ChatError::unauthenticated("session's account no longer exists"))
 }
 
 /// The number of `user`'s away messages.
@@ -85,7 +83,7 @@ pub fn list_messages<R: ChatRead + ?Sized>(
             Some(other) => Some(other.username),
             None => {
                 return Err(ChatError::NotFound {
-                    field: "with_user",
+                    field: "with_user".into(),
                     value: name.as_str().to_owned(),
                 })
             }

@@ -301,7 +301,7 @@ impl SessionToken {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            return Err(ChatError::Unauthenticated("session token is malformed"));
+            return Err(ChatError::unauthenticated("session token is malformed"));
         }
         Ok(Self(raw.to_owned()))
     }

@@ -10,6 +10,7 @@
 //! - [`store`]: the SQLite database: schema and migrations, the writer thread, the read pool.
 //! - [`auth`]: argon2id hashing off the executor, session tokens, the failed-log-in limiter.
 //! - [`node`]: [`Node`], the chat operations as the node performs them.
+//! - [`raft`]: openraft's type configuration and storage on the same SQLite file.
 //! - [`service`]: the gRPC services, thin adapters over [`Node`].
 //! - [`server`]: [`serve`], [`spawn`] and [`spawn_ephemeral`].
 //! - [`error`]: [`NodeError`] and its mapping to gRPC status codes.
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod node;
+pub mod raft;
 pub mod server;
 pub mod service;
 pub mod store;

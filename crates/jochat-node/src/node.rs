@@ -89,7 +89,7 @@ fn unexpected(outcome: Outcome) -> NodeError {
 
 fn session_digest(token: &str) -> Result<TokenDigest, NodeError> {
     if token.is_empty() {
-        return Err(ChatError::Unauthenticated(
+        return Err(ChatError::unauthenticated(
             "missing session token: send `authorization: Bearer <token>`",
         )
         .into());
@@ -182,7 +182,7 @@ impl Node {
                 .await?
             {
                 return Err(ChatError::AlreadyExists {
-                    field: "username",
+                    field: "username".into(),
                     value: existing.username.as_str().to_owned(),
                 }
                 .into());

@@ -53,7 +53,7 @@ pub enum SyncMode {
 }
 
 impl SyncMode {
-    fn pragma(self) -> &'static str {
+    pub(crate) fn pragma(self) -> &'static str {
         match self {
             Self::Full => "FULL",
             Self::Normal => "NORMAL",
@@ -243,6 +243,24 @@ fn writer_loop(mut conn: Connection, mut queue: mpsc::Receiver<WriteJob>, applie
     }
 }
 
+/// Applies one command inside `tx`, in its own savepoint: a refused command is rolled back
+/// alone and the transaction goes on. The outer `Err` is a failure of SQLite itself.
+///
+/// # Errors
+/// SQLite could not create, release or roll back the savepoint.
+pub fn apply_in_savepoint(
+    tx: &mut rusqlite::Transaction<'_>,
+    command: &Command,
+) -> Result<Result<Outcome, ChatError>, rusqlite::Error> {
+    let savepoint = tx.savepoint()?;
+    let result = apply(&mut SqliteChat::new(&savepoint), command);
+    if result.is_ok() {
+        savepoint.commit()?;
+    }
+    // Dropping an uncommitted savepoint rolls it back.
+    Ok(result)
+}
+
 /// Applies `commands` in one transaction, each in its own savepoint: a refused command is
 /// rolled back alone and the others commit together. If the transaction itself fails, every
 /// command gets the storage error and none is applied.
@@ -254,13 +272,7 @@ pub fn apply_batch(
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(commands.len());
         for command in commands {
-            let savepoint = tx.savepoint()?;
-            let result = apply(&mut SqliteChat::new(&savepoint), command);
-            if result.is_ok() {
-                savepoint.commit()?;
-            }
-            // Dropping an uncommitted savepoint rolls it back.
-            results.push(result);
+            results.push(apply_in_savepoint(&mut tx, command)?);
         }
         tx.commit()?;
         Ok(results)

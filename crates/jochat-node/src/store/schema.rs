@@ -68,6 +68,22 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO counters (name, value) VALUES
         ('last_user_id', 0), ('last_message_id', 0), ('remembered_count', 0);
     "#,
+    // 2: the Raft log and Raft's own state, in the same file as the chat state so that an
+    // applied entry and its effect commit together.
+    r#"
+    -- Log entries by index; `entry` is the encoded openraft entry.
+    CREATE TABLE raft_log (
+        log_index INTEGER PRIMARY KEY,
+        term      INTEGER NOT NULL,
+        entry     BLOB    NOT NULL
+    );
+
+    -- Vote, committed id, last purged id, last applied id, membership, current snapshot.
+    CREATE TABLE raft_state (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,36 @@
+//! Consensus with openraft 0.9: the type configuration and the storage of the Raft log and
+//! state machine in the node's SQLite file.
+//!
+//! # Layout
+//!
+//! - this module: [`TypeConfig`] (log entries carry `jochat_core::Command`) and [`Applied`],
+//!   what applying an entry returns.
+//! - [`storage`]: [`storage::LogStore`] and [`storage::StateMachineStore`], openraft's v2
+//!   storage traits on SQLite.
+//!
+//! The network and the wiring into the node's write path build on these.
+
+pub mod storage;
+
+use jochat_core::{ChatError, Command, Outcome};
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// JoChat's choice of openraft's generic types: entries carry [`Command`]s, nodes are
+    /// known by a `u64` id and an address, and snapshots are SQLite files.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        SnapshotData = tokio::fs::File,
+);
+
+/// What applying one log entry returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// A chat command's outcome, or the rule it broke (it then changed nothing).
+    Command(Result<Outcome, ChatError>),
+    /// A blank or membership entry, which change no chat state.
+    Internal,
+}

@@ -1,0 +1,602 @@
+//! openraft's storage traits on the node's SQLite file.
+//!
+//! The log (`raft_log`), Raft's own state (`raft_state`) and the chat tables share one file
+//! and one writer connection. Each `append` call writes its entries in one transaction (one
+//! fsync) before reporting them flushed; each `apply` call applies its entries in one
+//! transaction, each chat command in its own savepoint, and records the last applied log id
+//! and membership in that same transaction, so a crash never separates an entry's effect from
+//! the record that it was applied.
+//!
+//! Snapshots are files: `VACUUM INTO` makes a consistent copy of the database from a separate
+//! connection (the writer is not held during the copy), the copy's log is dropped, and the
+//! file is what openraft streams to a lagging node in chunks. Installing one attaches the file
+//! and replaces the chat tables from it in one transaction. Memory use does not grow with the
+//! size of the database.
+
+// openraft's traits return its own `StorageError` (a large type) by value; the helpers here
+// return the same type so that `?` carries it unchanged.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    Vote,
+};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{Applied, TypeConfig};
+use crate::error::NodeError;
+use crate::store::{apply_in_savepoint, schema, SyncMode};
+
+type NodeId = u64;
+type Failure = StorageError<NodeId>;
+
+/// The chat tables a snapshot carries, in an order that respects nothing but readability
+/// (there are no foreign keys).
+const CHAT_TABLES: [&str; 5] = ["users", "sessions", "messages", "idempotency", "counters"];
+
+/// The storage shared by the log store and the state machine.
+struct Shared {
+    /// The one writer connection. A std mutex: it is only locked on the blocking pool, never
+    /// across an await.
+    conn: Mutex<Connection>,
+    /// The database file.
+    path: PathBuf,
+    /// Where snapshot files live: `<db>.snapshots/`.
+    snapshot_dir: PathBuf,
+    /// Makes snapshot file names unique within this process.
+    snapshot_counter: AtomicU64,
+}
+
+/// The Raft log, openraft's `RaftLogStorage`. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+/// The state machine, openraft's `RaftStateMachine`: the chat tables. Cheap to clone.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+}
+
+/// Opens (creating and migrating if needed) the database at `path` for Raft.
+///
+/// # Errors
+/// The file or the snapshot folder cannot be created, or a migration fails.
+pub fn open(path: &Path, sync_mode: SyncMode) -> Result<(LogStore, StateMachineStore), NodeError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let snapshot_dir = PathBuf::from(format!("{}.snapshots", path.display()));
+    std::fs::create_dir_all(&snapshot_dir)?;
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+        row.get::<_, String>(0)
+    })?;
+    conn.pragma_update(None, "synchronous", sync_mode.pragma())?;
+    schema::migrate(&mut conn)?;
+    let shared = Arc::new(Shared {
+        conn: Mutex::new(conn),
+        path: path.to_owned(),
+        snapshot_dir,
+        snapshot_counter: AtomicU64::new(0),
+    });
+    Ok((
+        LogStore {
+            shared: Arc::clone(&shared),
+        },
+        StateMachineStore { shared },
+    ))
+}
+
+fn io_failure(
+    make: fn(AnyError) -> StorageIOError<NodeId>,
+    error: impl std::fmt::Display,
+) -> Failure {
+    make(AnyError::error(error)).into()
+}
+
+fn read_logs(error: impl std::fmt::Display) -> Failure {
+    io_failure(StorageIOError::read_logs, error)
+}
+
+fn write_logs(error: impl std::fmt::Display) -> Failure {
+    io_failure(StorageIOError::write_logs, error)
+}
+
+fn read_state(error: impl std::fmt::Display) -> Failure {
+    io_failure(StorageIOError::read_state_machine, error)
+}
+
+fn write_state(error: impl std::fmt::Display) -> Failure {
+    io_failure(StorageIOError::write_state_machine, error)
+}
+
+fn snapshot_failure(error: impl std::fmt::Display) -> Failure {
+    StorageIOError::write_snapshot(None, AnyError::error(error)).into()
+}
+
+impl Shared {
+    /// Runs `work` with the writer connection on the blocking pool.
+    async fn with_conn<T, F>(self: &Arc<Self>, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    {
+        let shared = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = shared
+                .conn
+                .lock()
+                .expect("the writer connection's mutex is never held across a panic");
+            work(&mut conn)
+        })
+        .await
+        .map_err(write_state)?
+    }
+}
+
+fn get_state<T: DeserializeOwned>(conn: &Connection, name: &str) -> Result<Option<T>, Failure> {
+    let raw: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM raft_state WHERE name = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(read_state)?;
+    raw.map(|bytes| serde_json::from_slice(&bytes).map_err(read_state))
+        .transpose()
+}
+
+fn put_state<T: Serialize>(conn: &Connection, name: &str, value: &T) -> Result<(), Failure> {
+    let bytes = serde_json::to_vec(value).map_err(write_state)?;
+    conn.execute(
+        "INSERT INTO raft_state (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        params![name, bytes],
+    )
+    .map_err(write_state)?;
+    Ok(())
+}
+
+/// Runs `work` in one immediate transaction and commits it (durably, with `--sync-mode full`).
+fn in_transaction<T>(
+    conn: &mut Connection,
+    fail: fn(rusqlite::Error) -> Failure,
+    work: impl FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail)?;
+    let value = work(&mut tx)?;
+    tx.commit().map_err(fail)?;
+    Ok(value)
+}
+
+fn to_sql_index(index: u64) -> i64 {
+    i64::try_from(index).unwrap_or(i64::MAX)
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, Failure> {
+    serde_json::from_slice(bytes).map_err(read_logs)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, Failure> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => to_sql_index(i),
+            Bound::Excluded(&i) => to_sql_index(i).saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => to_sql_index(i).saturating_add(1),
+            Bound::Excluded(&i) => to_sql_index(i),
+            Bound::Unbounded => i64::MAX,
+        };
+        self.shared
+            .with_conn(move |conn| {
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT entry FROM raft_log WHERE log_index >= ?1 AND log_index < ?2 \
+                         ORDER BY log_index",
+                    )
+                    .map_err(read_logs)?;
+                let rows = statement
+                    .query_map(params![start, end], |row| row.get::<_, Vec<u8>>(0))
+                    .map_err(read_logs)?;
+                rows.map(|row| decode_entry(&row.map_err(read_logs)?))
+                    .collect()
+            })
+            .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, Failure> {
+        self.shared
+            .with_conn(|conn| {
+                let last_purged: Option<LogId<NodeId>> = get_state(conn, "last_purged")?;
+                let last: Option<Vec<u8>> = conn
+                    .query_row(
+                        "SELECT entry FROM raft_log ORDER BY log_index DESC LIMIT 1",
+                        [],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(read_logs)?;
+                let last_log_id = match last {
+                    Some(bytes) => Some(decode_entry(&bytes)?.log_id),
+                    None => last_purged,
+                };
+                Ok(LogState {
+                    last_purged_log_id: last_purged,
+                    last_log_id,
+                })
+            })
+            .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), Failure> {
+        let vote = *vote;
+        self.shared
+            .with_conn(move |conn| {
+                in_transaction(
+                    conn,
+                    |e| io_failure(StorageIOError::write_vote, e),
+                    |tx| put_state(tx, "vote", &vote),
+                )
+            })
+            .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, Failure> {
+        self.shared.with_conn(|conn| get_state(conn, "vote")).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), Failure> {
+        self.shared
+            .with_conn(move |conn| {
+                in_transaction(conn, write_logs, |tx| {
+                    put_state(tx, "committed", &committed)
+                })
+            })
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, Failure> {
+        self.shared
+            .with_conn(|conn| Ok(get_state::<Option<LogId<NodeId>>>(conn, "committed")?.flatten()))
+            .await
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), Failure>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let written = self
+            .shared
+            .with_conn(move |conn| {
+                in_transaction(conn, write_logs, |tx| {
+                    let mut statement = tx
+                        .prepare_cached("INSERT OR REPLACE INTO raft_log (log_index, term, entry) VALUES (?1, ?2, ?3)")
+                        .map_err(write_logs)?;
+                    for entry in &entries {
+                        let bytes = serde_json::to_vec(entry).map_err(write_logs)?;
+                        statement
+                            .execute(params![to_sql_index(entry.log_id.index), to_sql_index(entry.log_id.leader_id.term), bytes])
+                            .map_err(write_logs)?;
+                    }
+                    Ok(())
+                })
+            })
+            .await;
+        // The entries are durable only once the transaction committed: report it then.
+        match &written {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(error) => callback.log_io_completed(Err(io::Error::other(error.to_string()))),
+        }
+        written
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), Failure> {
+        self.shared
+            .with_conn(move |conn| {
+                in_transaction(conn, write_logs, |tx| {
+                    tx.execute(
+                        "DELETE FROM raft_log WHERE log_index >= ?1",
+                        [to_sql_index(log_id.index)],
+                    )
+                    .map_err(write_logs)?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Failure> {
+        self.shared
+            .with_conn(move |conn| {
+                in_transaction(conn, write_logs, |tx| {
+                    put_state(tx, "last_purged", &log_id)?;
+                    tx.execute(
+                        "DELETE FROM raft_log WHERE log_index <= ?1",
+                        [to_sql_index(log_id.index)],
+                    )
+                    .map_err(write_logs)?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+}
+
+/// Where the current snapshot is and what it holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    file: PathBuf,
+}
+
+impl StateMachineStore {
+    fn snapshot_path(&self, name: &str) -> PathBuf {
+        self.shared.snapshot_dir.join(format!("{name}.db"))
+    }
+
+    /// Records `current` as the node's snapshot and removes the file of the one it replaces.
+    fn set_current_snapshot(conn: &Connection, current: &CurrentSnapshot) -> Result<(), Failure> {
+        let previous: Option<CurrentSnapshot> = get_state(conn, "current_snapshot")?;
+        put_state(conn, "current_snapshot", current)?;
+        if let Some(previous) = previous.filter(|p| p.file != current.file) {
+            if let Err(error) = std::fs::remove_file(&previous.file) {
+                tracing::warn!(%error, file = %previous.file.display(), "could not remove an old snapshot");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, Failure> {
+        let sequence = self.shared.snapshot_counter.fetch_add(1, Ordering::Relaxed);
+        let building = self.snapshot_path(&format!("building-{}-{sequence}", std::process::id()));
+        let source = self.shared.path.clone();
+        let shared = Arc::clone(&self.shared);
+        let store = self.clone();
+        let current = tokio::task::spawn_blocking(move || -> Result<CurrentSnapshot, Failure> {
+            // 1. A consistent copy, made from a connection of its own so writes go on meanwhile.
+            let _ = std::fs::remove_file(&building);
+            let reader = Connection::open(&source).map_err(snapshot_failure)?;
+            reader
+                .execute("VACUUM INTO ?1", [building.to_string_lossy().as_ref()])
+                .map_err(snapshot_failure)?;
+            drop(reader);
+
+            // 2. What the copy holds is what it says it applied; the log does not travel.
+            let copy = Connection::open(&building).map_err(snapshot_failure)?;
+            let last_log_id: Option<LogId<NodeId>> = get_state(&copy, "last_applied")?;
+            let last_membership: StoredMembership<NodeId, openraft::BasicNode> =
+                get_state(&copy, "last_membership")?.unwrap_or_default();
+            copy.execute_batch(
+                "DELETE FROM raft_log; \
+                 DELETE FROM raft_state WHERE name NOT IN ('last_applied', 'last_membership');",
+            )
+            .map_err(snapshot_failure)?;
+            drop(copy);
+
+            let snapshot_id = match last_log_id {
+                Some(id) => format!(
+                    "{}-{}-{}-{sequence}",
+                    id.leader_id.term,
+                    id.index,
+                    std::process::id()
+                ),
+                None => format!("empty-{}-{sequence}", std::process::id()),
+            };
+            let file = store.snapshot_path(&snapshot_id);
+            std::fs::rename(&building, &file).map_err(snapshot_failure)?;
+            let current = CurrentSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id,
+                    last_membership,
+                    snapshot_id,
+                },
+                file,
+            };
+            let conn = shared
+                .conn
+                .lock()
+                .expect("the writer connection's mutex is never held across a panic");
+            StateMachineStore::set_current_snapshot(&conn, &current)?;
+            Ok(current)
+        })
+        .await
+        .map_err(snapshot_failure)??;
+        let file = tokio::fs::File::open(&current.file)
+            .await
+            .map_err(snapshot_failure)?;
+        Ok(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        Failure,
+    > {
+        self.shared
+            .with_conn(|conn| {
+                Ok((
+                    get_state(conn, "last_applied")?,
+                    get_state(conn, "last_membership")?.unwrap_or_default(),
+                ))
+            })
+            .await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, Failure>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        self.shared
+            .with_conn(move |conn| {
+                in_transaction(conn, write_state, |tx| {
+                    let mut results = Vec::with_capacity(entries.len());
+                    let mut membership: Option<StoredMembership<NodeId, openraft::BasicNode>> =
+                        None;
+                    let mut last_applied = None;
+                    for entry in entries {
+                        last_applied = Some(entry.log_id);
+                        results.push(match entry.payload {
+                            EntryPayload::Blank => Applied::Internal,
+                            EntryPayload::Normal(command) => Applied::Command(
+                                apply_in_savepoint(tx, &command).map_err(write_state)?,
+                            ),
+                            EntryPayload::Membership(config) => {
+                                membership =
+                                    Some(StoredMembership::new(Some(entry.log_id), config));
+                                Applied::Internal
+                            }
+                        });
+                    }
+                    if let Some(last_applied) = last_applied {
+                        put_state(tx, "last_applied", &last_applied)?;
+                    }
+                    if let Some(membership) = membership {
+                        put_state(tx, "last_membership", &membership)?;
+                    }
+                    Ok(results)
+                })
+            })
+            .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, Failure> {
+        let path = self.snapshot_path("receiving");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(snapshot_failure)?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), Failure> {
+        // 1. Make the received bytes durable under the snapshot's own name.
+        snapshot.sync_all().await.map_err(snapshot_failure)?;
+        drop(snapshot);
+        let file = self.snapshot_path(&meta.snapshot_id);
+        tokio::fs::rename(self.snapshot_path("receiving"), &file)
+            .await
+            .map_err(snapshot_failure)?;
+
+        // 2. Replace the chat tables from it in one transaction, with the applied id and
+        //    membership the snapshot was built at.
+        let current = CurrentSnapshot {
+            meta: meta.clone(),
+            file: file.clone(),
+        };
+        self.shared
+            .with_conn(move |conn| {
+                // A zero-byte snapshot stands for the empty state (openraft treats snapshot data
+                // as opaque and may send one); every snapshot built here is a whole database.
+                let empty = std::fs::metadata(&file).map_err(snapshot_failure)?.len() == 0;
+                if !empty {
+                    conn.execute("ATTACH DATABASE ?1 AS snapshot", [file.to_string_lossy().as_ref()])
+                        .map_err(snapshot_failure)?;
+                }
+                let installed = in_transaction(conn, snapshot_failure, |tx| {
+                    for table in CHAT_TABLES {
+                        let copy = if empty {
+                            format!("DELETE FROM main.{table};")
+                        } else {
+                            format!("DELETE FROM main.{table}; INSERT INTO main.{table} SELECT * FROM snapshot.{table};")
+                        };
+                        tx.execute_batch(&copy).map_err(snapshot_failure)?;
+                    }
+                    if empty {
+                        tx.execute_batch(
+                            "INSERT INTO counters (name, value) VALUES \
+                             ('last_user_id', 0), ('last_message_id', 0), ('remembered_count', 0);",
+                        )
+                        .map_err(snapshot_failure)?;
+                    }
+                    put_state(tx, "last_applied", &current.meta.last_log_id)?;
+                    put_state(tx, "last_membership", &current.meta.last_membership)?;
+                    StateMachineStore::set_current_snapshot(tx, &current)
+                });
+                if !empty {
+                    conn.execute("DETACH DATABASE snapshot", []).map_err(snapshot_failure)?;
+                }
+                installed
+            })
+            .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, Failure> {
+        let current: Option<CurrentSnapshot> = self
+            .shared
+            .with_conn(|conn| get_state(conn, "current_snapshot"))
+            .await?;
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&current.file)
+            .await
+            .map_err(snapshot_failure)?;
+        Ok(Some(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
