@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(
             &[
                 "proto/jochat/v1/chat.proto",
+                "proto/jochat/internal/v1/raft.proto",
                 "proto/legacy/chat_service.proto",
             ],
             &["proto"],

@@ -7,6 +7,7 @@
 //! # Layout
 //!
 //! - [`v1`]: the generated messages, the `Chat` client and server.
+//! - [`internal`]: the Raft calls between the nodes of a cluster.
 //! - [`legacy`]: the prototype's `ChatService`, same wire format, for its old clients.
 //! - [`codec`]: the codec every generated method uses; it reports requests that cannot be
 //!   decoded (malformed frames, invalid UTF-8 in a string field) as `INVALID_ARGUMENT`.
@@ -20,6 +21,15 @@ pub mod codec;
 pub mod v1 {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("jochat.v1");
+}
+
+/// Package `jochat.internal.v1`: the Raft calls between nodes of one cluster.
+pub mod internal {
+    /// Version 1 of the internal calls.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("jochat.internal.v1");
+    }
 }
 
 /// The Python prototype's service, `ChatService` (no package), from

@@ -5,11 +5,14 @@
 //!
 //! - this module: [`TypeConfig`] (log entries carry `jochat_core::Command`) and [`Applied`],
 //!   what applying an entry returns.
+//! - [`network`]: openraft's network over tonic, one channel and a deadline per peer call.
 //! - [`storage`]: [`storage::LogStore`] and [`storage::StateMachineStore`], openraft's v2
 //!   storage traits on SQLite.
 //!
-//! The network and the wiring into the node's write path build on these.
+//! The peer side of the network is `crate::service::raft`. Wiring into the node's write
+//! path builds on these.
 
+pub mod network;
 pub mod storage;
 
 use jochat_core::{ChatError, Command, Outcome};

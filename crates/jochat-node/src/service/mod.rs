@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod legacy;
+pub mod raft;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
