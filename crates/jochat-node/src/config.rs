@@ -125,6 +125,30 @@ pub struct NodeConfig {
         default_value_t = 4
     )]
     pub read_pool_size: u32,
+    /// How often the leader sends heartbeats, in milliseconds.
+    #[arg(
+        long = "heartbeat-ms",
+        alias = "heartbeat_ms",
+        env = "JOCHAT_HEARTBEAT_MS",
+        default_value_t = 50
+    )]
+    pub heartbeat_ms: u64,
+    /// Shortest election timeout, in milliseconds; the longest is twice this.
+    #[arg(
+        long = "election-timeout-ms",
+        alias = "election_timeout_ms",
+        env = "JOCHAT_ELECTION_TIMEOUT_MS",
+        default_value_t = 150
+    )]
+    pub election_timeout_ms: u64,
+    /// Log entries since the last snapshot that trigger a new snapshot (and purge the log).
+    #[arg(
+        long = "snapshot-threshold",
+        alias = "snapshot_threshold",
+        env = "JOCHAT_SNAPSHOT_THRESHOLD",
+        default_value_t = 5000
+    )]
+    pub snapshot_threshold: u64,
     /// The account allowed to reset the whole database through the prototype's ResetDB call
     /// (refused to everyone when unset).
     #[arg(long = "admin-user", alias = "admin_user", env = "JOCHAT_ADMIN_USER")]
@@ -158,6 +182,9 @@ impl Default for NodeConfig {
             read_pool_size: 4,
             connection_requests_max: 256,
             admin_user: None,
+            heartbeat_ms: 50,
+            election_timeout_ms: 150,
+            snapshot_threshold: 5000,
         }
     }
 }
@@ -209,6 +236,7 @@ impl NodeConfig {
         if self.cluster_secret.as_deref().is_some_and(str::is_empty) {
             return fail("cluster-secret", "must not be empty when given".into());
         }
+        self.raft_config()?;
         if let Some(admin) = &self.admin_user {
             jochat_core::types::Username::new(admin).map_err(|e| NodeError::Config {
                 flag: "admin-user",
@@ -250,6 +278,32 @@ impl NodeConfig {
             sync_mode: self.sync_mode,
             read_pool_size: self.read_pool_size,
         }
+    }
+
+    /// openraft's configuration from the flags.
+    ///
+    /// # Errors
+    /// `NodeError::Config` naming the flag when openraft refuses the combination.
+    pub fn raft_config(&self) -> Result<openraft::Config, NodeError> {
+        if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.election_timeout_ms {
+            return Err(NodeError::Config {
+                flag: "heartbeat-ms",
+                rule: "must be positive and below --election-timeout-ms".into(),
+            });
+        }
+        openraft::Config {
+            cluster_name: "jochat".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_ms,
+            election_timeout_max: self.election_timeout_ms * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_threshold),
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Config {
+            flag: "election-timeout-ms",
+            rule: e.to_string(),
+        })
     }
 
     /// How long a session lasts.

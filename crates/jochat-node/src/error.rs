@@ -4,6 +4,11 @@ use jochat_core::ChatError;
 use thiserror::Error;
 use tonic::{Code, Status};
 
+/// Metadata naming the leader's server id on a NOT-LEADER answer.
+pub const LEADER_ID_HEADER: &str = "jochat-leader-id";
+/// Metadata naming the leader's address on a NOT-LEADER answer.
+pub const LEADER_ADDRESS_HEADER: &str = "jochat-leader-addr";
+
 /// Everything that can go wrong in a node. The variants say what the caller should do:
 /// [`NodeError::Chat`] carries the domain's verdict (final unless it is a storage error),
 /// [`NodeError::RateLimited`] means wait, [`NodeError::ShuttingDown`] means try another node.
@@ -39,6 +44,20 @@ pub enum NodeError {
     /// The database file's schema cannot be used.
     #[error("database schema: {0}")]
     Schema(String),
+    /// This node is not the leader: send writes to the leader (named when known).
+    #[error("not the leader: {}", match (leader_id, leader_address) {
+        (Some(id), Some(address)) => format!("the leader is node {id} at {address}"),
+        _ => "no leader is known right now".to_owned(),
+    })]
+    NotLeader {
+        /// The leader's server id, if known.
+        leader_id: Option<u64>,
+        /// The leader's address, if known.
+        leader_address: Option<String>,
+    },
+    /// The Raft core failed or stopped.
+    #[error("raft: {0}")]
+    Raft(String),
     /// The node is stopping and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -73,7 +92,8 @@ impl NodeError {
             Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Config { .. } => Code::InvalidArgument,
-            Self::ShuttingDown => Code::Unavailable,
+            Self::ShuttingDown | Self::NotLeader { .. } => Code::Unavailable,
+            Self::Raft(_) => Code::Internal,
             Self::Sqlite(_)
             | Self::Pool(_)
             | Self::Schema(_)
@@ -93,6 +113,21 @@ impl From<NodeError> for Status {
             tracing::error!(%error, "internal error");
             return Status::internal("internal error: see the node's log");
         }
-        Status::new(code, error.to_string())
+        let mut status = Status::new(code, error.to_string());
+        if let NodeError::NotLeader {
+            leader_id,
+            leader_address,
+        } = &error
+        {
+            // Clients go straight to the leader with these.
+            let metadata = status.metadata_mut();
+            if let Some(Ok(id)) = leader_id.map(|id| id.to_string().parse()) {
+                metadata.insert(LEADER_ID_HEADER, id);
+            }
+            if let Some(Ok(address)) = leader_address.as_deref().map(str::parse) {
+                metadata.insert(LEADER_ADDRESS_HEADER, address);
+            }
+        }
+        status
     }
 }

@@ -5,8 +5,13 @@
 //! a [`Command`] and hands it to the database's writer, or runs a query on a read connection.
 //! The gRPC services are thin adapters over these methods; no operation is implemented twice.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
 
 use jochat_core::command::{Action, Command, Outcome};
 use jochat_core::query::{self, AccountPage, MessagePage};
@@ -17,6 +22,8 @@ use jochat_core::{ChatError, Pattern};
 use crate::auth::{new_session_token, Hasher, LoginLimiter};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::raft::network::NetworkFactory;
+use crate::raft::{self, Applied, TypeConfig};
 use crate::store::Database;
 
 /// The current time in milliseconds since the Unix epoch.
@@ -61,6 +68,21 @@ pub struct Fetched {
     pub remaining: u64,
 }
 
+/// A member of the cluster as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    /// Its server id.
+    pub id: u64,
+    /// Its address.
+    pub address: String,
+    /// Voter (true) or learner.
+    pub voter: bool,
+    /// Whether this node is known to reach it (the leader knows; a follower only of itself).
+    pub reachable: bool,
+    /// The last log index known to be on it.
+    pub matched_index: u64,
+}
+
 /// What this node knows of its cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterView {
@@ -68,8 +90,15 @@ pub struct ClusterView {
     pub node_id: u64,
     /// The address clients reach this node at.
     pub address: String,
-    /// Commands this node has applied since it started.
-    pub applied_commands: u64,
+    /// The leader's id and address, if known.
+    pub leader: Option<(u64, String)>,
+    /// The current term.
+    pub term: u64,
+    /// The last log index applied here (committed entries are applied in order, so this is
+    /// at most the commit index and follows it closely).
+    pub applied_index: u64,
+    /// Every member.
+    pub members: Vec<MemberView>,
 }
 
 /// One node's chat operations.
@@ -77,6 +106,7 @@ pub struct Node {
     config: NodeConfig,
     address: SocketAddr,
     db: Database,
+    raft: openraft::Raft<TypeConfig>,
     hasher: Hasher,
     limiter: LoginLimiter,
 }
@@ -101,9 +131,33 @@ impl Node {
     /// Opens the node's database. `address` is where clients reach it.
     ///
     /// # Errors
-    /// The database cannot be opened or migrated.
-    pub fn open(config: NodeConfig, address: SocketAddr) -> Result<Self, NodeError> {
+    /// The database cannot be opened or migrated, or Raft cannot start.
+    pub async fn start(config: NodeConfig, address: SocketAddr) -> Result<Self, NodeError> {
+        // Raft's storage opens (and migrates) the file first; the read pool then joins it.
+        let (log, state_machine) = raft::storage::open(&config.db_path(), config.sync_mode)?;
         let db = Database::open(&config.store())?;
+        let raft = openraft::Raft::new(
+            config.server_id,
+            Arc::new(config.raft_config()?),
+            NetworkFactory::new(config.cluster_secret.as_deref()),
+            log,
+            state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        // A node with no peers and no state bootstraps a one-node cluster. (Forming and
+        // joining clusters of several nodes builds on this.)
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if !initialized && config.peers.is_empty() {
+            let me = BasicNode::new(address.to_string());
+            raft.initialize(BTreeMap::from([(config.server_id, me)]))
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            tracing::info!("bootstrapped a one-node cluster");
+        }
         let limiter = LoginLimiter::new(
             config.login_failures_max,
             std::time::Duration::from_secs(config.login_lockout_secs),
@@ -112,9 +166,52 @@ impl Node {
             config,
             address,
             db,
+            raft,
             hasher: Hasher::new(),
             limiter,
         })
+    }
+
+    /// Waits until this node leads, if it is its cluster's only voter (as after a bootstrap or
+    /// a restart of a one-node cluster), so that the first requests find a leader.
+    ///
+    /// # Errors
+    /// `Raft` when no election completes within `timeout`.
+    pub async fn wait_for_sole_leadership(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<(), NodeError> {
+        // A node given peers forms or joins a cluster with them; nothing to wait for here.
+        if !self.config.peers.is_empty() {
+            return Ok(());
+        }
+        // Without peers the node was bootstrapped or restored, so a membership is coming;
+        // the metrics may not show it yet.
+        let id = self.config.server_id;
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .next()
+                        .is_some()
+                },
+                "the membership is loaded",
+            )
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        if voters == [id] {
+            self.raft
+                .wait(Some(timeout))
+                .current_leader(id, "this node leads its one-node cluster")
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// This node's id.
@@ -127,6 +224,11 @@ impl Node {
         &self.config
     }
 
+    /// The node's Raft instance.
+    pub fn raft(&self) -> &openraft::Raft<TypeConfig> {
+        &self.raft
+    }
+
     /// The node's database.
     pub fn database(&self) -> &Database {
         &self.db
@@ -137,13 +239,32 @@ impl Node {
         idempotency_key: Option<IdempotencyKey>,
         action: Action,
     ) -> Result<Outcome, NodeError> {
-        self.db
-            .write(Command {
-                at_ms: now_ms(),
-                idempotency_key,
-                action,
-            })
-            .await
+        self.submit(Command {
+            at_ms: now_ms(),
+            idempotency_key,
+            action,
+        })
+        .await
+    }
+
+    /// Replicates `command` through Raft and returns its outcome once it is committed and
+    /// applied here.
+    async fn submit(&self, command: Command) -> Result<Outcome, NodeError> {
+        match self.raft.client_write(command).await {
+            Ok(written) => match written.data {
+                Applied::Command(result) => Ok(result?),
+                Applied::Internal => Err(NodeError::Raft(
+                    "a command was applied as an internal entry".into(),
+                )),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(NodeError::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_address: forward.leader_node.map(|node| node.addr),
+                })
+            }
+            Err(error) => Err(NodeError::Raft(error.to_string())),
+        }
     }
 
     /// Whether an outcome is remembered under `key`: the request is then a retry, and its
@@ -239,7 +360,7 @@ impl Node {
                 expires_at_ms: at_ms.saturating_add(ttl_ms),
             },
         };
-        match self.db.write(command).await? {
+        match self.submit(command).await? {
             Outcome::SessionCreated {
                 user_id,
                 username,
@@ -545,17 +666,50 @@ impl Node {
         }
     }
 
-    /// What this node knows of its cluster.
+    /// What this node knows of its cluster, from Raft's metrics.
     pub fn cluster_view(&self) -> ClusterView {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let applied_index = metrics.last_applied.map_or(0, |id| id.index);
+        let members = membership
+            .nodes()
+            .map(|(&id, node)| {
+                let matched = if id == metrics.id {
+                    Some(metrics.last_log_index.unwrap_or(0))
+                } else {
+                    metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|replication| replication.get(&id).copied().flatten())
+                        .map(|log_id| log_id.index)
+                };
+                MemberView {
+                    id,
+                    address: node.addr.clone(),
+                    voter: voters.contains(&id),
+                    reachable: matched.is_some(),
+                    matched_index: matched.unwrap_or(0),
+                }
+            })
+            .collect();
+        let leader = metrics
+            .current_leader
+            .and_then(|id| membership.get_node(&id).map(|node| (id, node.addr.clone())));
         ClusterView {
             node_id: self.config.server_id,
             address: self.address.to_string(),
-            applied_commands: self.db.applied_commands(),
+            leader,
+            term: metrics.current_term,
+            applied_index,
+            members,
         }
     }
 
     /// Stops taking writes and waits until every accepted one is committed.
     pub async fn close(&self) {
-        self.db.close().await;
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::error!(%error, "raft did not shut down cleanly");
+        }
     }
 }

@@ -20,7 +20,11 @@ use crate::error::NodeError;
 use crate::node::Node;
 use crate::service::chat::ChatApi;
 use crate::service::legacy::LegacyApi;
+use crate::service::raft::RaftApi;
+use jochat_proto::internal::v1::raft_server::RaftServer;
 
+/// How long a one-node cluster may take to elect itself at start-up.
+const SOLE_LEADER_WAIT: Duration = Duration::from_secs(10);
 /// How often an idle client connection is pinged, so dead peers are noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -37,7 +41,7 @@ pub async fn serve(
 ) -> Result<(), NodeError> {
     config.validate()?;
     let address = listener.local_addr()?;
-    let node = Arc::new(Node::open(config.clone(), address)?);
+    let node = Arc::new(Node::start(config.clone(), address).await?);
     let span = tracing::info_span!("node", node_id = node.id());
     // Every log line of the node's life carries its id; `instrument` (not `enter`) keeps the
     // span attached to this future only, across its awaits.
@@ -61,6 +65,11 @@ async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Task(format!("reflection service: {e}")))?;
+    let raft = RaftServer::new(RaftApi::new(
+        node.raft().clone(),
+        config.cluster_secret.as_deref(),
+    ))
+    .max_decoding_message_size(usize::MAX);
     let chat = ChatServer::new(ChatApi::new(Arc::clone(&node)))
         .max_decoding_message_size(config.request_bytes_max);
     let legacy = ChatServiceServer::new(LegacyApi::new(Arc::clone(&node)))
@@ -69,9 +78,10 @@ async fn run(
     if !config.peers.is_empty() {
         tracing::warn!(
             peers = config.peers.len(),
-            "--peers is accepted but this build runs a single node"
+            "started with --peers: this node does not bootstrap; it waits for a leader to add it (forming a cluster from --peers is not built yet)"
         );
     }
+    node.wait_for_sole_leadership(SOLE_LEADER_WAIT).await?;
     tracing::info!(%address, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
     let served = Server::builder()
         .concurrency_limit_per_connection(config.connection_requests_max)
@@ -80,6 +90,7 @@ async fn run(
         .add_service(reflection)
         .add_service(chat)
         .add_service(legacy)
+        .add_service(raft)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     tracing::info!("stopped accepting requests; committing what was accepted");

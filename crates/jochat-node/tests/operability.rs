@@ -58,7 +58,7 @@ async fn health_and_reflection_are_served() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
-    // 2. Reflection lists the chat, health and reflection services.
+    // 2. Reflection lists the chat (v1 and the prototype's), Raft, health and reflection services.
     let mut reflection = ServerReflectionClient::new(channel);
     let reply = reflect(&mut reflection, MessageRequest::ListServices(String::new())).await;
     let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
@@ -72,6 +72,7 @@ async fn health_and_reflection_are_served() {
             "ChatService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
+            "jochat.internal.v1.Raft",
             "jochat.v1.Chat"
         ]
     );

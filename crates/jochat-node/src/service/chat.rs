@@ -295,21 +295,28 @@ impl Chat for ChatApi {
     ) -> Result<Response<v1::ClusterInfoResponse>, Status> {
         let node = &self.node;
         observe(node.id(), "cluster_info", async move {
-            // A single node is its own one-member cluster and its own leader. It has no
-            // replicated log: its "applied index" counts the commands it has committed.
             let view = node.cluster_view();
+            let (leader_id, leader_address) = view.leader.clone().unwrap_or_default();
             Ok(v1::ClusterInfoResponse {
-                members: vec![v1::Member {
-                    id: view.node_id,
-                    address: view.address.clone(),
-                    role: v1::MemberRole::Voter as i32,
-                    reachable: true,
-                    applied_index: view.applied_commands,
-                }],
-                leader_id: view.node_id,
-                leader_address: view.address,
-                term: 0,
-                commit_index: view.applied_commands,
+                members: view
+                    .members
+                    .iter()
+                    .map(|m| v1::Member {
+                        id: m.id,
+                        address: m.address.clone(),
+                        role: if m.voter {
+                            v1::MemberRole::Voter
+                        } else {
+                            v1::MemberRole::Learner
+                        } as i32,
+                        reachable: m.reachable,
+                        applied_index: m.matched_index,
+                    })
+                    .collect(),
+                leader_id,
+                leader_address,
+                term: view.term,
+                commit_index: view.applied_index,
                 node_id: view.node_id,
             })
         })

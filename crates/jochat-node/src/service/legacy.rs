@@ -21,6 +21,8 @@ use crate::node::Node;
 
 const OK: &str = "ok";
 const ERROR: &str = "error";
+/// What the prototype's client looks for to move on to the leader.
+const NOT_LEADER: &str = "NOT_LEADER";
 
 /// The prototype's `ChatService` over one [`Node`].
 #[derive(Clone)]
@@ -39,6 +41,9 @@ impl LegacyApi {
 /// status code (internal details stay in the log).
 fn refusal(error: NodeError) -> String {
     tracing::info!(%error, "refused (answered with status \"error\")");
+    if matches!(error, NodeError::NotLeader { .. }) {
+        return NOT_LEADER.into();
+    }
     Status::from(error).message().to_owned()
 }
 
@@ -398,17 +403,29 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let node = &self.node;
         observe(node.id(), "legacy.cluster_info", async move {
-            // A single node is the whole cluster and its leader.
+            // As the prototype did: the servers and the leader, "ok" only on the leader.
             let view = node.cluster_view();
-            let me = pb::ServerInfo {
-                server_id: i32::try_from(view.node_id).unwrap_or(i32::MAX),
-                address: view.address,
+            let server = |id: u64, address: String| pb::ServerInfo {
+                server_id: i32::try_from(id).unwrap_or(i32::MAX),
+                address,
             };
+            let leads = view
+                .leader
+                .as_ref()
+                .is_some_and(|(id, _)| *id == view.node_id);
             Ok(pb::ClusterInfoResponse {
-                status: OK.into(),
-                msg: "this node is the leader".into(),
-                servers: vec![me.clone()],
-                leader: Some(me),
+                status: if leads { OK } else { ERROR }.into(),
+                msg: if leads {
+                    "this node is the leader".into()
+                } else {
+                    NOT_LEADER.into()
+                },
+                servers: view
+                    .members
+                    .iter()
+                    .map(|m| server(m.id, m.address.clone()))
+                    .collect(),
+                leader: view.leader.map(|(id, address)| server(id, address)),
             })
         })
         .await

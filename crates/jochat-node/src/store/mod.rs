@@ -1,41 +1,30 @@
-//! The node's database: one SQLite file (WAL) with a single writer thread and a pool of
-//! readers.
+//! The node's database: one SQLite file (WAL) holding the chat state and the Raft log.
 //!
 //! # Layout
 //!
 //! - [`schema`]: tables, indexes and migrations (`PRAGMA user_version`).
 //! - [`sqlite`]: [`SqliteChat`], `jochat-core`'s storage traits on a SQLite connection.
-//! - this module: [`Database`], which owns the writer thread and the read pool.
+//! - this module: [`Database`], the pool of read-only connections queries run on, and
+//!   [`apply_in_savepoint`] / [`apply_batch`], how commands are applied inside a transaction.
 //!
-//! # Why one writer thread
-//!
-//! SQLite allows one writer at a time. Funnelling every command through one thread lets it
-//! group whatever commands are waiting into one transaction (one fsync) while each keeps its
-//! own savepoint, so a refused command changes nothing and a busy node pays one sync per batch
-//! rather than one per write. Readers use their own connections and never wait for it (WAL).
+//! Writes are not made here: every command is a Raft log entry, applied by
+//! `crate::raft::storage`'s state machine on its one writer connection. Readers use their own
+//! connections and never wait for it (WAL).
 
 pub mod schema;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use jochat_core::{apply, ChatError, Command, Outcome};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
 
 pub use sqlite::SqliteChat;
 
 use crate::error::NodeError;
 
-/// Commands waiting for the writer at most; past this, writers wait for room (backpressure).
-pub const WRITE_QUEUE_MAX: usize = 4096;
-/// Commands applied in one transaction at most.
-pub const WRITE_BATCH_MAX: usize = 512;
 /// How long a connection waits for a lock held by another before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a reader waits for a free pooled connection.
@@ -73,49 +62,30 @@ pub struct StoreConfig {
     pub read_pool_size: u32,
 }
 
-struct WriteJob {
-    command: Command,
-    reply: oneshot::Sender<Result<Outcome, ChatError>>,
-}
-
-/// The open database: send commands to [`Database::write`], run queries with
-/// [`Database::read`]. Cheap to share behind an `Arc`.
+/// The open database's read side: run queries with [`Database::read`]. Cheap to share behind
+/// an `Arc`. Writes go through Raft (`crate::raft::storage`), which also creates and migrates
+/// the file, so open that first.
 pub struct Database {
     readers: r2d2::Pool<SqliteConnectionManager>,
-    /// `None` once [`Database::close`] began.
-    jobs: std::sync::Mutex<Option<mpsc::Sender<WriteJob>>>,
-    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
-    /// Commands the writer has committed since the database was opened.
-    applied: Arc<AtomicU64>,
-}
-
-fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    Ok(conn)
 }
 
 impl Database {
-    /// Opens (creating and migrating if needed) the database and starts the writer thread.
+    /// Opens the pool of read-only connections to the database at `config.path`.
     ///
     /// # Errors
-    /// The folder cannot be created, the file cannot be opened, or a migration fails.
+    /// The file cannot be opened, or its schema is not this build's.
     pub fn open(config: &StoreConfig) -> Result<Self, NodeError> {
-        if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
-        let mut conn = open_connection(&config.path)?;
-        let journal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-        if !journal.eq_ignore_ascii_case("wal") {
+        let probe = Connection::open(&config.path)?;
+        let version: u32 = probe.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if version != schema::SCHEMA_VERSION {
             return Err(NodeError::Schema(format!(
-                "could not switch {} to WAL mode (got {journal})",
-                config.path.display()
+                "{} has schema version {version}, this build reads {}: open it for Raft first",
+                config.path.display(),
+                schema::SCHEMA_VERSION
             )));
         }
-        conn.pragma_update(None, "synchronous", config.sync_mode.pragma())?;
-        schema::migrate(&mut conn)?;
-
+        drop(probe);
         let manager = SqliteConnectionManager::file(&config.path).with_init(|conn| {
             conn.busy_timeout(BUSY_TIMEOUT)?;
             conn.pragma_update(None, "query_only", true)
@@ -125,48 +95,15 @@ impl Database {
             .min_idle(Some(1))
             .connection_timeout(READ_CONNECTION_TIMEOUT)
             .build(manager)?;
-
-        let (jobs, queue) = mpsc::channel(WRITE_QUEUE_MAX);
-        let applied = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&applied);
-        let writer = std::thread::Builder::new()
-            .name("jochat-writer".into())
-            .spawn(move || writer_loop(conn, queue, &counter))?;
         Ok(Self {
             readers,
-            jobs: std::sync::Mutex::new(Some(jobs)),
-            writer: std::sync::Mutex::new(Some(writer)),
             path: config.path.clone(),
-            applied,
         })
-    }
-
-    /// Commands committed (applied or refused) since the database was opened.
-    pub fn applied_commands(&self) -> u64 {
-        self.applied.load(Ordering::Relaxed)
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Applies `command` and returns its outcome once it is committed.
-    ///
-    /// # Errors
-    /// The rule the command broke (nothing changed), or `ShuttingDown`.
-    pub async fn write(&self, command: Command) -> Result<Outcome, NodeError> {
-        let jobs = self
-            .jobs
-            .lock()
-            .expect("the jobs mutex is never held across a panic")
-            .clone()
-            .ok_or(NodeError::ShuttingDown)?;
-        let (reply, outcome) = oneshot::channel();
-        jobs.send(WriteJob { command, reply })
-            .await
-            .map_err(|_| NodeError::ShuttingDown)?;
-        Ok(outcome.await.map_err(|_| NodeError::ShuttingDown)??)
     }
 
     /// Runs `query` against one consistent snapshot of the database, on the blocking pool.
@@ -189,57 +126,6 @@ impl Database {
         })
         .await
         .map_err(|e| NodeError::Task(e.to_string()))?
-    }
-
-    /// Stops taking writes, lets the writer finish every queued command, and waits for it.
-    /// Every write acknowledged before this returns is committed.
-    pub async fn close(&self) {
-        // Dropping the last sender ends the writer's loop once the queue is drained.
-        drop(
-            self.jobs
-                .lock()
-                .expect("the jobs mutex is never held across a panic")
-                .take(),
-        );
-        let writer = self
-            .writer
-            .lock()
-            .expect("the writer mutex is never held across a panic")
-            .take();
-        if let Some(writer) = writer {
-            match tokio::task::spawn_blocking(move || writer.join()).await {
-                Ok(Ok(())) => tracing::debug!("writer thread stopped"),
-                Ok(Err(_)) => tracing::error!("writer thread panicked"),
-                Err(error) => tracing::error!(%error, "could not wait for the writer thread"),
-            }
-        }
-    }
-}
-
-fn writer_loop(mut conn: Connection, mut queue: mpsc::Receiver<WriteJob>, applied: &AtomicU64) {
-    let mut batch: Vec<WriteJob> = Vec::with_capacity(WRITE_BATCH_MAX);
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < WRITE_BATCH_MAX {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let commands: Vec<&Command> = batch.iter().map(|job| &job.command).collect();
-        let results = apply_batch(&mut conn, &commands);
-        let committed = results
-            .iter()
-            .filter(|r| !matches!(r, Err(ChatError::Storage(_))))
-            .count();
-        applied.fetch_add(committed as u64, Ordering::Relaxed);
-        for (job, result) in batch.drain(..).zip(results) {
-            // The requester may have gone (deadline passed); the command is committed anyway.
-            let _ = job.reply.send(result);
-        }
-    }
-    if let Err((_, error)) = conn.close() {
-        tracing::error!(%error, "closing the database failed");
     }
 }
 
