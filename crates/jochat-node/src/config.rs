@@ -133,7 +133,8 @@ pub struct NodeConfig {
         default_value_t = 50
     )]
     pub heartbeat_ms: u64,
-    /// Shortest election timeout, in milliseconds; the longest is twice this.
+    /// Election timeout of server 1, in milliseconds. Each higher id waits half of it longer
+    /// (up to id 8), and each node's timeout varies within half of it.
     #[arg(
         long = "election-timeout-ms",
         alias = "election_timeout_ms",
@@ -291,11 +292,17 @@ impl NodeConfig {
                 rule: "must be positive and below --election-timeout-ms".into(),
             });
         }
+        // Staggered by server id, in ranges that do not overlap: after a leader dies the
+        // lowest surviving id times out first and wins, as the prototype's "lowest id wins"
+        // intended, while Raft's vote rules keep it safe. Ids past 8 share the last range, so
+        // no node waits more than 4.5 election timeouts.
+        let stagger = (self.server_id.clamp(1, 8) - 1) * self.election_timeout_ms / 2;
+        let election_timeout_min = self.election_timeout_ms + stagger;
         openraft::Config {
             cluster_name: "jochat".into(),
             heartbeat_interval: self.heartbeat_ms,
-            election_timeout_min: self.election_timeout_ms,
-            election_timeout_max: self.election_timeout_ms * 2,
+            election_timeout_min,
+            election_timeout_max: election_timeout_min + self.election_timeout_ms / 2,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_threshold),
             ..openraft::Config::default()
         }
@@ -350,6 +357,23 @@ mod tests {
         );
         assert_eq!(config.db_path(), PathBuf::from("jochat-data/node-1.db"));
         config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn election_timeouts_are_staggered_by_id_without_overlap() {
+        let range = |id| {
+            let config = NodeConfig {
+                server_id: id,
+                ..NodeConfig::default()
+            }
+            .raft_config()
+            .unwrap();
+            (config.election_timeout_min, config.election_timeout_max)
+        };
+        assert_eq!(range(1), (150, 225));
+        assert_eq!(range(2), (225, 300));
+        assert_eq!(range(3), (300, 375));
+        assert_eq!(range(20), range(8));
     }
 
     #[test]

@@ -111,6 +111,32 @@ pub struct Node {
     limiter: LoginLimiter,
 }
 
+/// How long asking one peer whether it knows a leader may take at start-up.
+const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether any of `config`'s peers answers that it knows a leader (then a cluster exists and
+/// this node must not start another).
+async fn any_peer_knows_a_leader(config: &NodeConfig) -> bool {
+    for peer in &config.peers {
+        let probe = async {
+            let address = format!("http://{}", peer.address);
+            let mut client = jochat_proto::v1::chat_client::ChatClient::connect(address)
+                .await
+                .ok()?;
+            let info = client
+                .cluster_info(jochat_proto::v1::ClusterInfoRequest {})
+                .await
+                .ok()?;
+            Some(info.into_inner().leader_id != 0)
+        };
+        if let Ok(Some(true)) = tokio::time::timeout(PEER_PROBE_TIMEOUT, probe).await {
+            tracing::info!(peer = peer.id, "a peer knows a leader: not bootstrapping");
+            return true;
+        }
+    }
+    false
+}
+
 fn unexpected(outcome: Outcome) -> NodeError {
     NodeError::Task(format!(
         "state machine returned an unexpected outcome: {outcome:?}"
@@ -145,18 +171,27 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        // A node with no peers and no state bootstraps a one-node cluster. (Forming and
-        // joining clusters of several nodes builds on this.)
+        // A node with no state either bootstraps: alone when it has no peers, or with all of
+        // them when it has the lowest id and no peer knows a leader (nodes started together).
+        // Otherwise it waits for a leader to add it.
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        if !initialized && config.peers.is_empty() {
-            let me = BasicNode::new(address.to_string());
-            raft.initialize(BTreeMap::from([(config.server_id, me)]))
+        let lowest = config.peers.iter().all(|peer| config.server_id < peer.id);
+        if !initialized && lowest && !any_peer_knows_a_leader(&config).await {
+            let mut members =
+                BTreeMap::from([(config.server_id, BasicNode::new(address.to_string()))]);
+            for peer in &config.peers {
+                members.insert(peer.id, BasicNode::new(peer.address.clone()));
+            }
+            let count = members.len();
+            raft.initialize(members)
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
-            tracing::info!("bootstrapped a one-node cluster");
+            tracing::info!(members = count, "bootstrapped the cluster");
+        } else if !initialized {
+            tracing::info!("waiting for a leader to add this node");
         }
         let limiter = LoginLimiter::new(
             config.login_failures_max,

@@ -75,12 +75,6 @@ async fn run(
     let legacy = ChatServiceServer::new(LegacyApi::new(Arc::clone(&node)))
         .max_decoding_message_size(config.request_bytes_max);
 
-    if !config.peers.is_empty() {
-        tracing::warn!(
-            peers = config.peers.len(),
-            "started with --peers: this node does not bootstrap; it waits for a leader to add it (forming a cluster from --peers is not built yet)"
-        );
-    }
     node.wait_for_sole_leadership(SOLE_LEADER_WAIT).await?;
     tracing::info!(%address, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
     let served = Server::builder()

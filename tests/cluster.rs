@@ -1,0 +1,222 @@
+//! Three nodes started together, each listing the other two, form one cluster led by node 1
+//! (the lowest id); writes through the leader land as identical rows in all three SQLite
+//! files; followers answer writes with NOT-LEADER and the leader's id and address, on
+//! `jochat.v1` and on the prototype's service alike.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use jochat_client::ChatServerClient;
+use jochat_node::config::Peer;
+use jochat_node::{NodeConfig, NodeError};
+use jochat_proto::legacy::chat_service_client::ChatServiceClient;
+use jochat_proto::v1::chat_client::ChatClient;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+struct ClusterNode {
+    id: u64,
+    address: String,
+    db: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), NodeError>>,
+}
+
+impl ClusterNode {
+    fn client(&self) -> ChatServerClient {
+        ChatServerClient::builder()
+            .servers([self.address.clone()])
+            .build()
+            .unwrap()
+    }
+}
+
+/// Starts `count` nodes on ephemeral ports, each listing all the others as peers.
+async fn start_cluster(dir: &std::path::Path, count: u64) -> Vec<ClusterNode> {
+    let mut listeners = Vec::new();
+    for _ in 0..count {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addresses: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let mut nodes = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let id = index as u64 + 1;
+        let db = dir.join(format!("node-{id}.db"));
+        let peers = addresses
+            .iter()
+            .enumerate()
+            .filter(|(other, _)| *other != index)
+            .map(|(other, address)| Peer {
+                id: other as u64 + 1,
+                address: address.clone(),
+            })
+            .collect();
+        let config = NodeConfig {
+            server_id: id,
+            port: 0,
+            db_file: Some(db.clone()),
+            peers,
+            ..NodeConfig::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(jochat_node::serve(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        nodes.push(ClusterNode {
+            id,
+            address: addresses[index].clone(),
+            db,
+            stop: Some(stop),
+            task,
+        });
+    }
+    nodes
+}
+
+/// Polls `check` until it holds or 30 s pass.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn dump(path: &std::path::Path) -> jochat_core::store::StateDump {
+    use jochat_core::store::ChatRead;
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    jochat_node::store::SqliteChat::new(&conn).dump().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_started_together_form_one_cluster_led_by_node_1() {
+    // 1. Start three nodes at once, each listing the other two.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 3).await;
+    let leader = nodes[0].client();
+
+    // 2. One cluster of three, led by node 1, as every node sees it.
+    for node in &nodes {
+        let client = node.client();
+        eventually("every node sees node 1 leading three members", || async {
+            matches!(client.cluster_info().await, Ok(info) if info.leader_id == Some(1) && info.members.len() == 3)
+        })
+        .await;
+    }
+
+    // 3. Writes through the leader.
+    leader.sign_up("alice", "pw-a").await.unwrap();
+    leader.sign_up("bob", "pw-b").await.unwrap();
+    let alice = leader.log_in("alice", "pw-a").await.unwrap();
+    for i in 0..5 {
+        leader
+            .send_message(&alice.token, "bob", &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+
+    // 4. Every node applies as far as the leader, and the files hold identical rows.
+    let target = leader.cluster_info().await.unwrap().commit_index;
+    for node in &nodes[1..] {
+        let client = node.client();
+        eventually("the follower applied everything", || async {
+            matches!(client.cluster_info().await, Ok(info) if info.commit_index >= target)
+        })
+        .await;
+    }
+    let first = dump(&nodes[0].db);
+    assert_eq!(first.messages.len(), 5);
+    for node in &nodes[1..] {
+        assert_eq!(
+            dump(&node.db),
+            first,
+            "node {} differs from node 1",
+            node.id
+        );
+    }
+
+    // 5. A follower answers a write with NOT-LEADER naming the leader.
+    let mut raw = ChatClient::connect(format!("http://{}", nodes[1].address))
+        .await
+        .unwrap();
+    let refused = raw
+        .sign_up(jochat_proto::v1::SignUpRequest {
+            username: "carol".into(),
+            password: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        refused.message(),
+        format!(
+            "not the leader: the leader is node 1 at {}",
+            nodes[0].address
+        )
+    );
+    assert_eq!(refused.metadata().get("jochat-leader-id").unwrap(), "1");
+    assert_eq!(
+        refused
+            .metadata()
+            .get("jochat-leader-addr")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        nodes[0].address
+    );
+
+    // 6. The prototype's service: NOT_LEADER from a follower, ClusterInfo "ok" only on the leader.
+    let mut old_follower = ChatServiceClient::connect(format!("http://{}", nodes[2].address))
+        .await
+        .unwrap();
+    let signup = old_follower
+        .signup(jochat_proto::legacy::SignupRequest {
+            username: "dave".into(),
+            password: "x".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (signup.status.as_str(), signup.msg.as_str()),
+        ("error", "NOT_LEADER")
+    );
+    let info = old_follower
+        .cluster_info(jochat_proto::legacy::EmptyRequest { auth_token: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.status, "error");
+    assert_eq!(info.servers.len(), 3);
+    assert_eq!(info.leader.unwrap().server_id, 1);
+    let mut old_leader = ChatServiceClient::connect(format!("http://{}", nodes[0].address))
+        .await
+        .unwrap();
+    let info = old_leader
+        .cluster_info(jochat_proto::legacy::EmptyRequest { auth_token: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.status, "ok");
+
+    // 7. Stop every node and wait for each.
+    for node in &mut nodes {
+        let _ = node.stop.take().unwrap().send(());
+    }
+    for node in nodes {
+        node.task.await.unwrap().unwrap();
+    }
+}
