@@ -1,7 +1,7 @@
 //! Three nodes started together, each listing the other two, form one cluster led by node 1
 //! (the lowest id); writes through the leader land as identical rows in all three SQLite
 //! files; followers answer writes with NOT-LEADER and the leader's id and address, on
-//! `jochat.v1` and on the prototype's service alike.
+//! `jochat.v1` and on the prototype's service alike; the prototype's ResetDB clears every node.
 
 mod common;
 
@@ -35,7 +35,11 @@ impl ClusterNode {
 }
 
 /// Starts `count` nodes on ephemeral ports, each listing all the others as peers.
-async fn start_cluster(dir: &std::path::Path, count: u64) -> Vec<ClusterNode> {
+async fn start_cluster(
+    dir: &std::path::Path,
+    count: u64,
+    admin_user: Option<&str>,
+) -> Vec<ClusterNode> {
     let mut listeners = Vec::new();
     for _ in 0..count {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -62,6 +66,7 @@ async fn start_cluster(dir: &std::path::Path, count: u64) -> Vec<ClusterNode> {
             port: 0,
             db_file: Some(db.clone()),
             peers,
+            admin_user: admin_user.map(str::to_owned),
             ..NodeConfig::default()
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -104,7 +109,7 @@ fn dump(path: &std::path::Path) -> jochat_core::store::StateDump {
 async fn three_nodes_started_together_form_one_cluster_led_by_node_1() {
     // 1. Start three nodes at once, each listing the other two.
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = start_cluster(dir.path(), 3).await;
+    let mut nodes = start_cluster(dir.path(), 3, None).await;
     let leader = nodes[0].client();
 
     // 2. One cluster of three, led by node 1, as every node sees it.
@@ -213,6 +218,85 @@ async fn three_nodes_started_together_form_one_cluster_led_by_node_1() {
     assert_eq!(info.status, "ok");
 
     // 7. Stop every node and wait for each.
+    for node in &mut nodes {
+        let _ = node.stop.take().unwrap().send(());
+    }
+    for node in nodes {
+        node.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_db_by_the_administrator_clears_every_node() {
+    // 1. A three-node cluster whose administrator is "root", with some data.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 3, Some("root")).await;
+    let leader = nodes[0].client();
+    eventually("node 1 leads", || async {
+        matches!(leader.cluster_info().await, Ok(info) if info.leader_id == Some(1) && info.members.len() == 3)
+    })
+    .await;
+    leader.sign_up("alice", "pw").await.unwrap();
+    let mut old = ChatServiceClient::connect(format!("http://{}", nodes[0].address))
+        .await
+        .unwrap();
+    let password = jochat_client::hash_password("root-pw");
+    old.signup(jochat_proto::legacy::SignupRequest {
+        username: "root".into(),
+        password: password.clone(),
+    })
+    .await
+    .unwrap();
+    let alice = old
+        .login(jochat_proto::legacy::LoginRequest {
+            username: "alice".into(),
+            password: jochat_client::hash_password("pw"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .auth_token;
+    let root = old
+        .login(jochat_proto::legacy::LoginRequest {
+            username: "root".into(),
+            password,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .auth_token;
+
+    // 2. A normal user is refused; the administrator's reset is replicated to every node.
+    let empty = |token: &str| jochat_proto::legacy::EmptyRequest {
+        auth_token: Some(token.to_owned()),
+    };
+    assert_eq!(
+        old.reset_db(empty(&alice)).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        old.reset_db(empty(&root))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        "ok"
+    );
+    let target = leader.cluster_info().await.unwrap().commit_index;
+    for node in &nodes {
+        let client = node.client();
+        eventually("every node applied the reset", || async {
+            matches!(client.cluster_info().await, Ok(info) if info.commit_index >= target)
+        })
+        .await;
+        let state = dump(&node.db);
+        assert!(
+            state.users.is_empty() && state.sessions.is_empty() && state.messages.is_empty(),
+            "node {}",
+            node.id
+        );
+    }
+
     for node in &mut nodes {
         let _ = node.stop.take().unwrap().send(());
     }
