@@ -77,7 +77,8 @@ pub struct MemberView {
     pub address: String,
     /// Voter (true) or learner.
     pub voter: bool,
-    /// Whether this node is known to reach it (the leader knows; a follower only of itself).
+    /// Whether this node is known to reach it (the leader knows each; a follower knows itself
+    /// and the leader it hears).
     pub reachable: bool,
     /// The last log index known to be on it.
     pub matched_index: u64,
@@ -719,11 +720,13 @@ impl Node {
                         .and_then(|replication| replication.get(&id).copied().flatten())
                         .map(|log_id| log_id.index)
                 };
+                // The leader knows whom it reaches; a follower knows it hears the leader.
+                let hears_leader = metrics.current_leader == Some(id) && metrics.id != id;
                 MemberView {
                     id,
                     address: node.addr.clone(),
                     voter: voters.contains(&id),
-                    reachable: matched.is_some(),
+                    reachable: matched.is_some() || hears_leader,
                     matched_index: matched.unwrap_or(0),
                 }
             })
