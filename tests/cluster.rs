@@ -40,8 +40,28 @@ async fn start_cluster(
     count: u64,
     admin_user: Option<&str>,
 ) -> Vec<ClusterNode> {
+    let everyone: Vec<u64> = (1..=count).collect();
+    let peer_lists: Vec<Vec<u64>> = everyone
+        .iter()
+        .map(|&id| {
+            everyone
+                .iter()
+                .copied()
+                .filter(|&other| other != id)
+                .collect()
+        })
+        .collect();
+    start_nodes(dir, &peer_lists, admin_user).await
+}
+
+/// Starts one node per entry of `peer_lists` (node ids from 1), each listing the given peers.
+async fn start_nodes(
+    dir: &std::path::Path,
+    peer_lists: &[Vec<u64>],
+    admin_user: Option<&str>,
+) -> Vec<ClusterNode> {
     let mut listeners = Vec::new();
-    for _ in 0..count {
+    for _ in peer_lists {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
     }
     let addresses: Vec<String> = listeners
@@ -52,13 +72,11 @@ async fn start_cluster(
     for (index, listener) in listeners.into_iter().enumerate() {
         let id = index as u64 + 1;
         let db = dir.join(format!("node-{id}.db"));
-        let peers = addresses
+        let peers = peer_lists[index]
             .iter()
-            .enumerate()
-            .filter(|(other, _)| *other != index)
-            .map(|(other, address)| Peer {
-                id: other as u64 + 1,
-                address: address.clone(),
+            .map(|&peer| Peer {
+                id: peer,
+                address: addresses[peer as usize - 1].clone(),
             })
             .collect();
         let config = NodeConfig {
@@ -295,6 +313,41 @@ async fn reset_db_by_the_administrator_clears_every_node() {
             "node {}",
             node.id
         );
+    }
+
+    for node in &mut nodes {
+        let _ = node.stop.take().unwrap().send(());
+    }
+    for node in nodes {
+        node.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prototypes_start_order_forms_one_three_node_cluster() {
+    // 1. As the prototype's README starts them: 1 alone, 2 listing 1, 3 listing 1 and 2.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_nodes(dir.path(), &[vec![], vec![1], vec![1, 2]], None).await;
+    let leader = nodes[0].client();
+
+    // 2. Nodes 2 and 3 join through node 1 (learner, then voter): one cluster of three voters.
+    eventually("three voters, led by node 1", || async {
+        matches!(leader.cluster_info().await, Ok(info) if info.leader_id == Some(1)
+            && info.members.len() == 3
+            && info.members.iter().all(|m| m.role == jochat_client::MemberRole::Voter))
+    })
+    .await;
+
+    // 3. Writes reach all three files.
+    leader.sign_up("alice", "pw").await.unwrap();
+    let target = leader.cluster_info().await.unwrap().commit_index;
+    for node in &nodes {
+        let client = node.client();
+        eventually("the node applied the sign-up", || async {
+            matches!(client.cluster_info().await, Ok(info) if info.commit_index >= target)
+        })
+        .await;
+        assert_eq!(dump(&node.db).users.len(), 1, "node {}", node.id);
     }
 
     for node in &mut nodes {

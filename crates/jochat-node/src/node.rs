@@ -108,6 +108,9 @@ pub struct Node {
     address: SocketAddr,
     db: Database,
     raft: openraft::Raft<TypeConfig>,
+    /// The background join, while this node is joining a cluster. A std mutex: only taken to
+    /// abort the task at shutdown.
+    joining: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     hasher: Hasher,
     limiter: LoginLimiter,
 }
@@ -115,27 +118,99 @@ pub struct Node {
 /// How long asking one peer whether it knows a leader may take at start-up.
 const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The leader `address`'s node knows of, as (id, address), if it answers in time.
+async fn leader_seen_by(address: &str) -> Option<(u64, String)> {
+    let probe = async {
+        let mut client =
+            jochat_proto::v1::chat_client::ChatClient::connect(format!("http://{address}"))
+                .await
+                .ok()?;
+        let info = client
+            .cluster_info(jochat_proto::v1::ClusterInfoRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        (info.leader_id != 0).then_some((info.leader_id, info.leader_address))
+    };
+    tokio::time::timeout(PEER_PROBE_TIMEOUT, probe)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Whether any of `config`'s peers answers that it knows a leader (then a cluster exists and
 /// this node must not start another).
 async fn any_peer_knows_a_leader(config: &NodeConfig) -> bool {
     for peer in &config.peers {
-        let probe = async {
-            let address = format!("http://{}", peer.address);
-            let mut client = jochat_proto::v1::chat_client::ChatClient::connect(address)
-                .await
-                .ok()?;
-            let info = client
-                .cluster_info(jochat_proto::v1::ClusterInfoRequest {})
-                .await
-                .ok()?;
-            Some(info.into_inner().leader_id != 0)
-        };
-        if let Ok(Some(true)) = tokio::time::timeout(PEER_PROBE_TIMEOUT, probe).await {
+        if leader_seen_by(&peer.address).await.is_some() {
             tracing::info!(peer = peer.id, "a peer knows a leader: not bootstrapping");
             return true;
         }
     }
     false
+}
+
+/// How long to wait between attempts to join.
+const JOIN_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long one join may take: the leader answers once this node has caught up.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Asks the cluster's leader, found through `config`'s peers, to add this node, until the
+/// node is a voter. Runs in the background from start-up.
+async fn join_cluster(config: NodeConfig, address: SocketAddr, raft: openraft::Raft<TypeConfig>) {
+    let me = config.server_id;
+    loop {
+        let is_voter = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == me);
+        if is_voter {
+            tracing::info!("this node is a voter of the cluster");
+            return;
+        }
+        for peer in &config.peers {
+            let Some((leader_id, leader_address)) = leader_seen_by(&peer.address).await else {
+                continue;
+            };
+            match ask_to_join(&config, address, &leader_address).await {
+                Ok(()) => {
+                    tracing::info!(leader_id, "joined the cluster");
+                    break;
+                }
+                Err(status) => tracing::warn!(leader_id, %status, "join refused; retrying"),
+            }
+        }
+        tokio::time::sleep(JOIN_RETRY_INTERVAL).await;
+    }
+}
+
+async fn ask_to_join(
+    config: &NodeConfig,
+    address: SocketAddr,
+    leader_address: &str,
+) -> Result<(), tonic::Status> {
+    let mut client = jochat_proto::internal::v1::raft_client::RaftClient::connect(format!(
+        "http://{leader_address}"
+    ))
+    .await
+    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(jochat_proto::internal::v1::JoinRequest {
+        node_id: config.server_id,
+        address: address.to_string(),
+    });
+    request.set_timeout(JOIN_TIMEOUT);
+    if let Some(secret) = &config.cluster_secret {
+        let value = secret.parse().map_err(|_| {
+            tonic::Status::invalid_argument("the cluster secret is not valid metadata")
+        })?;
+        request
+            .metadata_mut()
+            .insert(crate::raft::network::CLUSTER_SECRET_HEADER, value);
+    }
+    client.join(request).await.map(drop)
 }
 
 fn unexpected(outcome: Outcome) -> NodeError {
@@ -180,6 +255,7 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let lowest = config.peers.iter().all(|peer| config.server_id < peer.id);
+        let mut joining = None;
         if !initialized && lowest && !any_peer_knows_a_leader(&config).await {
             let mut members =
                 BTreeMap::from([(config.server_id, BasicNode::new(address.to_string()))]);
@@ -192,7 +268,12 @@ impl Node {
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
             tracing::info!(members = count, "bootstrapped the cluster");
         } else if !initialized {
-            tracing::info!("waiting for a leader to add this node");
+            tracing::info!("joining the cluster through its leader");
+            joining = Some(tokio::spawn(join_cluster(
+                config.clone(),
+                address,
+                raft.clone(),
+            )));
         }
         let limiter = LoginLimiter::new(
             config.login_failures_max,
@@ -203,6 +284,7 @@ impl Node {
             address,
             db,
             raft,
+            joining: std::sync::Mutex::new(joining),
             hasher: Hasher::new(),
             limiter,
         })
@@ -746,6 +828,14 @@ impl Node {
 
     /// Stops taking writes and waits until every accepted one is committed.
     pub async fn close(&self) {
+        let joining = self
+            .joining
+            .lock()
+            .expect("the join handle's mutex is never held across a panic")
+            .take();
+        if let Some(joining) = joining {
+            joining.abort();
+        }
         if let Err(error) = self.raft.shutdown().await {
             tracing::error!(%error, "raft did not shut down cleanly");
         }

@@ -3,12 +3,15 @@
 //! has a secret, calls without it are refused and logged with the caller's address.
 
 use jochat_proto::internal::v1::raft_server::Raft as RaftService;
-use jochat_proto::internal::v1::RaftPayload;
+use jochat_proto::internal::v1::{JoinReply, JoinRequest, RaftPayload};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use crate::error::NodeError;
 use crate::raft::network::CLUSTER_SECRET_HEADER;
 use crate::raft::TypeConfig;
 
@@ -57,6 +60,20 @@ impl RaftApi {
     }
 }
 
+/// A failed membership change as a status: NOT-LEADER (with hints) when this node does not
+/// lead, UNAVAILABLE otherwise (the joining node retries).
+fn membership_refusal(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            Status::from(NodeError::NotLeader {
+                leader_id: forward.leader_id,
+                leader_address: forward.leader_node.map(|node| node.addr),
+            })
+        }
+        other => Status::unavailable(format!("membership change failed: {other}")),
+    }
+}
+
 fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
     serde_json::from_slice(&payload.json)
         .map_err(|e| Status::invalid_argument(format!("json: not an openraft request: {e}")))
@@ -83,6 +100,39 @@ impl RaftService for RaftApi {
         self.authorize("vote", &request)?;
         let rpc = decode(request.get_ref())?;
         encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        self.authorize("join", &request)?;
+        let JoinRequest { node_id, address } = request.into_inner();
+        if node_id == 0 || address.is_empty() {
+            return Err(Status::invalid_argument(
+                "node_id and address: both are required",
+            ));
+        }
+        let is_voter = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == node_id);
+        if is_voter {
+            return Ok(Response::new(JoinReply {}));
+        }
+        tracing::info!(node_id, %address, "adding a node: learner first, voter once caught up");
+        // Blocks until the learner has caught up (from a snapshot and the log).
+        self.raft
+            .add_learner(node_id, BasicNode::new(address), true)
+            .await
+            .map_err(membership_refusal)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds([node_id].into()), false)
+            .await
+            .map_err(membership_refusal)?;
+        tracing::info!(node_id, "node joined as a voter");
+        Ok(Response::new(JoinReply {}))
     }
 
     async fn install_snapshot(
