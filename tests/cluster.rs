@@ -357,3 +357,151 @@ async fn the_prototypes_start_order_forms_one_three_node_cluster() {
         node.task.await.unwrap().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_writes_are_refused_quickly_and_stale_reads_still_work() {
+    // 1. A cluster of three with some data.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 3, None).await;
+    let leader = nodes[0].client();
+    eventually("node 1 leads", || async {
+        matches!(leader.cluster_info().await, Ok(info) if info.leader_id == Some(1) && info.members.len() == 3)
+    })
+    .await;
+    leader.sign_up("alice", "pw").await.unwrap();
+    leader.sign_up("bob", "pw").await.unwrap();
+    let alice = leader.log_in("alice", "pw").await.unwrap();
+    let bob = leader.log_in("bob", "pw").await.unwrap();
+    let sent = leader
+        .send_message(&alice.token, "bob", "before")
+        .await
+        .unwrap();
+    let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+
+    // 2. Two nodes stop; node 1 is alone.
+    for node in &mut nodes[1..] {
+        let _ = node.stop.take().unwrap().send(());
+    }
+    let stopped: Vec<ClusterNode> = nodes.drain(1..).collect();
+    for node in stopped {
+        node.task.await.unwrap().unwrap();
+    }
+
+    // 3. Writes are refused with "no quorum", quickly, once the leader notices.
+    let raw = ChatClient::connect(format!("http://{}", nodes[0].address))
+        .await
+        .unwrap();
+    let write = || {
+        let mut raw = raw.clone();
+        let token = alice.token.as_str().to_owned();
+        async move {
+            let request = jochat_proto::v1::SendMessageRequest {
+                recipient: "bob".into(),
+                content: "after".into(),
+                ..Default::default()
+            };
+            raw.send_message(common::authorized(request, &token)).await
+        }
+    };
+    eventually("the lone node refuses writes with no quorum", || async {
+        matches!(write().await, Err(status) if status.code() == tonic::Code::Unavailable && status.message().starts_with("no quorum: "))
+    })
+    .await;
+    let started = Instant::now();
+    let refused = write().await.unwrap_err();
+    assert!(
+        refused
+            .message()
+            .starts_with("no quorum: no majority of the cluster has answered"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused quickly: {:?}",
+        started.elapsed()
+    );
+
+    // 4. Stale reads work; linearizable reads are refused the same way.
+    let stale = jochat_proto::v1::ListMessagesRequest {
+        consistency: jochat_proto::v1::ReadConsistency::Stale as i32,
+        ..Default::default()
+    };
+    let bob = bob.token.as_str();
+    let mut reader = raw.clone();
+    let page = reader
+        .list_messages(common::authorized(stale, bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.messages[0].id, sent.id);
+    let fresh = reader
+        .list_messages(common::authorized(
+            jochat_proto::v1::ListMessagesRequest::default(),
+            bob,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        fresh.message().starts_with("no quorum: "),
+        "{}",
+        fresh.message()
+    );
+
+    // 5. Node 2 comes back on its address and database: writes resume, nothing is lost.
+    let listener = TcpListener::bind(&addresses[1]).await.unwrap();
+    let config = NodeConfig {
+        server_id: 2,
+        port: 0,
+        db_file: Some(dir.path().join("node-2.db")),
+        peers: vec![
+            Peer {
+                id: 1,
+                address: addresses[0].clone(),
+            },
+            Peer {
+                id: 3,
+                address: addresses[2].clone(),
+            },
+        ],
+        ..NodeConfig::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(jochat_node::serve(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    nodes.push(ClusterNode {
+        id: 2,
+        address: addresses[1].clone(),
+        db: dir.path().join("node-2.db"),
+        stop: Some(stop),
+        task,
+    });
+    eventually("writes are accepted again", || async {
+        write().await.is_ok()
+    })
+    .await;
+    let target = leader.cluster_info().await.unwrap().commit_index;
+    let restarted = nodes[1].client();
+    eventually("node 2 caught up", || async {
+        matches!(restarted.cluster_info().await, Ok(info) if info.commit_index >= target)
+    })
+    .await;
+    let contents: Vec<String> = dump(&nodes[1].db)
+        .messages
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(contents.first().map(String::as_str), Some("before"));
+    assert!(
+        contents.iter().skip(1).all(|c| c == "after") && contents.len() >= 2,
+        "{contents:?}"
+    );
+
+    for node in &mut nodes {
+        let _ = node.stop.take().unwrap().send(());
+    }
+    for node in nodes {
+        node.task.await.unwrap().unwrap();
+    }
+}

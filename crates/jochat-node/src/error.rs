@@ -55,6 +55,10 @@ pub enum NodeError {
         /// The leader's address, if known.
         leader_address: Option<String>,
     },
+    /// This node cannot reach a majority of the cluster, so it cannot write or serve a
+    /// linearizable read. Retry later or elsewhere; stale reads still work.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
     /// The Raft core failed or stopped.
     #[error("raft: {0}")]
     Raft(String),
@@ -92,7 +96,7 @@ impl NodeError {
             Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Config { .. } => Code::InvalidArgument,
-            Self::ShuttingDown | Self::NotLeader { .. } => Code::Unavailable,
+            Self::ShuttingDown | Self::NotLeader { .. } | Self::NoQuorum(_) => Code::Unavailable,
             Self::Raft(_) => Code::Internal,
             Self::Sqlite(_)
             | Self::Pool(_)

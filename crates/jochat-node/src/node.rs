@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::BasicNode;
 
 use jochat_core::command::{Action, Command, Outcome};
@@ -365,10 +365,41 @@ impl Node {
         .await
     }
 
+    /// How long a write or a linearizable read may wait for a majority before it is
+    /// answered "no quorum": four election timeouts, at least two seconds.
+    fn quorum_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis((self.config.election_timeout_ms * 4).max(2_000))
+    }
+
+    /// Refuses at once, before anything is submitted, when this node leads but has not heard
+    /// from a majority for longer than an election timeout.
+    fn check_quorum(&self) -> Result<(), NodeError> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let silent_ms = metrics.millis_since_quorum_ack.unwrap_or(0);
+        let limit_ms = self.config.election_timeout_ms * 2;
+        if metrics.current_leader == Some(metrics.id) && silent_ms > limit_ms {
+            return Err(NodeError::NoQuorum(format!(
+                "no majority of the cluster has answered for {silent_ms} ms; the write was not made"
+            )));
+        }
+        Ok(())
+    }
+
     /// Replicates `command` through Raft and returns its outcome once it is committed and
     /// applied here.
     async fn submit(&self, command: Command) -> Result<Outcome, NodeError> {
-        match self.raft.client_write(command).await {
+        self.check_quorum()?;
+        let deadline = self.quorum_deadline();
+        let written = tokio::time::timeout(deadline, self.raft.client_write(command))
+            .await
+            .map_err(|_| {
+                NodeError::NoQuorum(format!(
+                    "no majority confirmed the write within {deadline:?}; it is applied only if one \
+                     returns while this node still leads"
+                ))
+            })?;
+        match written {
             Ok(written) => match written.data {
                 Applied::Command(result) => Ok(result?),
                 Applied::Internal => Err(NodeError::Raft(
@@ -382,6 +413,36 @@ impl Node {
                 })
             }
             Err(error) => Err(NodeError::Raft(error.to_string())),
+        }
+    }
+
+    /// Makes the next read linearizable: on the leader, confirms with a majority that it
+    /// still leads and waits until everything committed before is applied here. With `stale`,
+    /// does nothing: the read is served from whatever this node has applied.
+    ///
+    /// # Errors
+    /// `NotLeader` on a follower; `NoQuorum` when no majority confirms in time.
+    pub async fn ensure_fresh(&self, stale: bool) -> Result<(), NodeError> {
+        if stale {
+            return Ok(());
+        }
+        self.check_quorum()?;
+        let deadline = self.quorum_deadline();
+        match tokio::time::timeout(deadline, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(NodeError::NoQuorum(format!(
+                "no majority confirmed this node's leadership within {deadline:?}"
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                Err(NodeError::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_address: forward.leader_node.map(|node| node.addr),
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error)))) => {
+                Err(NodeError::NoQuorum(error.to_string()))
+            }
+            Ok(Err(error)) => Err(NodeError::Raft(error.to_string())),
         }
     }
 

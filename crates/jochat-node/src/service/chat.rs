@@ -43,8 +43,9 @@ fn bearer(metadata: &MetadataMap) -> String {
         .unwrap_or_default()
 }
 
-/// Checks the `consistency` field. A single node answers every read from its own committed
-/// state, which is both linearizable and fresh.
+/// Checks the `consistency` field: LINEARIZABLE (the default) reads go through
+/// [`Node::ensure_fresh`] on the leader; STALE reads are served by any node from what it has
+/// applied.
 fn check_consistency(raw: i32) -> Result<v1::ReadConsistency, NodeError> {
     v1::ReadConsistency::try_from(raw)
         .map_err(|_| ChatError::invalid("consistency", format!("unknown value {raw}")).into())
@@ -174,7 +175,9 @@ impl Chat for ChatApi {
         let token = bearer(request.metadata());
         let request = request.into_inner();
         observe(node.id(), "unread_count", async move {
-            check_consistency(request.consistency)?;
+            let consistency = check_consistency(request.consistency)?;
+            node.ensure_fresh(consistency == v1::ReadConsistency::Stale)
+                .await?;
             let unread = node.unread_count(&token).await?;
             Ok(v1::UnreadCountResponse {
                 unread_count: count(unread),
@@ -210,7 +213,9 @@ impl Chat for ChatApi {
         let token = bearer(request.metadata());
         let request = request.into_inner();
         observe(node.id(), "list_messages", async move {
-            check_consistency(request.consistency)?;
+            let consistency = check_consistency(request.consistency)?;
+            node.ensure_fresh(consistency == v1::ReadConsistency::Stale)
+                .await?;
             let page = node
                 .list_messages(&token, request.offset, request.limit, &request.with_user)
                 .await?;
@@ -248,7 +253,9 @@ impl Chat for ChatApi {
         let token = bearer(request.metadata());
         let request = request.into_inner();
         observe(node.id(), "list_accounts", async move {
-            check_consistency(request.consistency)?;
+            let consistency = check_consistency(request.consistency)?;
+            node.ensure_fresh(consistency == v1::ReadConsistency::Stale)
+                .await?;
             let page = node
                 .list_accounts(&token, &request.pattern, request.offset, request.limit)
                 .await?;

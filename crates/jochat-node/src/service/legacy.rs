@@ -184,7 +184,11 @@ impl ChatService for LegacyApi {
         let node = &self.node;
         let request = request.into_inner();
         observe(node.id(), "legacy.count_unread", async move {
-            Ok(match node.unread_count(&request.auth_token).await {
+            let unread = async {
+                node.ensure_fresh(false).await?;
+                node.unread_count(&request.auth_token).await
+            };
+            Ok(match unread.await {
                 Ok(unread) => pb::CountUnreadResponse {
                     status: OK.into(),
                     msg: format!("{unread} unread message(s)"),
@@ -226,6 +230,7 @@ impl ChatService for LegacyApi {
         observe(node.id(), "legacy.list_messages", async move {
             let result = async {
                 let (offset, limit) = legacy_page(request.start, request.count)?;
+                node.ensure_fresh(false).await?;
                 let page = node
                     .list_messages(&request.auth_token, offset, limit, "")
                     .await?;
@@ -293,6 +298,7 @@ impl ChatService for LegacyApi {
             let result = async {
                 let (offset, limit) = legacy_page(request.start, request.count)?;
                 let pattern = Pattern::substring(&request.pattern)?;
+                node.ensure_fresh(false).await?;
                 node.list_accounts_matching(&request.auth_token, pattern, offset, limit)
                     .await
             }
