@@ -79,6 +79,15 @@ pub enum NodeError {
     Task(String),
 }
 
+impl From<openraft::error::ForwardToLeader<u64, openraft::BasicNode>> for NodeError {
+    fn from(forward: openraft::error::ForwardToLeader<u64, openraft::BasicNode>) -> Self {
+        Self::NotLeader {
+            leader_id: forward.leader_id,
+            leader_address: forward.leader_node.map(|node| node.addr),
+        }
+    }
+}
+
 impl NodeError {
     /// The gRPC status code this error is reported with.
     pub fn code(&self) -> Code {

@@ -407,10 +407,7 @@ impl Node {
                 )),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(NodeError::NotLeader {
-                    leader_id: forward.leader_id,
-                    leader_address: forward.leader_node.map(|node| node.addr),
-                })
+                Err(NodeError::from(forward))
             }
             Err(error) => Err(NodeError::Raft(error.to_string())),
         }
@@ -434,10 +431,7 @@ impl Node {
             ))),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                Err(NodeError::NotLeader {
-                    leader_id: forward.leader_id,
-                    leader_address: forward.leader_node.map(|node| node.addr),
-                })
+                Err(NodeError::from(forward))
             }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error)))) => {
                 Err(NodeError::NoQuorum(error.to_string()))

@@ -65,10 +65,7 @@ impl RaftApi {
 fn membership_refusal(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            Status::from(NodeError::NotLeader {
-                leader_id: forward.leader_id,
-                leader_address: forward.leader_node.map(|node| node.addr),
-            })
+            Status::from(NodeError::from(forward))
         }
         other => Status::unavailable(format!("membership change failed: {other}")),
     }
