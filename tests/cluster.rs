@@ -60,9 +60,20 @@ async fn start_nodes(
     peer_lists: &[Vec<u64>],
     admin_user: Option<&str>,
 ) -> Vec<ClusterNode> {
+    start_nodes_at(dir, peer_lists, admin_user, None).await
+}
+
+/// Like [`start_nodes`], on the given addresses (to restart nodes where they were).
+async fn start_nodes_at(
+    dir: &std::path::Path,
+    peer_lists: &[Vec<u64>],
+    admin_user: Option<&str>,
+    addresses: Option<&[String]>,
+) -> Vec<ClusterNode> {
     let mut listeners = Vec::new();
-    for _ in peer_lists {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    for index in 0..peer_lists.len() {
+        let address = addresses.map_or("127.0.0.1:0", |a| a[index].as_str());
+        listeners.push(TcpListener::bind(address).await.unwrap());
     }
     let addresses: Vec<String> = listeners
         .iter()
@@ -504,4 +515,151 @@ async fn without_a_majority_writes_are_refused_quickly_and_stale_reads_still_wor
     for node in nodes {
         node.task.await.unwrap().unwrap();
     }
+}
+
+/// Every node's peers: all the others.
+fn all_others(count: u64) -> Vec<Vec<u64>> {
+    (1..=count)
+        .map(|id| (1..=count).filter(|&other| other != id).collect())
+        .collect()
+}
+
+/// Stops every node still running and waits for each.
+async fn stop_all(mut nodes: Vec<ClusterNode>) {
+    for node in &mut nodes {
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+    for node in nodes {
+        node.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_cluster_restarted_on_its_files_has_all_its_data_back() {
+    // 1. A cluster of three with data, then every node stopped.
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 3, None).await;
+    let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    let leader = nodes[0].client();
+    eventually("node 1 leads", || async {
+        matches!(leader.cluster_info().await, Ok(info) if info.leader_id == Some(1) && info.members.len() == 3)
+    })
+    .await;
+    leader.sign_up("alice", "pw").await.unwrap();
+    leader.sign_up("bob", "pw").await.unwrap();
+    let alice = leader.log_in("alice", "pw").await.unwrap();
+    for i in 0..10 {
+        leader
+            .send_message(&alice.token, "bob", &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let before = dump(&nodes[0].db);
+    stop_all(nodes).await;
+
+    // 2. All three restarted on the same files and addresses: node 1 leads again, every file
+    //    holds the same rows as before, and the cluster takes writes.
+    let nodes = start_nodes_at(dir.path(), &all_others(3), None, Some(&addresses)).await;
+    let leader = nodes[0].client();
+    eventually("node 1 leads again", || async {
+        matches!(leader.cluster_info().await, Ok(info) if info.leader_id == Some(1))
+    })
+    .await;
+    // A follower applies what was committed before the stop once the new leader tells it the
+    // commit index, so wait for every file to converge.
+    for node in &nodes {
+        let db = node.db.clone();
+        let before = before.clone();
+        eventually(
+            "the node's file matches the cluster's state before the restart",
+            || {
+                let db = db.clone();
+                let before = before.clone();
+                async move { dump(&db) == before }
+            },
+        )
+        .await;
+    }
+    let bob = leader.log_in("bob", "pw").await.unwrap();
+    assert_eq!(bob.unread_count, 10);
+    stop_all(nodes).await;
+}
+
+/// The id of the leader the running `nodes` report, once one is known.
+async fn running_leader(nodes: &[ClusterNode]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for node in nodes {
+            if let Ok(info) = node.client().cluster_info().await {
+                if let Some(id) = info
+                    .leader_id
+                    .filter(|id| nodes.iter().any(|n| n.id == *id))
+                {
+                    return id;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader among the running nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_two_leaders_stopped_in_a_row() {
+    // 1. Five nodes, each listing the others, and two accounts.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 5, None).await;
+    let first = running_leader(&nodes).await;
+    let leader = nodes.iter().find(|n| n.id == first).unwrap().client();
+    leader.sign_up("alice", "pw").await.unwrap();
+    leader.sign_up("bob", "pw").await.unwrap();
+    let token = leader.log_in("alice", "pw").await.unwrap().token;
+
+    // 2. Twice: write through the leader until acknowledged, then stop it.
+    let mut acknowledged = Vec::new();
+    for round in 0..3 {
+        let leader_id = running_leader(&nodes).await;
+        let position = nodes.iter().position(|n| n.id == leader_id).unwrap();
+        let leader = nodes[position].client();
+        // The new leader may still be settling: retry until the write is acknowledged.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let sent = loop {
+            match leader
+                .send_message(&token, "bob", &format!("round {round}"))
+                .await
+            {
+                Ok(sent) => break sent,
+                Err(error) => assert!(Instant::now() < deadline, "no write acknowledged: {error}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        acknowledged.push(sent.id);
+        if round < 2 {
+            let _ = nodes[position].stop.take().unwrap().send(());
+            let stopped = nodes.remove(position);
+            stopped.task.await.unwrap().unwrap();
+        }
+    }
+
+    // 3. The three survivors hold every acknowledged write.
+    assert_eq!(nodes.len(), 3);
+    for node in &nodes {
+        let db = node.db.clone();
+        let wanted = acknowledged.clone();
+        eventually("the survivor holds every acknowledged write", || {
+            let db = db.clone();
+            let wanted = wanted.clone();
+            async move {
+                let ids: Vec<i64> = dump(&db).messages.iter().map(|m| m.id.0).collect();
+                wanted.iter().all(|id| ids.contains(id))
+            }
+        })
+        .await;
+    }
+    stop_all(nodes).await;
 }
