@@ -276,7 +276,6 @@ impl NodeConfig {
     pub fn store(&self) -> StoreConfig {
         StoreConfig {
             path: self.db_path(),
-            sync_mode: self.sync_mode,
             read_pool_size: self.read_pool_size,
         }
     }

@@ -51,13 +51,11 @@ impl SyncMode {
     }
 }
 
-/// Where and how to open the database.
+/// Where the database's read side opens, and how many connections it may use.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// The SQLite file; its folder is created if missing.
+    /// The SQLite file (created and migrated by `crate::raft::storage::open`).
     pub path: PathBuf,
-    /// Durability of commits.
-    pub sync_mode: SyncMode,
     /// Read connections at most.
     pub read_pool_size: u32,
 }
