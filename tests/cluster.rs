@@ -138,7 +138,7 @@ fn dump(path: &std::path::Path) -> jochat_core::store::StateDump {
 async fn three_nodes_started_together_form_one_cluster_led_by_node_1() {
     // 1. Start three nodes at once, each listing the other two.
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = start_cluster(dir.path(), 3, None).await;
+    let nodes = start_cluster(dir.path(), 3, None).await;
     let leader = nodes[0].client();
 
     // 2. One cluster of three, led by node 1, as every node sees it.
@@ -247,24 +247,16 @@ async fn three_nodes_started_together_form_one_cluster_led_by_node_1() {
     assert_eq!(info.status, "ok");
 
     // 7. Stop every node and wait for each.
-    for node in &mut nodes {
-        let _ = node.stop.take().unwrap().send(());
-    }
-    for node in nodes {
-        node.task.await.unwrap().unwrap();
-    }
+    stop_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_db_by_the_administrator_clears_every_node() {
     // 1. A three-node cluster whose administrator is "root", with some data.
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = start_cluster(dir.path(), 3, Some("root")).await;
+    let nodes = start_cluster(dir.path(), 3, Some("root")).await;
     let leader = nodes[0].client();
-    eventually("node 1 leads", || async {
-        matches!(leader.cluster_info().await, Ok(info) if info.leader_id == Some(1) && info.members.len() == 3)
-    })
-    .await;
+    wait_for_leader(&leader, 1, 3).await;
     leader.sign_up("alice", "pw").await.unwrap();
     let mut old = ChatServiceClient::connect(format!("http://{}", nodes[0].address))
         .await
@@ -326,19 +318,14 @@ async fn reset_db_by_the_administrator_clears_every_node() {
         );
     }
 
-    for node in &mut nodes {
-        let _ = node.stop.take().unwrap().send(());
-    }
-    for node in nodes {
-        node.task.await.unwrap().unwrap();
-    }
+    stop_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prototypes_start_order_forms_one_three_node_cluster() {
     // 1. As the prototype's README starts them: 1 alone, 2 listing 1, 3 listing 1 and 2.
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = start_nodes(dir.path(), &[vec![], vec![1], vec![1, 2]], None).await;
+    let nodes = start_nodes(dir.path(), &[vec![], vec![1], vec![1, 2]], None).await;
     let leader = nodes[0].client();
 
     // 2. Nodes 2 and 3 join through node 1 (learner, then voter): one cluster of three voters.
@@ -361,12 +348,7 @@ async fn the_prototypes_start_order_forms_one_three_node_cluster() {
         assert_eq!(dump(&node.db).users.len(), 1, "node {}", node.id);
     }
 
-    for node in &mut nodes {
-        let _ = node.stop.take().unwrap().send(());
-    }
-    for node in nodes {
-        node.task.await.unwrap().unwrap();
-    }
+    stop_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,10 +357,7 @@ async fn without_a_majority_writes_are_refused_quickly_and_stale_reads_still_wor
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(dir.path(), 3, None).await;
     let leader = nodes[0].client();
-    eventually("node 1 leads", || async {
-        matches!(leader.cluster_info().await, Ok(info) if info.leader_id == Some(1) && info.members.len() == 3)
-    })
-    .await;
+    wait_for_leader(&leader, 1, 3).await;
     leader.sign_up("alice", "pw").await.unwrap();
     leader.sign_up("bob", "pw").await.unwrap();
     let alice = leader.log_in("alice", "pw").await.unwrap();
@@ -509,12 +488,15 @@ async fn without_a_majority_writes_are_refused_quickly_and_stale_reads_still_wor
         "{contents:?}"
     );
 
-    for node in &mut nodes {
-        let _ = node.stop.take().unwrap().send(());
-    }
-    for node in nodes {
-        node.task.await.unwrap().unwrap();
-    }
+    stop_all(nodes).await;
+}
+
+/// Waits until `client`'s node reports node `id` leading `members` members.
+async fn wait_for_leader(client: &ChatServerClient, id: u64, members: usize) {
+    eventually("the expected leader leads every member", || async {
+        matches!(client.cluster_info().await, Ok(info) if info.leader_id == Some(id) && info.members.len() == members)
+    })
+    .await;
 }
 
 /// Every node's peers: all the others.
@@ -543,10 +525,7 @@ async fn the_whole_cluster_restarted_on_its_files_has_all_its_data_back() {
     let nodes = start_cluster(dir.path(), 3, None).await;
     let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
     let leader = nodes[0].client();
-    eventually("node 1 leads", || async {
-        matches!(leader.cluster_info().await, Ok(info) if info.leader_id == Some(1) && info.members.len() == 3)
-    })
-    .await;
+    wait_for_leader(&leader, 1, 3).await;
     leader.sign_up("alice", "pw").await.unwrap();
     leader.sign_up("bob", "pw").await.unwrap();
     let alice = leader.log_in("alice", "pw").await.unwrap();
