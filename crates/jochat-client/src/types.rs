@@ -349,7 +349,7 @@ pub struct ClusterInfo {
     pub leader_address: Option<String>,
     /// The current term.
     pub term: u64,
-    /// The highest committed log index.
+    /// The last log index applied on the answering node (trails the commit index briefly).
     pub commit_index: u64,
     /// Every member.
     pub members: Vec<Member>,

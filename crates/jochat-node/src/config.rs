@@ -72,7 +72,8 @@ pub struct NodeConfig {
     /// The SQLite database file [default: jochat-data/node-<SERVER_ID>.db].
     #[arg(long = "db-file", alias = "db_file", env = "JOCHAT_DB_FILE")]
     pub db_file: Option<PathBuf>,
-    /// Other nodes, as ID:HOST:PORT,... (used by the cluster; a single node ignores them).
+    /// Other nodes, as ID:HOST:PORT,...: a new node forms the cluster with them (lowest id) or
+    /// joins it through its leader. Without peers a new node bootstraps a one-node cluster.
     #[arg(long, env = "JOCHAT_PEERS", value_delimiter = ',')]
     pub peers: Vec<Peer>,
     /// Shared secret required on internal cluster calls.

@@ -1,13 +1,15 @@
-//! A JoChat server node: the chat state in SQLite, the `jochat.v1` gRPC API, the standard gRPC
-//! health service and server reflection.
+//! A JoChat server node: the chat state and the Raft log in SQLite, the `jochat.v1` gRPC API,
+//! the prototype's `ChatService`, the internal Raft service, the standard gRPC health service
+//! and server reflection.
 //!
-//! Every write becomes a `jochat_core::Command` applied by one writer thread; handlers never
-//! write SQLite themselves. Reads run on a pool of read-only connections.
+//! Every write becomes a `jochat_core::Command`, replicated through Raft and applied by its
+//! state machine; handlers never write SQLite themselves. Reads run on a pool of read-only
+//! connections.
 //!
 //! # Layout
 //!
 //! - [`config`]: flags and environment variables ([`NodeConfig`]).
-//! - [`store`]: the SQLite database: schema and migrations, the writer thread, the read pool.
+//! - [`store`]: the SQLite database: schema and migrations, the read pool, applying commands.
 //! - [`auth`]: argon2id hashing off the executor, session tokens, the failed-log-in limiter.
 //! - [`node`]: [`Node`], the chat operations as the node performs them.
 //! - [`raft`]: openraft's type configuration and storage on the same SQLite file.
