@@ -17,6 +17,9 @@ pub const DATA_DIR_DEFAULT: &str = "jochat-data";
 /// Bytes of gRPC framing and fields allowed on top of the content limit in one request.
 const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
 
+/// How long sending one snapshot chunk, or installing the last one, may take.
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
+
 /// Another node of the cluster, as `--peers` names it: `ID:HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -292,17 +295,19 @@ impl NodeConfig {
                 rule: "must be positive and below --election-timeout-ms".into(),
             });
         }
-        // Staggered by server id, in ranges that do not overlap: after a leader dies the
-        // lowest surviving id times out first and wins, as the prototype's "lowest id wins"
-        // intended, while Raft's vote rules keep it safe. Ids past 8 share the last range, so
-        // no node waits more than 4.5 election timeouts.
-        let stagger = (self.server_id.clamp(1, 8) - 1) * self.election_timeout_ms / 2;
-        let election_timeout_min = self.election_timeout_ms + stagger;
+        // Elections are triggered by `raft::election`, staggered by id there; openraft's own
+        // timer is off. Its `election_timeout_max` is the leader lease every follower keeps:
+        // it refuses to vote for that long after it last heard its leader.
         openraft::Config {
             cluster_name: "jochat".into(),
             heartbeat_interval: self.heartbeat_ms,
-            election_timeout_min,
-            election_timeout_max: election_timeout_min + self.election_timeout_ms / 2,
+            election_timeout_min: self.election_timeout_ms,
+            election_timeout_max: self.election_timeout_ms + 1,
+            enable_elect: false,
+            // One chunk of a snapshot, and installing the last one (which replaces the chat
+            // tables in one transaction), may take far longer than openraft's 200 ms default
+            // on a large database; a chunk that times out is sent again, forever.
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_threshold),
             ..openraft::Config::default()
         }
@@ -360,20 +365,18 @@ mod tests {
     }
 
     #[test]
-    fn election_timeouts_are_staggered_by_id_without_overlap() {
-        let range = |id| {
-            let config = NodeConfig {
-                server_id: id,
-                ..NodeConfig::default()
-            }
-            .raft_config()
-            .unwrap();
-            (config.election_timeout_min, config.election_timeout_max)
-        };
-        assert_eq!(range(1), (150, 225));
-        assert_eq!(range(2), (225, 300));
-        assert_eq!(range(3), (300, 375));
-        assert_eq!(range(20), range(8));
+    fn openraft_keeps_the_lease_and_leaves_elections_to_jochat() {
+        let config = NodeConfig {
+            election_timeout_ms: 200,
+            heartbeat_ms: 40,
+            ..NodeConfig::default()
+        }
+        .raft_config()
+        .unwrap();
+        assert!(!config.enable_elect, "raft::election triggers elections");
+        assert_eq!(config.heartbeat_interval, 40);
+        assert_eq!(config.election_timeout_max, 201, "the lease every follower keeps");
+        assert!(config.install_snapshot_timeout >= 10_000);
     }
 
     #[test]

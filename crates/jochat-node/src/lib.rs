@@ -44,4 +44,6 @@ pub mod store;
 pub use config::NodeConfig;
 pub use error::NodeError;
 pub use node::Node;
-pub use server::{serve, spawn, spawn_ephemeral, spawn_ephemeral_with, EphemeralNode, RunningNode};
+pub use server::{
+    serve, serve_with, spawn, spawn_ephemeral, spawn_ephemeral_with, EphemeralNode, RunningNode,
+};

@@ -22,6 +22,8 @@ use jochat_core::{ChatError, Pattern};
 use crate::auth::{new_session_token, Hasher, LoginLimiter};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::raft::election::{self, ElectionSettings, LeaderContact};
+use crate::raft::faults::Faults;
 use crate::raft::network::NetworkFactory;
 use crate::raft::{self, Applied, TypeConfig};
 use crate::store::Database;
@@ -111,6 +113,10 @@ pub struct Node {
     /// The background join, while this node is joining a cluster. A std mutex: only taken to
     /// abort the task at shutdown.
     joining: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The election timer, stopped at shutdown.
+    elections: tokio::task::JoinHandle<()>,
+    /// When this node last heard a leader; the peer-side Raft service touches it.
+    contact: LeaderContact,
     hasher: Hasher,
     limiter: LoginLimiter,
 }
@@ -230,18 +236,27 @@ fn session_digest(token: &str) -> Result<TokenDigest, NodeError> {
 }
 
 impl Node {
-    /// Opens the node's database. `address` is where clients reach it.
+    /// Opens the node's database and starts Raft. `address` is where clients reach it;
+    /// `faults` is the fault layer its peer calls obey ([`Faults::none`] outside tests).
     ///
     /// # Errors
     /// The database cannot be opened or migrated, or Raft cannot start.
-    pub async fn start(config: NodeConfig, address: SocketAddr) -> Result<Self, NodeError> {
+    pub async fn start(
+        config: NodeConfig,
+        address: SocketAddr,
+        faults: Faults,
+    ) -> Result<Self, NodeError> {
         // Raft's storage opens (and migrates) the file first; the read pool then joins it.
         let (log, state_machine) = raft::storage::open(&config.db_path(), config.sync_mode)?;
         let db = Database::open(&config.store())?;
         let raft = openraft::Raft::new(
             config.server_id,
             Arc::new(config.raft_config()?),
-            NetworkFactory::new(config.cluster_secret.as_deref()),
+            NetworkFactory::new(
+                config.server_id,
+                config.cluster_secret.as_deref(),
+                faults.clone(),
+            ),
             log,
             state_machine,
         )
@@ -279,12 +294,26 @@ impl Node {
             config.login_failures_max,
             std::time::Duration::from_secs(config.login_lockout_secs),
         );
+        let contact = LeaderContact::new();
+        let elections = tokio::spawn(election::run(
+            raft.clone(),
+            contact.clone(),
+            ElectionSettings {
+                id: config.server_id,
+                election_timeout_ms: config.election_timeout_ms,
+                heartbeat_ms: config.heartbeat_ms,
+                secret: config.cluster_secret.clone(),
+                faults,
+            },
+        ));
         Ok(Self {
             config,
             address,
             db,
             raft,
             joining: std::sync::Mutex::new(joining),
+            elections,
+            contact,
             hasher: Hasher::new(),
             limiter,
         })
@@ -345,6 +374,11 @@ impl Node {
     /// The node's Raft instance.
     pub fn raft(&self) -> &openraft::Raft<TypeConfig> {
         &self.raft
+    }
+
+    /// When this node last heard a leader (the election timer's clock).
+    pub fn leader_contact(&self) -> &LeaderContact {
+        &self.contact
     }
 
     /// The node's database.
@@ -891,6 +925,7 @@ impl Node {
         if let Some(joining) = joining {
             joining.abort();
         }
+        self.elections.abort();
         if let Err(error) = self.raft.shutdown().await {
             tracing::error!(%error, "raft did not shut down cleanly");
         }

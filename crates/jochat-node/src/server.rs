@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::node::Node;
+use crate::raft::faults::Faults;
 use crate::service::chat::ChatApi;
 use crate::service::legacy::LegacyApi;
 use crate::service::raft::RaftApi;
@@ -39,9 +40,23 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
+    serve_with(config, listener, shutdown, Faults::none()).await
+}
+
+/// Like [`serve`], with the node's peer calls obeying `faults`: for tests that drop, delay or
+/// partition links between in-process nodes.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    faults: Faults,
+) -> Result<(), NodeError> {
     config.validate()?;
     let address = listener.local_addr()?;
-    let node = Arc::new(Node::start(config.clone(), address).await?);
+    let node = Arc::new(Node::start(config.clone(), address, faults).await?);
     let span = tracing::info_span!("node", node_id = node.id());
     // Every log line of the node's life carries its id; `instrument` (not `enter`) keeps the
     // span attached to this future only, across its awaits.
@@ -67,6 +82,7 @@ async fn run(
         .map_err(|e| NodeError::Task(format!("reflection service: {e}")))?;
     let raft = RaftServer::new(RaftApi::new(
         node.raft().clone(),
+        node.leader_contact().clone(),
         config.cluster_secret.as_deref(),
     ))
     .max_decoding_message_size(usize::MAX);

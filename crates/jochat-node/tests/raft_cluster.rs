@@ -9,6 +9,8 @@ use std::time::Duration;
 use jochat_core::store::ChatRead;
 use jochat_core::types::{SessionToken, UserId, Username};
 use jochat_core::{Action, Command, Outcome};
+use jochat_node::raft::election::LeaderContact;
+use jochat_node::raft::faults::Faults;
 use jochat_node::raft::network::{NetworkFactory, CLUSTER_SECRET_HEADER};
 use jochat_node::raft::{storage, Applied, TypeConfig};
 use jochat_node::service::raft::RaftApi;
@@ -51,13 +53,13 @@ async fn start(id: u64, dir: &std::path::Path, secret: Option<&str>) -> TestNode
     let raft = Raft::new(
         id,
         Arc::new(config.validate().unwrap()),
-        NetworkFactory::new(secret),
+        NetworkFactory::new(id, secret, Faults::none()),
         log,
         state_machine,
     )
     .await
     .unwrap();
-    let service = RaftServer::new(RaftApi::new(raft.clone(), secret));
+    let service = RaftServer::new(RaftApi::new(raft.clone(), LeaderContact::new(), secret));
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(service)

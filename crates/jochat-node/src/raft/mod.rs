@@ -6,12 +6,16 @@
 //! - this module: [`TypeConfig`] (log entries carry `jochat_core::Command`) and [`Applied`],
 //!   what applying an entry returns.
 //! - [`network`]: openraft's network over tonic, one channel and a deadline per peer call.
+//! - [`faults`]: the injectable fault layer every peer call consults (empty outside tests).
+//! - [`election`]: the election timer: staggered by id, with a pre-check of the peers.
 //! - [`storage`]: [`storage::LogStore`] and [`storage::StateMachineStore`], openraft's v2
 //!   storage traits on SQLite.
 //!
 //! The peer side of the network is `crate::service::raft`. Wiring into the node's write
 //! path builds on these.
 
+pub mod election;
+pub mod faults;
 pub mod network;
 pub mod storage;
 

@@ -4,12 +4,15 @@
 //!
 //! The wire is `jochat.internal.v1.Raft`: openraft's own request and reply values,
 //! JSON-encoded, with the cluster secret in metadata when one is configured.
+//!
+//! Every call first consults the node's [`Faults`] (empty outside tests), so tests can drop,
+//! delay or partition chosen links between real nodes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jochat_proto::internal::v1::raft_client::RaftClient;
-use jochat_proto::internal::v1::RaftPayload;
+use jochat_proto::internal::v1::{ProbeReply, ProbeRequest, RaftPayload};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -24,6 +27,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::faults::{Fault, Faults};
 use super::TypeConfig;
 
 /// The metadata key carrying the cluster secret on internal calls.
@@ -36,47 +40,100 @@ type NodeId = u64;
 /// Makes the clients openraft uses to reach each peer.
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
+    /// This node's id: the sender, for the fault layer.
+    id: NodeId,
     /// Sent on every call when set.
     secret: Option<Arc<str>>,
+    faults: Faults,
 }
 
 impl NetworkFactory {
-    /// A factory whose clients send `secret` (if any) on every call.
-    pub fn new(secret: Option<&str>) -> Self {
+    /// A factory for node `id` whose clients send `secret` (if any) on every call and obey
+    /// `faults`.
+    pub fn new(id: NodeId, secret: Option<&str>, faults: Faults) -> Self {
         Self {
+            id,
             secret: secret.map(Arc::from),
+            faults,
         }
     }
+}
+
+/// A lazy channel to `address`: no connection is made until the first call, and a peer that
+/// is down now is retried by the channel later.
+fn peer_channel(target: NodeId, address: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map(|endpoint| {
+            endpoint
+                .connect_timeout(PEER_CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .connect_lazy()
+        })
+        .map_err(|e| format!("peer {target} has an unusable address {address:?}: {e}"))
+}
+
+/// Puts the cluster secret, if any, on `request`.
+fn with_secret<T>(request: &mut Request<T>, secret: Option<&str>) -> Result<(), String> {
+    if let Some(secret) = secret {
+        let value = secret
+            .parse()
+            .map_err(|_| "the cluster secret is not valid metadata".to_owned())?;
+        request.metadata_mut().insert(CLUSTER_SECRET_HEADER, value);
+    }
+    Ok(())
+}
+
+/// Asks node `target` at `address` whether it hears a live leader (the election pre-check),
+/// as node `from`, within `deadline`. `None` when it cannot be asked or does not answer.
+pub async fn probe(
+    from: NodeId,
+    target: NodeId,
+    address: &str,
+    secret: Option<&str>,
+    faults: &Faults,
+    deadline: Duration,
+) -> Option<ProbeReply> {
+    let ask = async {
+        match faults.between(from, target) {
+            Some(Fault::Drop | Fault::DropReply) => return None,
+            Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+            None => {}
+        }
+        let channel = peer_channel(target, address).ok()?;
+        let mut request = Request::new(ProbeRequest { node_id: from });
+        request.set_timeout(deadline);
+        with_secret(&mut request, secret).ok()?;
+        RaftClient::new(channel)
+            .probe(request)
+            .await
+            .ok()
+            .map(Response::into_inner)
+    };
+    tokio::time::timeout(deadline, ask).await.ok().flatten()
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        // A lazy channel: no connection is made until the first call, and a peer that is down
-        // now is retried by the channel later.
-        let channel = Endpoint::from_shared(format!("http://{}", node.addr))
-            .map(|endpoint| {
-                endpoint
-                    .connect_timeout(PEER_CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy()
-            })
-            .map_err(|e| format!("peer {target} has an unusable address {:?}: {e}", node.addr));
         PeerClient {
+            from: self.id,
             target,
-            channel,
+            channel: peer_channel(target, &node.addr),
             secret: self.secret.clone(),
+            faults: self.faults.clone(),
         }
     }
 }
 
 /// One peer, as openraft's `RaftNetwork`.
 pub struct PeerClient {
+    from: NodeId,
     target: NodeId,
     /// The peer's channel, or why it has none.
     channel: Result<Channel, String>,
     secret: Option<Arc<str>>,
+    faults: Faults,
 }
 
 /// A transport failure, as the error type openraft's `Unreachable` wants.
@@ -106,14 +163,22 @@ impl PeerClient {
         let deadline = option.hard_ttl();
         let mut request = Request::new(RaftPayload { json });
         request.set_timeout(deadline);
-        if let Some(secret) = &self.secret {
-            let value = secret
-                .parse()
-                .map_err(|_| unreachable("the cluster secret is not valid metadata".into()))?;
-            request.metadata_mut().insert(CLUSTER_SECRET_HEADER, value);
-        }
+        with_secret(&mut request, self.secret.as_deref()).map_err(unreachable)?;
         let client = RaftClient::new(channel).max_decoding_message_size(usize::MAX);
-        let reply = match tokio::time::timeout(deadline, send(client, request)).await {
+        let fault = self.faults.between(self.from, self.target);
+        let exchange = async {
+            match fault {
+                Some(Fault::Drop) => return Err(Status::unavailable("dropped by the fault layer")),
+                Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+                Some(Fault::DropReply) | None => {}
+            }
+            let reply = send(client, request).await;
+            if fault == Some(Fault::DropReply) {
+                return Err(Status::unavailable("reply dropped by the fault layer"));
+            }
+            reply
+        };
+        let reply = match tokio::time::timeout(deadline, exchange).await {
             Err(_) => {
                 return Err(unreachable(format!(
                     "peer {} did not answer within {deadline:?}",

@@ -3,15 +3,19 @@
 //! has a secret, calls without it are refused and logged with the caller's address.
 
 use jochat_proto::internal::v1::raft_server::Raft as RaftService;
-use jochat_proto::internal::v1::{JoinReply, JoinRequest, RaftPayload};
+use jochat_proto::internal::v1::{
+    JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply, ProbeRequest, RaftPayload,
+};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers};
+use openraft::raft::AppendEntriesRequest;
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::error::NodeError;
+use crate::raft::election::LeaderContact;
 use crate::raft::network::CLUSTER_SECRET_HEADER;
 use crate::raft::TypeConfig;
 
@@ -19,15 +23,23 @@ use crate::raft::TypeConfig;
 #[derive(Clone)]
 pub struct RaftApi {
     raft: openraft::Raft<TypeConfig>,
+    /// Touched whenever a leader is heard (or a vote granted): the election timer's clock.
+    contact: LeaderContact,
     /// SHA-256 of the cluster secret, if there is one.
     secret_digest: Option<[u8; 32]>,
 }
 
 impl RaftApi {
-    /// The service for `raft`, requiring `secret` on every call when given.
-    pub fn new(raft: openraft::Raft<TypeConfig>, secret: Option<&str>) -> Self {
+    /// The service for `raft`, requiring `secret` on every call when given, recording leader
+    /// contact in `contact`.
+    pub fn new(
+        raft: openraft::Raft<TypeConfig>,
+        contact: LeaderContact,
+        secret: Option<&str>,
+    ) -> Self {
         Self {
             raft,
+            contact,
             secret_digest: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
         }
     }
@@ -61,11 +73,15 @@ impl RaftApi {
 }
 
 /// A failed membership change as a status: NOT-LEADER (with hints) when this node does not
-/// lead, UNAVAILABLE otherwise (the joining node retries).
+/// lead, FAILED_PRECONDITION when the change itself is refused (another one in progress, no
+/// voter left), UNAVAILABLE otherwise (the caller retries).
 fn membership_refusal(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
             Status::from(NodeError::from(forward))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(refused)) => {
+            Status::failed_precondition(format!("membership change refused: {refused}"))
         }
         other => Status::unavailable(format!("membership change failed: {other}")),
     }
@@ -89,14 +105,82 @@ impl RaftService for RaftApi {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.authorize("append_entries", &request)?;
-        let rpc = decode(request.get_ref())?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        // A leader at least as current as the one this node knows is speaking: note it before
+        // the entries are written, as writing them may take a while.
+        if rpc.vote >= self.raft.metrics().borrow().vote {
+            self.contact.touch();
+        }
         encode(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.authorize("vote", &request)?;
         let rpc = decode(request.get_ref())?;
-        encode(&self.raft.vote(rpc).await)
+        let result = self.raft.vote(rpc).await;
+        // Granting a vote restarts the election clock, as in Raft.
+        if matches!(&result, Ok(reply) if reply.vote_granted) {
+            self.contact.touch();
+        }
+        encode(&result)
+    }
+
+    async fn probe(&self, request: Request<ProbeRequest>) -> Result<Response<ProbeReply>, Status> {
+        self.authorize("probe", &request)?;
+        let reply = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.state == ServerState::Leader {
+                ProbeReply {
+                    leader_id: metrics.id,
+                    // A leader not yet acknowledged has just won a vote: a majority heard it.
+                    millis_since_leader_contact: metrics.millis_since_quorum_ack.unwrap_or(0),
+                }
+            } else {
+                ProbeReply {
+                    leader_id: metrics.current_leader.unwrap_or(0),
+                    millis_since_leader_contact: u64::try_from(self.contact.elapsed().as_millis())
+                        .unwrap_or(u64::MAX),
+                }
+            }
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+        self.authorize("leave", &request)?;
+        let LeaveRequest { node_id } = request.into_inner();
+        let (is_member, is_voter) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            (
+                membership.get_node(&node_id).is_some(),
+                membership.voter_ids().any(|id| id == node_id),
+            )
+        };
+        if !is_member {
+            return Err(Status::not_found(format!(
+                "node_id: {node_id} is not a member of the cluster"
+            )));
+        }
+        tracing::info!(
+            node_id,
+            voter = is_voter,
+            "removing a node from the cluster"
+        );
+        let removed = [node_id].into();
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(removed)
+        } else {
+            ChangeMembers::RemoveNodes(removed)
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(membership_refusal)?;
+        tracing::info!(node_id, "node removed from the cluster");
+        Ok(Response::new(LeaveReply {}))
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
@@ -138,6 +222,10 @@ impl RaftService for RaftApi {
     ) -> Result<Response<RaftPayload>, Status> {
         self.authorize("install_snapshot", &request)?;
         let rpc = decode(request.get_ref())?;
-        encode(&self.raft.install_snapshot(rpc).await)
+        let result = self.raft.install_snapshot(rpc).await;
+        if result.is_ok() {
+            self.contact.touch();
+        }
+        encode(&result)
     }
 }

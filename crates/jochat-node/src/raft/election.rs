@@ -1,0 +1,209 @@
+//! Elections, driven by JoChat instead of openraft's own timer.
+//!
+//! openraft 0.9 waits `election_timeout_max` (its leader lease) *plus* a random election
+//! timeout after the last heartbeat before a follower stands, and its followers refuse votes
+//! for a lease measured in their own timeout, so with timeouts staggered by id the highest ids
+//! kept refusing the lowest surviving one and failover took 0.6–0.9 s. Here openraft's timer is
+//! off (`enable_elect = false`) and [`run`] triggers elections itself:
+//!
+//! - every node shares one lease, `--election-timeout-ms`: a follower refuses to vote for that
+//!   long after it last heard its leader;
+//! - a voter stands once it has heard no leader for [`election_delay`]: the lease and a
+//!   margin, plus half an election timeout per voter ranked before it by id. The lowest
+//!   surviving id stands first and, if its log is up to date, wins before the next one stands;
+//! - before standing it asks its peers ([`Probe`](jochat_proto::internal::v1::ProbeRequest))
+//!   whether any of them still hears a live leader, and stands down if one does: a node back
+//!   from a crash or a partition, or one cut off from the leader alone, does not depose a
+//!   leader that a majority still follows.
+//!
+//! [`LeaderContact`] is when this node last heard a leader: the peer-side Raft service touches
+//! it on every accepted append-entries or snapshot chunk and on every vote it grants.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+
+use super::faults::Faults;
+use super::network::probe;
+use super::TypeConfig;
+
+/// When this node last heard a leader (or granted a vote, or stood). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LeaderContact {
+    origin: Instant,
+    /// Milliseconds after `origin` of the last contact.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LeaderContact {
+    /// Contact "now": a node that just started waits a full delay before it stands.
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records contact now.
+    pub fn touch(&self) {
+        self.last_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the last contact.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// How long a voter waits without hearing a leader before it stands, given its `position`
+/// among the voters ordered by id and their `count`. The only voter stands at once.
+pub fn election_delay(position: usize, count: usize, election_timeout_ms: u64) -> Duration {
+    if count <= 1 {
+        return Duration::ZERO;
+    }
+    // Past the eighth voter every node waits the same; Raft's vote rules still settle it.
+    let rank = u64::try_from(position.min(7)).unwrap_or(7);
+    let lease_and_margin = election_timeout_ms + election_timeout_ms / 10;
+    Duration::from_millis(lease_and_margin + rank * election_timeout_ms / 2)
+}
+
+/// What [`run`] needs to know.
+#[derive(Debug, Clone)]
+pub struct ElectionSettings {
+    /// This node's id.
+    pub id: u64,
+    /// `--election-timeout-ms`: the lease, and the unit of the stagger.
+    pub election_timeout_ms: u64,
+    /// `--heartbeat-ms`: how often the timer looks, at most every half heartbeat.
+    pub heartbeat_ms: u64,
+    /// The cluster secret, for the probes.
+    pub secret: Option<String>,
+    /// The fault layer, for the probes.
+    pub faults: Faults,
+}
+
+/// Whether some peer hears a live leader other than this node: then the cluster has a leader
+/// that a majority may still follow, and standing would only disrupt it.
+async fn a_peer_hears_a_leader(
+    settings: &ElectionSettings,
+    peers: Vec<(u64, String)>,
+) -> Option<(u64, u64)> {
+    let deadline = Duration::from_millis(settings.heartbeat_ms.saturating_mul(2).max(20));
+    let asks = peers.iter().map(|(target, address)| {
+        probe(
+            settings.id,
+            *target,
+            address,
+            settings.secret.as_deref(),
+            &settings.faults,
+            deadline,
+        )
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .zip(peers.iter())
+        .find_map(|(reply, (peer, _))| {
+            let reply = reply?;
+            let live = reply.leader_id != 0
+                && reply.leader_id != settings.id
+                && reply.millis_since_leader_contact < settings.election_timeout_ms;
+            live.then_some((*peer, reply.leader_id))
+        })
+}
+
+/// Watches for a silent leader and triggers elections, until Raft stops.
+pub async fn run(
+    raft: openraft::Raft<TypeConfig>,
+    contact: LeaderContact,
+    settings: ElectionSettings,
+) {
+    let tick = Duration::from_millis((settings.heartbeat_ms / 2).clamp(5, 25));
+    let mut metrics = raft.metrics();
+    loop {
+        tokio::time::sleep(tick).await;
+        let (delay, peers, term) = {
+            let current = metrics.borrow_and_update();
+            if current.running_state.is_err() {
+                return;
+            }
+            if current.state == ServerState::Leader {
+                contact.touch();
+                continue;
+            }
+            let membership = current.membership_config.membership();
+            let voters: Vec<u64> = membership.voter_ids().collect();
+            let Some(position) = voters.iter().position(|&v| v == settings.id) else {
+                // A learner (or a node not yet in any membership) never stands.
+                contact.touch();
+                continue;
+            };
+            let delay = election_delay(position, voters.len(), settings.election_timeout_ms);
+            let peers: Vec<(u64, String)> = membership
+                .nodes()
+                .filter(|(&id, _)| id != settings.id)
+                .map(|(&id, node)| (id, node.addr.clone()))
+                .collect();
+            (delay, peers, current.current_term)
+        };
+        let silent = contact.elapsed();
+        if silent < delay {
+            continue;
+        }
+        if let Some((peer, leader)) = a_peer_hears_a_leader(&settings, peers).await {
+            tracing::debug!(peer, leader, "a peer hears a live leader: not standing");
+            contact.touch();
+            continue;
+        }
+        tracing::info!(
+            term,
+            silent_ms = silent.as_millis(),
+            "no leader heard: standing for election"
+        );
+        contact.touch();
+        if raft.trigger().elect().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_ids_stand_first_and_a_lone_voter_at_once() {
+        assert_eq!(election_delay(0, 1, 150), Duration::ZERO);
+        let delays: Vec<Duration> = (0..3).map(|p| election_delay(p, 3, 150)).collect();
+        assert_eq!(
+            delays,
+            [165, 240, 315].map(Duration::from_millis).to_vec(),
+            "each rank waits half an election timeout more than the one before"
+        );
+        assert_eq!(election_delay(20, 30, 150), election_delay(7, 30, 150));
+    }
+
+    #[test]
+    fn contact_measures_from_the_latest_touch() {
+        let contact = LeaderContact::new();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(contact.elapsed() >= Duration::from_millis(20));
+        contact.touch();
+        assert!(contact.elapsed() < Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,126 @@
+//! An injectable fault layer for the peer-to-peer network, for tests: [`Faults`] says, for each
+//! ordered pair of nodes, whether a call from one to the other is delivered, dropped before it
+//! arrives, delivered with its reply dropped, or delayed.
+//!
+//! Every node of an in-process cluster is given the same [`Faults`] (see
+//! `jochat_node::server::serve_with`); each consults it before every Raft call and every
+//! election probe it sends, with itself as the sender. A partition is a set of drops in both
+//! directions. Production nodes use [`Faults::none`], which is never consulted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What happens to one call from one node to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call never reaches the peer; the sender sees the peer as unreachable.
+    Drop,
+    /// The peer receives and handles the call, but the reply is lost on its way back.
+    DropReply,
+    /// The call is delivered after this delay.
+    Delay(Duration),
+}
+
+/// The fault on each faulty link, keyed by (sender, receiver).
+type Table = HashMap<(u64, u64), Fault>;
+
+/// The faults between chosen pairs of nodes. Cheap to clone; clones share the table.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// `None` for a production node: no table, nothing to consult.
+    table: Option<Arc<Mutex<Table>>>,
+}
+
+impl Faults {
+    /// No faults, ever (a production node).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// An empty table that faults can be added to later.
+    pub fn injectable() -> Self {
+        Self {
+            table: Some(Arc::default()),
+        }
+    }
+
+    fn with_table(&self, change: impl FnOnce(&mut Table)) {
+        if let Some(table) = &self.table {
+            change(
+                &mut table
+                    .lock()
+                    .expect("the fault table's mutex is never held across a panic"),
+            );
+        }
+    }
+
+    /// Sets what happens to calls from `from` to `to`.
+    pub fn set(&self, from: u64, to: u64, fault: Fault) {
+        self.with_table(|table| {
+            table.insert((from, to), fault);
+        });
+    }
+
+    /// Lets calls from `from` to `to` through again.
+    pub fn clear(&self, from: u64, to: u64) {
+        self.with_table(|table| {
+            table.remove(&(from, to));
+        });
+    }
+
+    /// Cuts every link between a node of `side_a` and a node of `side_b`, both directions.
+    pub fn partition(&self, side_a: &[u64], side_b: &[u64]) {
+        self.with_table(|table| {
+            for &a in side_a {
+                for &b in side_b {
+                    table.insert((a, b), Fault::Drop);
+                    table.insert((b, a), Fault::Drop);
+                }
+            }
+        });
+    }
+
+    /// Cuts every link of `node`, both directions, to each of `others`.
+    pub fn isolate(&self, node: u64, others: &[u64]) {
+        self.partition(&[node], others);
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) {
+        self.with_table(HashMap::clear);
+    }
+
+    /// What happens to a call from `from` to `to` now.
+    pub fn between(&self, from: u64, to: u64) -> Option<Fault> {
+        let table = self.table.as_ref()?;
+        table
+            .lock()
+            .expect("the fault table's mutex is never held across a panic")
+            .get(&(from, to))
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_cuts_both_directions_and_heal_restores_them() {
+        let faults = Faults::injectable();
+        faults.partition(&[1], &[2, 3]);
+        assert_eq!(faults.between(1, 2), Some(Fault::Drop));
+        assert_eq!(faults.between(3, 1), Some(Fault::Drop));
+        assert_eq!(faults.between(2, 3), None);
+        faults.heal();
+        assert_eq!(faults.between(1, 2), None);
+    }
+
+    #[test]
+    fn the_production_table_never_faults() {
+        let faults = Faults::none();
+        faults.set(1, 2, Fault::Drop);
+        assert_eq!(faults.between(1, 2), None);
+    }
+}
