@@ -5,133 +5,38 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use jochat_client::ChatServerClient;
+use common::cluster::*;
 use jochat_node::config::Peer;
-use jochat_node::{NodeConfig, NodeError};
 use jochat_proto::legacy::chat_service_client::ChatServiceClient;
 use jochat_proto::v1::chat_client::ChatClient;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-struct ClusterNode {
-    id: u64,
-    address: String,
-    db: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), NodeError>>,
-}
-
-impl ClusterNode {
-    fn client(&self) -> ChatServerClient {
-        ChatServerClient::builder()
-            .servers([self.address.clone()])
-            .build()
-            .unwrap()
+fn setup(admin_user: Option<&str>) -> Setup {
+    Setup {
+        admin_user: admin_user.map(str::to_owned),
+        ..Setup::default()
     }
 }
 
 /// Starts `count` nodes on ephemeral ports, each listing all the others as peers.
-async fn start_cluster(
-    dir: &std::path::Path,
-    count: u64,
-    admin_user: Option<&str>,
-) -> Vec<ClusterNode> {
-    let everyone: Vec<u64> = (1..=count).collect();
-    let peer_lists: Vec<Vec<u64>> = everyone
-        .iter()
-        .map(|&id| {
-            everyone
-                .iter()
-                .copied()
-                .filter(|&other| other != id)
-                .collect()
-        })
-        .collect();
-    start_nodes(dir, &peer_lists, admin_user).await
+async fn start_cluster(dir: &Path, count: u64, admin_user: Option<&str>) -> Vec<ClusterNode> {
+    start_cluster_with(dir, count, &setup(admin_user)).await
 }
 
 /// Starts one node per entry of `peer_lists` (node ids from 1), each listing the given peers.
 async fn start_nodes(
-    dir: &std::path::Path,
+    dir: &Path,
     peer_lists: &[Vec<u64>],
     admin_user: Option<&str>,
 ) -> Vec<ClusterNode> {
-    start_nodes_at(dir, peer_lists, admin_user, None).await
+    start_nodes_with(dir, peer_lists, None, &setup(admin_user)).await
 }
 
-/// Like [`start_nodes`], on the given addresses (to restart nodes where they were).
-async fn start_nodes_at(
-    dir: &std::path::Path,
-    peer_lists: &[Vec<u64>],
-    admin_user: Option<&str>,
-    addresses: Option<&[String]>,
-) -> Vec<ClusterNode> {
-    let mut listeners = Vec::new();
-    for index in 0..peer_lists.len() {
-        let address = addresses.map_or("127.0.0.1:0", |a| a[index].as_str());
-        listeners.push(TcpListener::bind(address).await.unwrap());
-    }
-    let addresses: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    let mut nodes = Vec::new();
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let id = index as u64 + 1;
-        let db = dir.join(format!("node-{id}.db"));
-        let peers = peer_lists[index]
-            .iter()
-            .map(|&peer| Peer {
-                id: peer,
-                address: addresses[peer as usize - 1].clone(),
-            })
-            .collect();
-        let config = NodeConfig {
-            server_id: id,
-            port: 0,
-            db_file: Some(db.clone()),
-            peers,
-            admin_user: admin_user.map(str::to_owned),
-            ..NodeConfig::default()
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(jochat_node::serve(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        nodes.push(ClusterNode {
-            id,
-            address: addresses[index].clone(),
-            db,
-            stop: Some(stop),
-            task,
-        });
-    }
-    nodes
-}
-
-/// Polls `check` until it holds or 30 s pass.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn dump(path: &std::path::Path) -> jochat_core::store::StateDump {
-    use jochat_core::store::ChatRead;
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    jochat_node::store::SqliteChat::new(&conn).dump().unwrap()
+fn dump(path: &Path) -> jochat_core::store::StateDump {
+    dump_file(path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,13 +274,8 @@ async fn without_a_majority_writes_are_refused_quickly_and_stale_reads_still_wor
     let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
 
     // 2. Two nodes stop; node 1 is alone.
-    for node in &mut nodes[1..] {
-        let _ = node.stop.take().unwrap().send(());
-    }
     let stopped: Vec<ClusterNode> = nodes.drain(1..).collect();
-    for node in stopped {
-        node.task.await.unwrap().unwrap();
-    }
+    stop_all(stopped).await;
 
     // 3. Writes are refused with "no quorum", quickly, once the leader notices.
     let raw = ChatClient::connect(format!("http://{}", nodes[0].address))
@@ -440,33 +340,23 @@ async fn without_a_majority_writes_are_refused_quickly_and_stale_reads_still_wor
 
     // 5. Node 2 comes back on its address and database: writes resume, nothing is lost.
     let listener = TcpListener::bind(&addresses[1]).await.unwrap();
-    let config = NodeConfig {
-        server_id: 2,
-        port: 0,
-        db_file: Some(dir.path().join("node-2.db")),
-        peers: vec![
-            Peer {
-                id: 1,
-                address: addresses[0].clone(),
-            },
-            Peer {
-                id: 3,
-                address: addresses[2].clone(),
-            },
-        ],
-        ..NodeConfig::default()
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(jochat_node::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    nodes.push(ClusterNode {
-        id: 2,
-        address: addresses[1].clone(),
-        db: dir.path().join("node-2.db"),
-        stop: Some(stop),
-        task,
-    });
+    let peers = vec![
+        Peer {
+            id: 1,
+            address: addresses[0].clone(),
+        },
+        Peer {
+            id: 3,
+            address: addresses[2].clone(),
+        },
+    ];
+    nodes.push(start_node(
+        dir.path(),
+        2,
+        listener,
+        peers,
+        &Setup::default(),
+    ));
     eventually("writes are accepted again", || async {
         write().await.is_ok()
     })
@@ -491,33 +381,6 @@ async fn without_a_majority_writes_are_refused_quickly_and_stale_reads_still_wor
     stop_all(nodes).await;
 }
 
-/// Waits until `client`'s node reports node `id` leading `members` members.
-async fn wait_for_leader(client: &ChatServerClient, id: u64, members: usize) {
-    eventually("the expected leader leads every member", || async {
-        matches!(client.cluster_info().await, Ok(info) if info.leader_id == Some(id) && info.members.len() == members)
-    })
-    .await;
-}
-
-/// Every node's peers: all the others.
-fn all_others(count: u64) -> Vec<Vec<u64>> {
-    (1..=count)
-        .map(|id| (1..=count).filter(|&other| other != id).collect())
-        .collect()
-}
-
-/// Stops every node still running and waits for each.
-async fn stop_all(mut nodes: Vec<ClusterNode>) {
-    for node in &mut nodes {
-        if let Some(stop) = node.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-    for node in nodes {
-        node.task.await.unwrap().unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_cluster_restarted_on_its_files_has_all_its_data_back() {
     // 1. A cluster of three with data, then every node stopped.
@@ -540,7 +403,13 @@ async fn the_whole_cluster_restarted_on_its_files_has_all_its_data_back() {
 
     // 2. All three restarted on the same files and addresses: node 1 leads again, every file
     //    holds the same rows as before, and the cluster takes writes.
-    let nodes = start_nodes_at(dir.path(), &all_others(3), None, Some(&addresses)).await;
+    let nodes = start_nodes_with(
+        dir.path(),
+        &all_others(3),
+        Some(&addresses),
+        &Setup::default(),
+    )
+    .await;
     let leader = nodes[0].client();
     eventually("node 1 leads again", || async {
         matches!(leader.cluster_info().await, Ok(info) if info.leader_id == Some(1))
@@ -564,28 +433,6 @@ async fn the_whole_cluster_restarted_on_its_files_has_all_its_data_back() {
     let bob = leader.log_in("bob", "pw").await.unwrap();
     assert_eq!(bob.unread_count, 10);
     stop_all(nodes).await;
-}
-
-/// The id of the leader the running `nodes` report, once one is known.
-async fn running_leader(nodes: &[ClusterNode]) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        for node in nodes {
-            if let Ok(info) = node.client().cluster_info().await {
-                if let Some(id) = info
-                    .leader_id
-                    .filter(|id| nodes.iter().any(|n| n.id == *id))
-                {
-                    return id;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no leader among the running nodes"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -619,9 +466,7 @@ async fn five_nodes_survive_two_leaders_stopped_in_a_row() {
         };
         acknowledged.push(sent.id);
         if round < 2 {
-            let _ = nodes[position].stop.take().unwrap().send(());
-            let stopped = nodes.remove(position);
-            stopped.task.await.unwrap().unwrap();
+            nodes.remove(position).stop().await;
         }
     }
 

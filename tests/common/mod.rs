@@ -81,3 +81,4 @@ pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
     );
     request
 }
+pub mod cluster;

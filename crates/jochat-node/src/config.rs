@@ -375,7 +375,10 @@ mod tests {
         .unwrap();
         assert!(!config.enable_elect, "raft::election triggers elections");
         assert_eq!(config.heartbeat_interval, 40);
-        assert_eq!(config.election_timeout_max, 201, "the lease every follower keeps");
+        assert_eq!(
+            config.election_timeout_max, 201,
+            "the lease every follower keeps"
+        );
         assert!(config.install_snapshot_timeout >= 10_000);
     }
 

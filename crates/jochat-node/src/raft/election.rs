@@ -12,9 +12,11 @@
 //!   margin, plus half an election timeout per voter ranked before it by id. The lowest
 //!   surviving id stands first and, if its log is up to date, wins before the next one stands;
 //! - before standing it asks its peers ([`Probe`](jochat_proto::internal::v1::ProbeRequest))
-//!   whether any of them still hears a live leader, and stands down if one does: a node back
-//!   from a crash or a partition, or one cut off from the leader alone, does not depose a
-//!   leader that a majority still follows.
+//!   whether any of them still hears a live leader, and stands down if one does, or if fewer
+//!   voters answer than it would need to win: a node back from a crash or a partition, or one
+//!   cut off from the leader alone, neither deposes a leader that a majority still follows nor
+//!   raises the term while it cannot win (a higher term would depose the leader once the links
+//!   come back).
 //!
 //! [`LeaderContact`] is when this node last heard a leader: the peer-side Raft service touches
 //! it on every accepted append-entries or snapshot chunk and on every vote it grants.
@@ -97,14 +99,27 @@ pub struct ElectionSettings {
     pub faults: Faults,
 }
 
-/// Whether some peer hears a live leader other than this node: then the cluster has a leader
-/// that a majority may still follow, and standing would only disrupt it.
-async fn a_peer_hears_a_leader(
+/// What the peers said before this node stands.
+#[derive(Debug, PartialEq, Eq)]
+enum PreCheck {
+    /// Enough voters answered, none hearing a live leader: standing can succeed.
+    Stand,
+    /// `peer` still hears `leader`, which a majority may still follow.
+    LeaderAlive { peer: u64, leader: u64 },
+    /// Too few voters answered for this node to win: standing would only raise the term,
+    /// and a higher term would depose the leader when the links come back.
+    TooFewAnswers { answered: usize, needed: usize },
+}
+
+/// Asks every peer whether it hears a live leader (Raft's pre-vote, in spirit): stand only
+/// when no peer does and this node plus the voters that answered make a majority.
+async fn pre_check(
     settings: &ElectionSettings,
-    peers: Vec<(u64, String)>,
-) -> Option<(u64, u64)> {
+    voters: usize,
+    peers: Vec<(u64, String, bool)>,
+) -> PreCheck {
     let deadline = Duration::from_millis(settings.heartbeat_ms.saturating_mul(2).max(20));
-    let asks = peers.iter().map(|(target, address)| {
+    let asks = peers.iter().map(|(target, address, _)| {
         probe(
             settings.id,
             *target,
@@ -114,17 +129,28 @@ async fn a_peer_hears_a_leader(
             deadline,
         )
     });
-    futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .zip(peers.iter())
-        .find_map(|(reply, (peer, _))| {
-            let reply = reply?;
-            let live = reply.leader_id != 0
-                && reply.leader_id != settings.id
-                && reply.millis_since_leader_contact < settings.election_timeout_ms;
-            live.then_some((*peer, reply.leader_id))
-        })
+    let replies = futures::future::join_all(asks).await;
+    let mut answered = 1; // this node
+    for (reply, (peer, _, voter)) in replies.into_iter().zip(peers.iter()) {
+        let Some(reply) = reply else { continue };
+        let live = reply.leader_id != 0
+            && reply.leader_id != settings.id
+            && reply.millis_since_leader_contact < settings.election_timeout_ms;
+        if live {
+            return PreCheck::LeaderAlive {
+                peer: *peer,
+                leader: reply.leader_id,
+            };
+        }
+        if *voter {
+            answered += 1;
+        }
+    }
+    let needed = voters / 2 + 1;
+    if answered < needed {
+        return PreCheck::TooFewAnswers { answered, needed };
+    }
+    PreCheck::Stand
 }
 
 /// Watches for a silent leader and triggers elections, until Raft stops.
@@ -137,7 +163,7 @@ pub async fn run(
     let mut metrics = raft.metrics();
     loop {
         tokio::time::sleep(tick).await;
-        let (delay, peers, term) = {
+        let (delay, voters, peers, term) = {
             let current = metrics.borrow_and_update();
             if current.running_state.is_err() {
                 return;
@@ -154,21 +180,24 @@ pub async fn run(
                 continue;
             };
             let delay = election_delay(position, voters.len(), settings.election_timeout_ms);
-            let peers: Vec<(u64, String)> = membership
+            let peers: Vec<(u64, String, bool)> = membership
                 .nodes()
                 .filter(|(&id, _)| id != settings.id)
-                .map(|(&id, node)| (id, node.addr.clone()))
+                .map(|(&id, node)| (id, node.addr.clone(), voters.contains(&id)))
                 .collect();
-            (delay, peers, current.current_term)
+            (delay, voters.len(), peers, current.current_term)
         };
         let silent = contact.elapsed();
         if silent < delay {
             continue;
         }
-        if let Some((peer, leader)) = a_peer_hears_a_leader(&settings, peers).await {
-            tracing::debug!(peer, leader, "a peer hears a live leader: not standing");
-            contact.touch();
-            continue;
+        match pre_check(&settings, voters, peers).await {
+            PreCheck::Stand => {}
+            refusal => {
+                tracing::debug!(?refusal, "not standing for election");
+                contact.touch();
+                continue;
+            }
         }
         tracing::info!(
             term,

@@ -1,0 +1,250 @@
+//! The cluster under faults, with in-process nodes behind the injectable fault layer: a
+//! partitioned leader cannot commit, the majority elects the lowest id among it and keeps
+//! writing, and after healing the old leader follows and every file converges with no
+//! divergent rows; a returning node does not depose a healthy leader; an empty node joins a
+//! cluster whose log was purged, through a snapshot sent in several chunks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use jochat_client::ChatServerClient;
+use jochat_node::config::Peer;
+use jochat_node::raft::faults::Faults;
+use jochat_proto::v1::chat_client::ChatClient;
+use tokio::net::TcpListener;
+
+fn faulty() -> Setup {
+    Setup {
+        faults: Faults::injectable(),
+        ..Setup::default()
+    }
+}
+
+/// Sends one message from `token` to bob through node `address` directly (no retries),
+/// giving up after `wait`.
+async fn send_once(
+    address: &str,
+    token: &str,
+    content: &str,
+    wait: Duration,
+) -> Result<i64, tonic::Status> {
+    let mut raw = ChatClient::connect(format!("http://{address}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let request = jochat_proto::v1::SendMessageRequest {
+        recipient: "bob".into(),
+        content: content.into(),
+        ..Default::default()
+    };
+    let mut request = common::authorized(request, token);
+    request.set_timeout(wait);
+    raw.send_message(request).await.map(|r| r.into_inner().id)
+}
+
+/// Every node's file holds the same chat rows, once all have applied what the leader has.
+async fn assert_identical(nodes: &[ClusterNode], leader: &ChatServerClient) {
+    let target = leader.cluster_info().await.unwrap().commit_index;
+    wait_applied(nodes, target).await;
+    let first = dump_file(&nodes[0].db);
+    for node in &nodes[1..] {
+        assert_eq!(
+            dump_file(&node.db),
+            first,
+            "node {} differs from node {}",
+            node.id,
+            nodes[0].id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_cannot_commit_and_converges_after_healing() {
+    // 1. Three nodes, node 1 leading, with accounts and a message.
+    let dir = tempfile::tempdir().unwrap();
+    let setup = faulty();
+    let (nodes, first, alice) = led_by_node_1(dir.path(), 3, &setup).await;
+    first
+        .send_message(&alice, "bob", "before the partition")
+        .await
+        .unwrap();
+
+    // 2. Once every node has all of it, node 1 is cut off from the other two. (With a
+    //    follower behind, Raft's vote rule would rightly refuse it, and the other would lead.)
+    let target = first.cluster_info().await.unwrap().commit_index;
+    wait_applied(&nodes, target).await;
+    setup.faults.isolate(1, &[2, 3]);
+
+    // 3. The old leader cannot commit: its writes fail with "no quorum".
+    let refused = send_once(
+        &nodes[0].address,
+        alice.as_str(),
+        "through the old leader",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.message().starts_with("no quorum: "),
+        "{}",
+        refused.message()
+    );
+
+    // 4. The majority elects node 2, the lowest id among it, which takes writes.
+    let second = nodes[1].client();
+    eventually("node 2 leads the majority", || async {
+        matches!(second.cluster_info().await, Ok(info) if info.leader_id == Some(2))
+    })
+    .await;
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let sent = loop {
+            match send_once(
+                &nodes[1].address,
+                alice.as_str(),
+                &format!("majority {i}"),
+                Duration::from_secs(5),
+            )
+            .await
+            {
+                Ok(id) => break id,
+                Err(status) => eprintln!("retrying a write to node 2: {status}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        acknowledged.push(sent);
+    }
+
+    // 5. Healed: node 1 follows node 2, and all three files hold the same rows, none of them
+    //    the write the old leader could not commit.
+    setup.faults.heal();
+    eventually("node 1 follows node 2", || async {
+        matches!(first.cluster_info().await, Ok(info) if info.leader_id == Some(2))
+    })
+    .await;
+    assert_identical(&nodes, &second).await;
+    let state = dump_file(&nodes[0].db);
+    let contents: Vec<&str> = state.messages.iter().map(|m| m.content.as_str()).collect();
+    assert!(
+        !contents.contains(&"through the old leader"),
+        "an unacknowledged write survived: {contents:?}"
+    );
+    let ids: Vec<i64> = state.messages.iter().map(|m| m.id.0).collect();
+    assert!(acknowledged.iter().all(|id| ids.contains(id)), "{ids:?}");
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_from_a_partition_does_not_depose_a_healthy_leader() {
+    // 1. Three nodes led by node 1; node 3 is cut off long enough to stand for election
+    //    (and fail: the others still hear node 1, and refuse it).
+    let dir = tempfile::tempdir().unwrap();
+    let setup = faulty();
+    let (nodes, first, alice) = led_by_node_1(dir.path(), 3, &setup).await;
+    let term_before = first.cluster_info().await.unwrap().term;
+    setup.faults.isolate(3, &[1, 2]);
+    // The majority keeps writing for a second, several times node 3's election delay; node 3
+    // hears nothing of it.
+    let started = std::time::Instant::now();
+    let mut written = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        first
+            .send_message(&alice, "alice", &format!("while cut off {written}"))
+            .await
+            .unwrap();
+        written += 1;
+    }
+    let third = nodes[2].client();
+    let behind = third.cluster_info().await.unwrap().commit_index;
+    assert!(behind < first.cluster_info().await.unwrap().commit_index);
+
+    // 2. Healed: node 1 still leads, in the term it had, and node 3 follows it again.
+    setup.faults.heal();
+    eventually("node 3 follows node 1 again", || async {
+        matches!(third.cluster_info().await, Ok(info) if info.leader_id == Some(1))
+    })
+    .await;
+    let info = first.cluster_info().await.unwrap();
+    assert_eq!(info.leader_id, Some(1));
+    assert_eq!(info.term, term_before, "the healthy leader kept its term");
+    first.sign_up("carol", "pw").await.unwrap();
+    assert_identical(&nodes, &first).await;
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_node_joins_through_a_chunked_snapshot_after_the_log_was_purged() {
+    // 1. Three nodes that snapshot and purge their log every 1000 entries.
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        snapshot_threshold: Some(1000),
+        ..Setup::default()
+    };
+    let (mut nodes, leader, alice) = led_by_node_1(dir.path(), 3, &setup).await;
+
+    // 2. 20,000 messages of 256 bytes, from 16 writers at once.
+    const MESSAGES: usize = 20_000;
+    const WRITERS: usize = 16;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let client = leader.clone();
+            let token = alice.clone();
+            tokio::spawn(async move {
+                for i in (writer..MESSAGES).step_by(WRITERS) {
+                    let content = format!("{i:0>256}");
+                    if let Err(error) = client.send_message(&token, "bob", &content).await {
+                        panic!("message {i}: {error}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    // 3. The leader's log no longer starts at the beginning: a new node cannot be sent the
+    //    early entries, only a snapshot, and the snapshot is larger than one chunk.
+    let first_index: i64 = rusqlite::Connection::open(&nodes[0].db)
+        .unwrap()
+        .query_row(
+            "SELECT COALESCE(MIN(log_index), 0) FROM raft_log",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(first_index > 1000, "log starts at {first_index}");
+    let snapshot_bytes: u64 = std::fs::read_dir(format!("{}.snapshots", nodes[0].db.display()))
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    let chunk = jochat_node::NodeConfig::default()
+        .raft_config()
+        .unwrap()
+        .snapshot_max_chunk_size;
+    assert!(
+        snapshot_bytes > 2 * chunk,
+        "snapshot of {snapshot_bytes} bytes fits in fewer than three chunks of {chunk}"
+    );
+
+    // 4. Node 4 starts empty, listing node 1: it joins as a learner, is sent the snapshot and
+    //    the log after it, and becomes a voter.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peers = vec![Peer {
+        id: 1,
+        address: nodes[0].address.clone(),
+    }];
+    nodes.push(start_node(dir.path(), 4, listener, peers, &setup));
+    eventually("node 4 is a voter", || async {
+        matches!(leader.cluster_info().await, Ok(info)
+            if info.members.iter().any(|m| m.id == 4 && m.role == jochat_client::MemberRole::Voter))
+    })
+    .await;
+
+    // 5. All four files hold identical rows: every message, the same ids and states.
+    assert_identical(&nodes, &leader).await;
+    assert_eq!(dump_file(&nodes[3].db).messages.len(), MESSAGES);
+    stop_all(nodes).await;
+}
