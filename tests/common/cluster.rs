@@ -60,6 +60,8 @@ pub struct Setup {
     pub cluster_secret: Option<String>,
     /// The fault table every node's peer calls obey.
     pub faults: Faults,
+    /// `--force-new-cluster`.
+    pub force_new_cluster: bool,
 }
 
 impl Setup {
@@ -72,6 +74,7 @@ impl Setup {
             peers,
             admin_user: self.admin_user.clone(),
             cluster_secret: self.cluster_secret.clone(),
+            force_new_cluster: self.force_new_cluster,
             snapshot_threshold: self
                 .snapshot_threshold
                 .unwrap_or(defaults.snapshot_threshold),

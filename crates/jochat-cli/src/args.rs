@@ -114,6 +114,37 @@ pub enum Command {
 pub enum ClusterCommand {
     /// Members, leader, term and indexes as a node sees them.
     Info,
+    /// Adds a running node (started with an empty database and `--peers` naming a member) to
+    /// the cluster: a learner first, a voter once it has caught up. Give a deadline
+    /// (`--deadline-ms`) long enough for it to receive the whole database.
+    Add {
+        /// The node's server id.
+        id: u64,
+        /// Where it serves, `HOST:PORT`.
+        address: String,
+        #[command(flatten)]
+        secret: SecretArg,
+    },
+    /// Removes a node (voter or learner) from the cluster. Stop it afterwards; its database
+    /// no longer belongs to the cluster.
+    Remove {
+        /// The node's server id.
+        id: u64,
+        #[command(flatten)]
+        secret: SecretArg,
+    },
+}
+
+/// The cluster's secret, for membership changes.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArg {
+    /// The cluster's `--cluster-secret`, if it has one.
+    #[arg(
+        long = "cluster-secret",
+        env = "JOCHAT_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    pub cluster_secret: Option<String>,
 }
 
 #[cfg(test)]
@@ -181,6 +212,17 @@ mod tests {
         assert!(
             matches!(parse(&["delete-messages", "1", "2"]).unwrap().command, Command::DeleteMessages { ref ids } if ids == &[1, 2])
         );
+        assert!(matches!(
+            parse(&["cluster", "add", "4", "127.0.0.1:5004", "--cluster-secret", "s"]).unwrap().command,
+            Command::Cluster { command: ClusterCommand::Add { id: 4, ref address, ref secret } }
+                if address == "127.0.0.1:5004" && secret.cluster_secret.as_deref() == Some("s")
+        ));
+        assert!(matches!(
+            parse(&["cluster", "remove", "2"]).unwrap().command,
+            Command::Cluster {
+                command: ClusterCommand::Remove { id: 2, .. }
+            }
+        ));
     }
 
     #[test]

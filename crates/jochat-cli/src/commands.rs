@@ -251,6 +251,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<Output> {
         Command::Cluster {
             command: ClusterCommand::Info,
         } => Ok(output::cluster(&client.cluster_info().await?)),
+        Command::Cluster {
+            command:
+                ClusterCommand::Add {
+                    id,
+                    ref address,
+                    ref secret,
+                },
+        } => {
+            client
+                .add_member(id, address, secret.cluster_secret.as_deref())
+                .await?;
+            Ok(Output::new(
+                format!("node {id} at {address} is a voter of the cluster"),
+                json!({"added": id, "address": address}),
+            ))
+        }
+        Command::Cluster {
+            command: ClusterCommand::Remove { id, ref secret },
+        } => {
+            client
+                .remove_member(id, secret.cluster_secret.as_deref())
+                .await?;
+            Ok(Output::new(
+                format!("node {id} is no longer a member of the cluster"),
+                json!({"removed": id}),
+            ))
+        }
     }
 }
 

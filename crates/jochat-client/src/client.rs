@@ -127,7 +127,7 @@ impl ChatServerClientBuilder {
 /// Checks a server address, `host:port` with an optional `http://` prefix, and returns it as
 /// `host:port`. Anything else (another scheme, a path, a missing or zero port) is refused here
 /// rather than failing on every call later.
-fn parse_address(raw: &str) -> Result<String, ClientError> {
+pub(crate) fn parse_address(raw: &str) -> Result<String, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidAddress {
         address: raw.to_owned(),
         reason: reason.to_owned(),
@@ -220,7 +220,7 @@ impl Attempt<'_> {
 
 /// A pause of about `base`, drawn uniformly from `[base/2, base]` so that many clients
 /// retrying at once spread out.
-fn jittered(base: Duration) -> Duration {
+pub(crate) fn jittered(base: Duration) -> Duration {
     let mut bytes = [0u8; 8];
     // Without randomness the pause is simply `base`; jitter is an optimisation.
     let fraction = match getrandom::fill(&mut bytes) {
@@ -292,6 +292,11 @@ impl ChatServerClient {
     /// A builder; give it at least one server.
     pub fn builder() -> ChatServerClientBuilder {
         ChatServerClientBuilder::default()
+    }
+
+    /// The time one call may take, retries included.
+    pub fn deadline(&self) -> Duration {
+        self.inner.deadline
     }
 
     /// The servers this client knows, as `host:port`.

@@ -154,6 +154,17 @@ pub struct NodeConfig {
         default_value_t = 5000
     )]
     pub snapshot_threshold: u64,
+    /// Disaster recovery: make this node, with the data in its file, the only member of a new
+    /// cluster (its log and state are kept; the other members are dropped). For when a
+    /// majority is lost for good. Committed writes that this node had not received are lost,
+    /// and the old members must never be restarted on their old files. Remove the flag once
+    /// the node runs; add new, empty nodes to grow the cluster again.
+    #[arg(
+        long = "force-new-cluster",
+        alias = "force_new_cluster",
+        env = "JOCHAT_FORCE_NEW_CLUSTER"
+    )]
+    pub force_new_cluster: bool,
     /// The account allowed to reset the whole database through the prototype's ResetDB call
     /// (refused to everyone when unset).
     #[arg(long = "admin-user", alias = "admin_user", env = "JOCHAT_ADMIN_USER")]
@@ -190,6 +201,7 @@ impl Default for NodeConfig {
             heartbeat_ms: 50,
             election_timeout_ms: 150,
             snapshot_threshold: 5000,
+            force_new_cluster: false,
         }
     }
 }

@@ -248,6 +248,23 @@ impl Node {
     ) -> Result<Self, NodeError> {
         // Raft's storage opens (and migrates) the file first; the read pool then joins it.
         let (log, state_machine) = raft::storage::open(&config.db_path(), config.sync_mode)?;
+        if config.force_new_cluster {
+            let changed = log
+                .force_sole_member(config.server_id, address.to_string())
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            if changed {
+                tracing::warn!(
+                    "--force-new-cluster: this node is now the only member of its cluster, \
+                     with the data in its file; never restart the old members on their old \
+                     files, and remove the flag"
+                );
+            } else {
+                tracing::warn!(
+                    "--force-new-cluster: nothing to do (no state, or already the only member)"
+                );
+            }
+        }
         let db = Database::open(&config.store())?;
         let raft = openraft::Raft::new(
             config.server_id,

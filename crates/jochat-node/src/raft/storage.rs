@@ -25,10 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use std::collections::{BTreeMap, BTreeSet};
+
 use openraft::{
-    AnyError, Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader,
-    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
-    Vote,
+    AnyError, BasicNode, Entry, EntryPayload, LogId, LogState, Membership, OptionalSend,
+    RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership, Vote,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
@@ -356,6 +358,89 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await
     }
+}
+
+impl LogStore {
+    /// Disaster recovery (`--force-new-cluster`): makes node `id`, serving at `address`, the
+    /// only member of its cluster, keeping its log and chat state. Appends a membership entry
+    /// naming only this node after the last log entry (openraft takes the newest membership in
+    /// the log as effective), and sets the vote to this node in the newest term seen, so the
+    /// node elects itself at a later term and commits everything it holds.
+    ///
+    /// Returns whether anything changed: a node with no state has nothing to recover, and a
+    /// node already alone in its membership is left as it is (so a restart with the flag
+    /// still set does nothing more).
+    ///
+    /// # Errors
+    /// The file cannot be read or written.
+    pub async fn force_sole_member(&self, id: NodeId, address: String) -> Result<bool, Failure> {
+        self.shared
+            .with_conn(move |conn| {
+                in_transaction(conn, write_logs, |tx| {
+                    let (last_log_id, in_log) = newest_membership_in_log(tx)?;
+                    let Some(last_log_id) = last_log_id.or(get_state(tx, "last_purged")?) else {
+                        return Ok(false);
+                    };
+                    let effective = match in_log {
+                        Some(membership) => membership,
+                        None => {
+                            get_state::<StoredMembership<NodeId, BasicNode>>(tx, "last_membership")?
+                                .unwrap_or_default()
+                                .membership()
+                                .clone()
+                        }
+                    };
+                    let alone = effective.voter_ids().eq([id]) && effective.nodes().count() == 1;
+                    if alone {
+                        return Ok(false);
+                    }
+                    let vote: Vote<NodeId> = get_state(tx, "vote")?.unwrap_or_default();
+                    let term = vote.leader_id.term.max(last_log_id.leader_id.term);
+                    let entry = Entry::<TypeConfig> {
+                        log_id: LogId::new(last_log_id.leader_id, last_log_id.index + 1),
+                        payload: EntryPayload::Membership(Membership::new(
+                            vec![BTreeSet::from([id])],
+                            BTreeMap::from([(id, BasicNode::new(address))]),
+                        )),
+                    };
+                    let bytes = serde_json::to_vec(&entry).map_err(write_logs)?;
+                    tx.execute(
+                        "INSERT INTO raft_log (log_index, term, entry) VALUES (?1, ?2, ?3)",
+                        params![
+                            to_sql_index(entry.log_id.index),
+                            to_sql_index(entry.log_id.leader_id.term),
+                            bytes
+                        ],
+                    )
+                    .map_err(write_logs)?;
+                    put_state(tx, "vote", &Vote::new(term, id))?;
+                    Ok(true)
+                })
+            })
+            .await
+    }
+}
+
+/// A cluster's membership, as openraft stores it.
+type ClusterMembership = Membership<NodeId, BasicNode>;
+
+/// The last log id in the log, and the newest membership entry's membership, if any.
+fn newest_membership_in_log(
+    conn: &Connection,
+) -> Result<(Option<LogId<NodeId>>, Option<ClusterMembership>), Failure> {
+    let mut statement = conn
+        .prepare("SELECT entry FROM raft_log ORDER BY log_index DESC")
+        .map_err(read_logs)?;
+    let mut rows = statement.query([]).map_err(read_logs)?;
+    let mut last = None;
+    while let Some(row) = rows.next().map_err(read_logs)? {
+        let entry = decode_entry(&row.get::<_, Vec<u8>>(0).map_err(read_logs)?)?;
+        last.get_or_insert(entry.log_id);
+        if let EntryPayload::Membership(membership) = entry.payload {
+            return Ok((last, Some(membership)));
+        }
+    }
+    Ok((last, None))
 }
 
 /// Where the current snapshot is and what it holds.
