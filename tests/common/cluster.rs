@@ -268,3 +268,119 @@ pub async fn wait_applied(nodes: &[ClusterNode], index: u64) {
         .await;
     }
 }
+
+/// A raw client that sends each request to the node it believes leads, and moves on after a
+/// failure: to the leader a NOT-LEADER answer names, else to the next address. One attempt
+/// per call; the caller decides whether to retry (and with which idempotency key).
+pub struct Router {
+    addresses: Vec<String>,
+    target: usize,
+}
+
+impl Router {
+    /// A router over `addresses` (node `i + 1` at `addresses[i]`), starting with the first.
+    pub fn new(addresses: Vec<String>) -> Self {
+        Self {
+            addresses,
+            target: 0,
+        }
+    }
+
+    /// Where the next request goes.
+    pub fn target(&self) -> &str {
+        &self.addresses[self.target]
+    }
+
+    /// Learns from a failed attempt where to send the next one.
+    fn failed(&mut self, status: &tonic::Status) {
+        let hinted = status
+            .metadata()
+            .get("jochat-leader-addr")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|addr| self.addresses.iter().position(|a| a == addr));
+        self.target = hinted.unwrap_or((self.target + 1) % self.addresses.len());
+    }
+
+    /// Sends `content` to `recipient` as the session `token`, with idempotency `key`, once,
+    /// giving up after `wait`. Returns the message id.
+    pub async fn send(
+        &mut self,
+        token: &str,
+        recipient: &str,
+        content: &str,
+        key: &str,
+        wait: Duration,
+    ) -> Result<i64, tonic::Status> {
+        let request = jochat_proto::v1::SendMessageRequest {
+            recipient: recipient.into(),
+            content: content.into(),
+            idempotency_key: key.into(),
+        };
+        let target = self.target().to_owned();
+        let result = self
+            .once(&target, wait, move |mut client| async move {
+                let mut request = super::authorized(request, token);
+                request.set_timeout(wait);
+                client
+                    .send_message(request)
+                    .await
+                    .map(|r| r.into_inner().id)
+            })
+            .await;
+        if let Err(status) = &result {
+            self.failed(status);
+        }
+        result
+    }
+
+    /// The number of messages in `token`'s inbox (at most 1000), read linearizably, once.
+    pub async fn inbox_size(
+        &mut self,
+        token: &str,
+        wait: Duration,
+    ) -> Result<usize, tonic::Status> {
+        let target = self.target().to_owned();
+        let result = self
+            .once(&target, wait, move |mut client| async move {
+                let request = jochat_proto::v1::ListMessagesRequest {
+                    limit: 1000,
+                    ..Default::default()
+                };
+                let mut request = super::authorized(request, token);
+                request.set_timeout(wait);
+                client
+                    .list_messages(request)
+                    .await
+                    .map(|r| r.into_inner().messages.len())
+            })
+            .await;
+        if let Err(status) = &result {
+            self.failed(status);
+        }
+        result
+    }
+
+    async fn once<T, F, Fut>(
+        &self,
+        target: &str,
+        wait: Duration,
+        call: F,
+    ) -> Result<T, tonic::Status>
+    where
+        F: FnOnce(jochat_proto::v1::chat_client::ChatClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let attempt = async {
+            let client =
+                jochat_proto::v1::chat_client::ChatClient::connect(format!("http://{target}"))
+                    .await
+                    .map_err(|e| {
+                        tonic::Status::unavailable(format!("cannot reach {target}: {e}"))
+                    })?;
+            call(client).await
+        };
+        tokio::time::timeout(wait, attempt)
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
+    }
+}
