@@ -183,7 +183,9 @@ async fn an_empty_node_joins_through_a_chunked_snapshot_after_the_log_was_purged
     };
     let (mut nodes, leader, alice) = led_by_node_1(dir.path(), 3, &setup).await;
 
-    // 2. 20,000 messages of 256 bytes, from 16 writers at once.
+    // 2. 20,000 messages of 256 bytes, from 16 writers at once: a loaded machine, on which
+    //    the leader must keep its term (no spurious election).
+    let term = leader.cluster_info().await.unwrap().term;
     const MESSAGES: usize = 20_000;
     const WRITERS: usize = 16;
     let writers: Vec<_> = (0..WRITERS)
@@ -203,6 +205,12 @@ async fn an_empty_node_joins_through_a_chunked_snapshot_after_the_log_was_purged
     for writer in writers {
         writer.await.unwrap();
     }
+
+    assert_eq!(
+        leader.cluster_info().await.unwrap().term,
+        term,
+        "an election happened under load"
+    );
 
     // 3. The leader's log no longer starts at the beginning: a new node cannot be sent the
     //    early entries, only a snapshot, and the snapshot is larger than one chunk.
