@@ -24,10 +24,12 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
-    /// The client library pointed at this node only.
+    /// The client library pointed at this node: it does not go looking for the other
+    /// members (so its reads ask this node), but it follows NOT-LEADER hints for writes.
     pub fn client(&self) -> ChatServerClient {
         ChatServerClient::builder()
             .servers([self.address.clone()])
+            .discover_members(false)
             .build()
             .expect("a client for a loopback address builds")
     }

@@ -2,7 +2,8 @@
 
 use std::future::Future;
 use std::net::Ipv6Addr;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use jochat_proto::v1;
@@ -20,8 +21,14 @@ pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 /// First pause between retries; it doubles up to [`BACKOFF_MAX`], with jitter.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
-/// Longest pause between retries.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Longest pause between retries: short, because the usual reason to wait is a leader
+/// election, which takes a few hundred milliseconds.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// How many NOT-LEADER hints in a row are followed at once, before the client pauses (a
+/// follower can still name a leader that just died, for up to an election timeout).
+const HINTS_FOLLOWED_AT_ONCE: u32 = 2;
+/// The metadata key naming the leader's address on a NOT-LEADER answer.
+const LEADER_ADDRESS_HEADER: &str = "jochat-leader-addr";
 /// Largest reply accepted, in bytes. Servers cap the content of one reply at 4 MiB.
 pub const REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
@@ -31,6 +38,9 @@ pub struct ChatServerClientBuilder {
     servers: Vec<String>,
     deadline: Duration,
     connect_timeout: Duration,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    discover: bool,
 }
 
 impl Default for ChatServerClientBuilder {
@@ -39,6 +49,9 @@ impl Default for ChatServerClientBuilder {
             servers: Vec::new(),
             deadline: DEADLINE_DEFAULT,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            backoff_initial: BACKOFF_INITIAL,
+            backoff_max: BACKOFF_MAX,
+            discover: true,
         }
     }
 }
@@ -66,6 +79,24 @@ impl ChatServerClientBuilder {
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether to learn the cluster's other members from ClusterInfo (default true), so that
+    /// a client given one address can still fail over to servers it was not told about.
+    /// Without it the client calls only the servers given and the leaders they name.
+    #[must_use]
+    pub fn discover_members(mut self, discover: bool) -> Self {
+        self.discover = discover;
+        self
+    }
+
+    /// The pause after a round of failed attempts: `initial` (default 20 ms), doubling up to
+    /// `max` (default 250 ms), each drawn with jitter from its upper half.
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial = initial;
+        self.backoff_max = max.max(initial);
         self
     }
 
@@ -99,26 +130,19 @@ impl ChatServerClientBuilder {
         let servers = self
             .servers
             .iter()
-            .map(|address| {
-                let host_port = parse_address(address)?;
-                let endpoint = Endpoint::from_shared(format!("http://{host_port}"))
-                    .map_err(|e| ClientError::InvalidAddress {
-                        address: address.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .connect_timeout(self.connect_timeout)
-                    .tcp_nodelay(true);
-                Ok(Server {
-                    address: host_port,
-                    endpoint,
-                    channel: OnceLock::new(),
-                })
-            })
+            .map(|address| Server::new(address, self.connect_timeout).map(Arc::new))
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(ChatServerClient {
             inner: Arc::new(Inner {
-                servers,
+                servers: RwLock::new(servers),
+                leader: Mutex::new(None),
+                cursor: AtomicUsize::new(0),
+                discover: self.discover,
+                discovered: AtomicBool::new(false),
                 deadline: self.deadline,
+                connect_timeout: self.connect_timeout,
+                backoff_initial: self.backoff_initial,
+                backoff_max: self.backoff_max,
             }),
         })
     }
@@ -180,6 +204,23 @@ struct Server {
 }
 
 impl Server {
+    /// A server at `address` (checked by [`parse_address`]); nothing is connected yet.
+    fn new(address: &str, connect_timeout: Duration) -> Result<Self, ClientError> {
+        let host_port = parse_address(address)?;
+        let endpoint = Endpoint::from_shared(format!("http://{host_port}"))
+            .map_err(|e| ClientError::InvalidAddress {
+                address: address.to_owned(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true);
+        Ok(Self {
+            address: host_port,
+            endpoint,
+            channel: OnceLock::new(),
+        })
+    }
+
     /// The channel to this server, made on the first call.
     fn channel(&self) -> Channel {
         self.channel
@@ -188,12 +229,122 @@ impl Server {
     }
 }
 
-/// What every clone of a [`ChatServerClient`] shares.
+/// What every clone of a [`ChatServerClient`] shares. The std locks are held for
+/// microseconds and never across an `.await`.
 struct Inner {
-    /// Every server given to the builder, in the order given; never empty.
-    servers: Vec<Server>,
+    /// Every server known: those given to the builder, in that order, then those learned
+    /// from NOT-LEADER hints and ClusterInfo. Never empty; servers are never removed (one
+    /// that is gone is skipped when it fails).
+    servers: RwLock<Vec<Arc<Server>>>,
+    /// The address of the server believed to lead, if any.
+    leader: Mutex<Option<String>>,
+    /// Which server to try next when no leader is known.
+    cursor: AtomicUsize,
+    /// Whether to learn members from ClusterInfo at all.
+    discover: bool,
+    /// Whether the cluster's members have been asked for once (the first call does).
+    discovered: AtomicBool,
     /// The time one call may take, retries included.
     deadline: Duration,
+    connect_timeout: Duration,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+}
+
+impl Inner {
+    /// The known server at `address`, added if new.
+    fn server(&self, address: &str) -> Option<Arc<Server>> {
+        let address = parse_address(address).ok()?;
+        if let Some(known) = self
+            .servers
+            .read()
+            .expect("the server list's lock is never held across a panic")
+            .iter()
+            .find(|s| s.address == address)
+        {
+            return Some(Arc::clone(known));
+        }
+        let server = Arc::new(Server::new(&address, self.connect_timeout).ok()?);
+        let mut servers = self
+            .servers
+            .write()
+            .expect("the server list's lock is never held across a panic");
+        if let Some(known) = servers.iter().find(|s| s.address == address) {
+            return Some(Arc::clone(known));
+        }
+        tracing::debug!(server = %address, "learned a server");
+        servers.push(Arc::clone(&server));
+        Some(server)
+    }
+
+    /// Where the next attempt goes: the leader if one is believed, else the next server in
+    /// turn.
+    fn pick(&self) -> Arc<Server> {
+        let leader = self
+            .leader
+            .lock()
+            .expect("the leader's lock is never held across a panic")
+            .clone();
+        if let Some(server) = leader.and_then(|address| self.server(&address)) {
+            return server;
+        }
+        let servers = self
+            .servers
+            .read()
+            .expect("the server list's lock is never held across a panic");
+        let index = self.cursor.load(Ordering::Relaxed) % servers.len();
+        Arc::clone(&servers[index])
+    }
+
+    /// After a failure on `server` without a usable hint: stop believing it leads, and move
+    /// on to the next server.
+    fn passed_over(&self, server: &Server) {
+        let mut leader = self
+            .leader
+            .lock()
+            .expect("the leader's lock is never held across a panic");
+        if leader.as_deref() == Some(server.address.as_str()) {
+            *leader = None;
+        }
+        drop(leader);
+        let servers = self
+            .servers
+            .read()
+            .expect("the server list's lock is never held across a panic");
+        let position = servers
+            .iter()
+            .position(|s| s.address == server.address)
+            .unwrap_or(0);
+        self.cursor.store(position + 1, Ordering::Relaxed);
+    }
+
+    /// Believes `address` leads (from a NOT-LEADER hint).
+    fn follow(&self, address: &str) -> bool {
+        if self.server(address).is_none() {
+            return false;
+        }
+        *self
+            .leader
+            .lock()
+            .expect("the leader's lock is never held across a panic") = Some(address.to_owned());
+        true
+    }
+
+    fn server_count(&self) -> usize {
+        self.servers
+            .read()
+            .expect("the server list's lock is never held across a panic")
+            .len()
+    }
+}
+
+/// The leader's address a NOT-LEADER status names, if any.
+fn leader_hint(status: &Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(LEADER_ADDRESS_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|address| !address.is_empty())
 }
 
 /// What every attempt of a call carries: the session token and the time left.
@@ -240,8 +391,10 @@ pub(crate) fn jittered(base: Duration) -> Duration {
 /// The connection to a server is made by the first call that needs it and belongs to the
 /// Tokio runtime of that call: use a client (and its clones) within one runtime.
 ///
-/// This version calls the first server of its list; following the leader and failing over to
-/// the other servers come later, behind the same methods.
+/// Give it some or all of the cluster's servers: it finds the leader, follows NOT-LEADER
+/// hints, moves to another server when one fails, and learns the cluster's other members,
+/// so a leader change looks like one slower call. Reads marked stale are served by whichever
+/// server the client is using.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -299,24 +452,68 @@ impl ChatServerClient {
         self.inner.deadline
     }
 
-    /// The servers this client knows, as `host:port`.
+    /// The servers this client knows, as `host:port`: those given to the builder, then those
+    /// learned from the cluster (NOT-LEADER hints and ClusterInfo).
     pub fn servers(&self) -> Vec<String> {
         self.inner
             .servers
+            .read()
+            .expect("the server list's lock is never held across a panic")
             .iter()
             .map(|s| s.address.clone())
             .collect()
     }
 
+    /// The server this client believes leads, if any.
+    pub fn leader(&self) -> Option<String> {
+        self.inner
+            .leader
+            .lock()
+            .expect("the leader's lock is never held across a panic")
+            .clone()
+    }
+
+    /// Asks one server for the cluster's members and leader, and learns them. Runs in the
+    /// background: after the first call, and after a round of failures.
+    fn discover(&self) {
+        if !self.inner.discover {
+            return;
+        }
+        let client = self.clone();
+        tokio::spawn(async move {
+            let server = client.inner.pick();
+            let mut chat = ChatClient::new(server.channel());
+            let mut request = Request::new(v1::ClusterInfoRequest {});
+            request.set_timeout(client.inner.connect_timeout);
+            let asked =
+                tokio::time::timeout(client.inner.connect_timeout, chat.cluster_info(request));
+            let Ok(Ok(info)) = asked.await else { return };
+            let info = info.into_inner();
+            for member in &info.members {
+                client.inner.server(&member.address);
+            }
+            if info.leader_id != 0 && !info.leader_address.is_empty() {
+                client.inner.follow(&info.leader_address);
+            }
+        });
+    }
+
     /// The one path every call takes: it applies the deadline (a Tokio timeout around each
     /// attempt, and `grpc-timeout` so the server gives up too), attaches the session token,
-    /// maps the status to a [`ClientError`], and retries retryable failures with jittered
-    /// exponential backoff ([`BACKOFF_INITIAL`] doubling to [`BACKOFF_MAX`]) until the deadline.
+    /// maps the status to a [`ClientError`], and handles failover:
+    ///
+    /// - each attempt goes to the server believed to lead, else to the next server in turn;
+    /// - a NOT-LEADER answer naming the leader is followed at once (its address is learned
+    ///   if new);
+    /// - any other retryable failure (a transport error, no quorum, no leader known) moves on
+    ///   to the next server, and after a round of every server the client pauses with
+    ///   jittered exponential backoff and asks the cluster for its members again;
+    /// - a final error (bad input, wrong password, not found...) is returned at once.
     ///
     /// `attempt` makes one attempt on the given server's client; it builds its request from
     /// values fixed before the first attempt (so every retry of a write reuses its idempotency
-    /// key). Choosing the server is the one step failover will grow: leader hints and the next
-    /// server on a transport error belong here, not in the methods.
+    /// key, and the state machine answers a retry of a write that did commit with its first
+    /// outcome).
     ///
     /// When the next pause would pass the deadline, the last retryable error is returned (it
     /// says why no server answered, which a bare "deadline exceeded" would hide).
@@ -335,36 +532,56 @@ impl ChatServerClient {
             operation,
             deadline,
         };
+        if !self.inner.discovered.swap(true, Ordering::Relaxed) {
+            self.discover();
+        }
         let started = Instant::now();
-        let mut backoff = BACKOFF_INITIAL;
-        // This version talks to the first server; the list is kept for failover.
-        let server = &self.inner.servers[0];
+        let mut backoff = self.inner.backoff_initial;
+        let mut hints_followed = 0;
+        let mut failed_in_round = 0;
         loop {
             let Some(remaining) = deadline.checked_sub(started.elapsed()) else {
                 return Err(exceeded);
             };
+            let server = self.inner.pick();
             let client =
                 ChatClient::new(server.channel()).max_decoding_message_size(REPLY_BYTES_MAX);
             let outcome =
                 tokio::time::timeout(remaining, attempt(client, Attempt { token, remaining }))
                     .await;
-            let error = match outcome {
+            let status = match outcome {
                 Err(_elapsed) => return Err(exceeded),
                 Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => {
-                    ClientError::from_status(&status, operation, deadline, &server.address)
-                }
+                Ok(Err(status)) => status,
             };
+            let error = ClientError::from_status(&status, operation, deadline, &server.address);
             if !error.is_retryable() {
                 return Err(error);
             }
-            tracing::debug!(operation, server = %server.address, %error, "retrying");
+            let hint = leader_hint(&status).filter(|hint| *hint != server.address);
+            if let Some(hint) = hint.filter(|_| hints_followed < HINTS_FOLLOWED_AT_ONCE) {
+                if self.inner.follow(hint) {
+                    tracing::debug!(operation, from = %server.address, leader = hint, "following the leader hint");
+                    hints_followed += 1;
+                    continue;
+                }
+            }
+            tracing::debug!(operation, server = %server.address, %error, "trying another server");
+            self.inner.passed_over(&server);
+            failed_in_round += 1;
+            if failed_in_round < self.inner.server_count() {
+                continue;
+            }
+            // Every server failed once: pause, and ask the cluster who is in it now.
+            failed_in_round = 0;
+            hints_followed = 0;
             let pause = jittered(backoff);
             if started.elapsed() + pause >= deadline {
                 return Err(error);
             }
             tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff = (backoff * 2).min(self.inner.backoff_max);
+            self.discover();
         }
     }
 
@@ -801,6 +1018,7 @@ mod tests {
     fn client_of(server: &MockServer, deadline: Duration) -> ChatServerClient {
         ChatServerClient::builder()
             .servers([server.address()])
+            .discover_members(false)
             .deadline(deadline)
             .build()
             .unwrap()
@@ -1038,5 +1256,63 @@ mod tests {
             started.elapsed() < Duration::from_secs(2),
             "it respected the deadline"
         );
+    }
+
+    /// A NOT-LEADER status naming `leader`, as a follower sends it.
+    fn not_leader(leader: &str) -> Status {
+        let mut status =
+            Status::unavailable(format!("not the leader: the leader is node 1 at {leader}"));
+        status
+            .metadata_mut()
+            .insert("jochat-leader-id", "1".parse().unwrap());
+        status
+            .metadata_mut()
+            .insert(LEADER_ADDRESS_HEADER, leader.parse().unwrap());
+        status
+    }
+
+    #[tokio::test]
+    async fn a_not_leader_hint_is_followed_at_once_and_remembered() {
+        // 1. A follower that names the leader, and the leader.
+        let leader = MockServer::start(MockChat::default()).await;
+        let follower =
+            MockServer::start(MockChat::failing_first([not_leader(&leader.address())])).await;
+        let client = ChatServerClient::builder()
+            .servers([follower.address()])
+            .discover_members(false)
+            .build()
+            .unwrap();
+
+        // 2. The write goes to the follower, then to the leader, with the same key.
+        client.send_message(&token(), "bob", "hi").await.unwrap();
+        let (asked, led) = (follower.chat.seen(), leader.chat.seen());
+        assert_eq!((asked.len(), led.len()), (1, 1));
+        assert_eq!(asked[0].idempotency_key, led[0].idempotency_key);
+
+        // 3. The leader is learned: the next call goes straight to it.
+        assert_eq!(client.leader(), Some(leader.address()));
+        assert_eq!(client.servers(), [follower.address(), leader.address()]);
+        client.send_message(&token(), "bob", "again").await.unwrap();
+        assert_eq!(leader.chat.seen().len(), 2);
+        assert_eq!(follower.chat.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_dead_server_is_passed_over() {
+        // 1. The first server refuses connections; the second answers.
+        let dead = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let alive = MockServer::start(MockChat::default()).await;
+        let client = ChatServerClient::builder()
+            .servers([dead, alive.address()])
+            .discover_members(false)
+            .build()
+            .unwrap();
+
+        // 2. The write succeeds on the second server without waiting for a backoff round.
+        client.send_message(&token(), "bob", "hi").await.unwrap();
+        assert_eq!(alive.chat.seen().len(), 1);
     }
 }
