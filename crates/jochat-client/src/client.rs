@@ -23,7 +23,7 @@ pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
 /// Longest pause between retries: short, because the usual reason to wait is a leader
 /// election, which takes a few hundred milliseconds.
-pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+pub const BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// How many NOT-LEADER hints in a row are followed at once, before the client pauses (a
 /// follower can still name a leader that just died, for up to an election timeout).
 const HINTS_FOLLOWED_AT_ONCE: u32 = 2;
@@ -92,7 +92,7 @@ impl ChatServerClientBuilder {
     }
 
     /// The pause after a round of failed attempts: `initial` (default 20 ms), doubling up to
-    /// `max` (default 250 ms), each drawn with jitter from its upper half.
+    /// `max` (default 100 ms), each drawn with jitter from its upper half.
     #[must_use]
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff_initial = initial;

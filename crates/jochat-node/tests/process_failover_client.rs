@@ -1,0 +1,81 @@
+//! The failover client against real `jochat-node` processes: one client sends 200 messages
+//! while the leader is killed with SIGKILL mid-stream; every send succeeds, and each message
+//! is stored exactly once on every survivor. Prints the slowest send (the pause the client
+//! saw).
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jochat_client::ChatServerClient;
+use support::*;
+
+const SENDS: usize = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_sends_through_a_leader_kill_all_succeed_exactly_once() {
+    // 1. Three processes; a client that knows all three.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _, bob) = started_in_order(dir.path(), 3).await;
+    let client = ChatServerClient::builder()
+        .servers(nodes.iter().map(|n| n.address.clone()))
+        .build()
+        .unwrap();
+    client.sign_up("carol", "pw").await.unwrap();
+    let carol = client.log_in("carol", "pw").await.unwrap().token;
+
+    // 2. Once 50 sends are done, the leader is killed while the next is in flight.
+    let done = Arc::new(AtomicUsize::new(0));
+    let leader = leader_among(&nodes).await;
+    let position = nodes.iter().position(|n| n.id == leader).unwrap();
+    let mut victim = nodes.remove(position);
+    let killer = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            while done.load(Ordering::Relaxed) < 50 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            victim.child.kill().expect("SIGKILL");
+            victim.child.wait().expect("the killed node is reaped");
+            victim.id
+        })
+    };
+
+    // 3. 200 sends, one after another: every one succeeds.
+    let mut ids = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for i in 0..SENDS {
+        let started = Instant::now();
+        let sent = client
+            .send_message(&carol, "bob", &format!("m{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("send {i} failed: {e}"));
+        slowest = slowest.max(started.elapsed());
+        ids.push(sent.id);
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    let killed = killer.await.unwrap();
+    eprintln!(
+        "killed node {killed}; slowest of {SENDS} sends (the pause the client saw): {} ms",
+        slowest.as_millis()
+    );
+
+    // 4. Each survivor holds exactly the 200 messages, once each, with the acknowledged ids.
+    let mut expected = ids.clone();
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(expected.len(), SENDS, "two sends got the same id");
+    for node in &nodes {
+        let what = format!("node {} holds every message once", node.id);
+        poll(&what, || async {
+            let stored = stale_ids(node, &bob).await.map(|mut ids| {
+                ids.sort_unstable();
+                ids
+            });
+            stored.as_ref() == Some(&expected)
+        })
+        .await;
+    }
+}

@@ -1,0 +1,215 @@
+//! Helpers for the process tests: `jochat-node` processes on free ports in temporary
+//! folders, killed when dropped, and raw clients for them.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use jochat_proto::v1::chat_client::ChatClient;
+use jochat_proto::v1::{self as v1};
+use tonic::transport::Channel;
+
+/// One node process; killed when dropped, so none outlives the test.
+pub struct NodeProcess {
+    pub id: u64,
+    pub child: Child,
+    pub address: String,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts node `id` in `dir` on a free port with `peers`, and waits for the address it logs.
+pub fn start(id: u64, dir: &std::path::Path, peers: &[&NodeProcess]) -> NodeProcess {
+    let peers: Vec<(u64, String)> = peers.iter().map(|p| (p.id, p.address.clone())).collect();
+    start_on(id, dir, &peers, 0)
+}
+
+/// Starts node `id` in `dir` on `port` (0: a free one) with `peers`, and waits for the
+/// address it logs.
+pub fn start_on(id: u64, dir: &std::path::Path, peers: &[(u64, String)], port: u16) -> NodeProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jochat-node"));
+    command
+        .args(["--server-id", &id.to_string(), "--port", &port.to_string()])
+        .arg("--db-file")
+        .arg(dir.join(format!("node-{id}.db")))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if !peers.is_empty() {
+        let list: Vec<String> = peers
+            .iter()
+            .map(|(id, address)| format!("{id}:{address}"))
+            .collect();
+        command.args(["--peers", &list.join(",")]);
+    }
+    let mut child = command.spawn().expect("the binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines_in, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_in.send(line);
+        }
+    });
+    let address = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the node logs its address");
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .expect("an address follows")
+                .to_owned();
+        }
+    };
+    // Keep draining the log so the node never blocks on a full pipe.
+    std::thread::spawn(move || while lines.recv().is_ok() {});
+    NodeProcess { id, child, address }
+}
+
+pub async fn client(node: &NodeProcess) -> ChatClient<Channel> {
+    ChatClient::connect(format!("http://{}", node.address))
+        .await
+        .expect("the node accepts connections")
+}
+
+pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+pub async fn poll<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The leader `nodes` report, once one of them reports a leader among them.
+pub async fn leader_among(nodes: &[NodeProcess]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for node in nodes {
+            let Ok(mut client) = ChatClient::connect(format!("http://{}", node.address)).await
+            else {
+                continue;
+            };
+            if let Ok(info) = client.cluster_info(v1::ClusterInfoRequest {}).await {
+                let leader = info.into_inner().leader_id;
+                if nodes.iter().any(|n| n.id == leader) {
+                    return leader;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader among the running nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `content` from `token` to bob through whichever of `nodes` accepts it, retrying
+/// until one does; returns the acknowledged id.
+pub async fn send_until_acknowledged(nodes: &[NodeProcess], token: &str, content: &str) -> i64 {
+    let addresses: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.address.clone())).collect();
+    send_through(&addresses, token, content).await.0
+}
+
+/// Sends `content` from `token` to bob through whichever of `addresses` accepts it, retrying
+/// with the same idempotency key until one does; returns the acknowledged id and the node
+/// that acknowledged it.
+pub async fn send_through(addresses: &[(u64, String)], token: &str, content: &str) -> (i64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let key = format!("key-{content}");
+    loop {
+        for (node, address) in addresses {
+            let Ok(mut client) = ChatClient::connect(format!("http://{address}")).await else {
+                continue;
+            };
+            let request = v1::SendMessageRequest {
+                recipient: "bob".into(),
+                content: content.into(),
+                idempotency_key: key.clone(),
+            };
+            if let Ok(sent) = client.send_message(authorized(request, token)).await {
+                return (sent.into_inner().id, *node);
+            }
+        }
+        assert!(Instant::now() < deadline, "no node acknowledged {content}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The ids of bob's messages as `node` has them (a stale read, served by any node).
+pub async fn stale_ids(node: &NodeProcess, bob: &str) -> Option<Vec<i64>> {
+    let mut client = ChatClient::connect(format!("http://{}", node.address))
+        .await
+        .ok()?;
+    let request = v1::ListMessagesRequest {
+        limit: 1000,
+        consistency: v1::ReadConsistency::Stale as i32,
+        ..Default::default()
+    };
+    let page = client.list_messages(authorized(request, bob)).await.ok()?;
+    Some(page.into_inner().messages.iter().map(|m| m.id).collect())
+}
+
+/// Starts `count` nodes in the prototype's order (each listing those before it) and waits
+/// until node 1 leads all of them; signs up alice and bob and returns their tokens.
+pub async fn started_in_order(
+    dir: &std::path::Path,
+    count: u64,
+) -> (Vec<NodeProcess>, String, String) {
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for id in 1..=count {
+        let peers: Vec<&NodeProcess> = nodes.iter().collect();
+        let node = start(id, dir, &peers);
+        nodes.push(node);
+    }
+    let mut first = client(&nodes[0]).await;
+    poll("node 1 leads every node as voters", || {
+        let mut first = first.clone();
+        async move {
+            matches!(first.cluster_info(v1::ClusterInfoRequest {}).await,
+                Ok(info) if info.get_ref().leader_id == 1 && info.get_ref().members.iter().filter(|m| m.role == v1::MemberRole::Voter as i32).count() == count as usize)
+        }
+    })
+    .await;
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        first
+            .sign_up(v1::SignUpRequest {
+                username: name.into(),
+                password: "pw".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let login = v1::LogInRequest {
+            username: name.into(),
+            password: "pw".into(),
+            ..Default::default()
+        };
+        tokens.push(first.log_in(login).await.unwrap().into_inner().token);
+    }
+    let bob = tokens.pop().expect("two tokens");
+    let alice = tokens.pop().expect("two tokens");
+    (nodes, alice, bob)
+}
