@@ -64,6 +64,8 @@ pub struct Setup {
     pub faults: Faults,
     /// `--force-new-cluster`.
     pub force_new_cluster: bool,
+    /// `--subscriber-buffer`, when not the default.
+    pub subscriber_buffer: Option<usize>,
 }
 
 impl Setup {
@@ -77,6 +79,7 @@ impl Setup {
             admin_user: self.admin_user.clone(),
             cluster_secret: self.cluster_secret.clone(),
             force_new_cluster: self.force_new_cluster,
+            subscriber_buffer: self.subscriber_buffer.unwrap_or(defaults.subscriber_buffer),
             snapshot_threshold: self
                 .snapshot_threshold
                 .unwrap_or(defaults.snapshot_threshold),

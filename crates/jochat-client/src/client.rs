@@ -464,6 +464,27 @@ impl ChatServerClient {
             .collect()
     }
 
+    /// The server the next call would go to, as its address and channel.
+    pub(crate) fn pick_server(&self) -> (String, Channel) {
+        let server = self.inner.pick();
+        (server.address.clone(), server.channel())
+    }
+
+    /// Moves past the server at `address` after it failed.
+    pub(crate) fn server_failed(&self, address: &str) {
+        if let Some(server) = self.inner.server(address) {
+            self.inner.passed_over(&server);
+        }
+    }
+
+    pub(crate) fn backoff_initial(&self) -> Duration {
+        self.inner.backoff_initial
+    }
+
+    pub(crate) fn backoff_max(&self) -> Duration {
+        self.inner.backoff_max
+    }
+
     /// The server this client believes leads, if any.
     pub fn leader(&self) -> Option<String> {
         self.inner

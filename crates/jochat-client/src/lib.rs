@@ -35,6 +35,7 @@ mod client;
 mod error;
 #[cfg(test)]
 mod mock;
+mod subscribe;
 mod types;
 
 use sha2::{Digest, Sha256};
@@ -44,6 +45,7 @@ pub use client::{
     CONNECT_TIMEOUT_DEFAULT, DEADLINE_DEFAULT, REPLY_BYTES_MAX,
 };
 pub use error::ClientError;
+pub use subscribe::MessageStream;
 pub use types::{
     Account, AccountPage, AccountQuery, AwayMessages, ClusterInfo, InboxQuery, LoggedIn, Member,
     MemberRole, Message, MessagePage, MessageStatus, ReadConsistency, SentMessage, SessionToken,

@@ -90,6 +90,22 @@ impl ChatRead for MemoryStore {
         Ok(self.messages.get(&id).cloned())
     }
 
+    fn messages_after(
+        &self,
+        recipient: &Username,
+        after: MessageId,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        Ok(self
+            .messages
+            .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            .map(|(_, m)| m)
+            .filter(|m| m.recipient == *recipient)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
     fn inbox(
         &self,
         owner: &Username,

@@ -119,6 +119,14 @@ pub trait ChatRead {
     ) -> Result<Vec<MessageRecord>, StoreError>;
     /// The message with this id, if it exists.
     fn message_by_id(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError>;
+    /// Up to `limit` messages addressed to `recipient` with ids above `after`, oldest first
+    /// (what a resumed subscription has missed).
+    fn messages_after(
+        &self,
+        recipient: &Username,
+        after: MessageId,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError>;
     /// A page of `owner`'s inbox, newest first, with the total: messages addressed to `owner`;
     /// with `with`, the conversation between the two in both directions.
     fn inbox(

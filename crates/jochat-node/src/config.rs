@@ -177,6 +177,14 @@ pub struct NodeConfig {
         default_value_t = 256
     )]
     pub connection_requests_max: usize,
+    /// Messages a subscriber may leave unread before it is dropped with RESOURCE_EXHAUSTED.
+    #[arg(
+        long = "subscriber-buffer",
+        alias = "subscriber_buffer",
+        env = "JOCHAT_SUBSCRIBER_BUFFER",
+        default_value_t = 1024
+    )]
+    pub subscriber_buffer: usize,
 }
 
 impl Default for NodeConfig {
@@ -197,6 +205,7 @@ impl Default for NodeConfig {
             login_lockout_secs: 60,
             read_pool_size: 4,
             connection_requests_max: 256,
+            subscriber_buffer: 1024,
             admin_user: None,
             heartbeat_ms: 50,
             election_timeout_ms: 150,
@@ -249,6 +258,9 @@ impl NodeConfig {
                 "connection-requests-max",
                 "must be between 1 and 65536".into(),
             );
+        }
+        if !(1..=1_000_000).contains(&self.subscriber_buffer) {
+            return fail("subscriber-buffer", "must be between 1 and 1000000".into());
         }
         if self.cluster_secret.as_deref().is_some_and(str::is_empty) {
             return fail("cluster-secret", "must not be empty when given".into());

@@ -62,6 +62,15 @@ pub enum NodeError {
     /// The Raft core failed or stopped.
     #[error("raft: {0}")]
     Raft(String),
+    /// A subscriber read its stream so slowly that its buffer filled: it is dropped (writers
+    /// are never slowed for it) and may subscribe again from the last id it received.
+    #[error("subscriber too slow: {buffered} messages were waiting unread; subscribe again with after_id {last_id}")]
+    SubscriberTooSlow {
+        /// How many messages were buffered for it.
+        buffered: usize,
+        /// The last message id queued to it.
+        last_id: i64,
+    },
     /// The node is stopping and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -102,7 +111,7 @@ impl NodeError {
                 ChatError::IdempotencyKeyReused => Code::FailedPrecondition,
                 ChatError::Storage(_) => Code::Internal,
             },
-            Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::RateLimited { .. } | Self::SubscriberTooSlow { .. } => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Config { .. } => Code::InvalidArgument,
             Self::ShuttingDown | Self::NotLeader { .. } | Self::NoQuorum(_) => Code::Unavailable,

@@ -16,6 +16,8 @@
 //! - [`service`]: the gRPC services, thin adapters over [`Node`].
 //! - [`server`]: [`serve`], [`spawn`] and [`spawn_ephemeral`].
 //! - [`error`]: [`NodeError`] and its mapping to gRPC status codes.
+//! - [`events`]: what the state machine publishes to live subscribers.
+//! - [`subscription`]: Subscribe, one task per subscriber.
 //!
 //! # Example
 //!
@@ -35,11 +37,13 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod node;
 pub mod raft;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod subscription;
 
 pub use config::NodeConfig;
 pub use error::NodeError;

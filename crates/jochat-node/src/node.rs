@@ -22,6 +22,7 @@ use jochat_core::{ChatError, Pattern};
 use crate::auth::{new_session_token, Hasher, LoginLimiter};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::events::Events;
 use crate::raft::election::{self, ElectionSettings, LeaderContact};
 use crate::raft::faults::Faults;
 use crate::raft::network::NetworkFactory;
@@ -117,6 +118,10 @@ pub struct Node {
     elections: tokio::task::JoinHandle<()>,
     /// When this node last heard a leader; the peer-side Raft service touches it.
     contact: LeaderContact,
+    /// What the state machine applies, for subscribers.
+    events: Events,
+    /// Set once the node starts stopping: subscriptions end so the server can drain.
+    stopping: tokio::sync::watch::Sender<bool>,
     hasher: Hasher,
     limiter: LoginLimiter,
 }
@@ -248,6 +253,7 @@ impl Node {
     ) -> Result<Self, NodeError> {
         // Raft's storage opens (and migrates) the file first; the read pool then joins it.
         let (log, state_machine) = raft::storage::open(&config.db_path(), config.sync_mode)?;
+        let events = state_machine.events();
         if config.force_new_cluster {
             let changed = log
                 .force_sole_member(config.server_id, address.to_string())
@@ -331,6 +337,8 @@ impl Node {
             joining: std::sync::Mutex::new(joining),
             elections,
             contact,
+            events,
+            stopping: tokio::sync::watch::Sender::new(false),
             hasher: Hasher::new(),
             limiter,
         })
@@ -396,6 +404,22 @@ impl Node {
     /// When this node last heard a leader (the election timer's clock).
     pub fn leader_contact(&self) -> &LeaderContact {
         &self.contact
+    }
+
+    /// Tells long-lived calls (subscriptions) that the node is stopping, so that they end
+    /// and the server can finish.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Becomes true once the node starts stopping.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// The channel the state machine publishes applied messages and session changes on.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// The node's database.

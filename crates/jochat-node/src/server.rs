@@ -101,7 +101,14 @@ async fn run(
         .add_service(chat)
         .add_service(legacy)
         .add_service(raft)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+            let node = Arc::clone(&node);
+            async move {
+                shutdown.await;
+                // Subscriptions never finish by themselves: end them so the server drains.
+                node.begin_shutdown();
+            }
+        })
         .await;
     tracing::info!("stopped accepting requests; committing what was accepted");
     node.close().await;

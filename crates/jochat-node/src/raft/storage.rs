@@ -38,7 +38,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Applied, TypeConfig};
 use crate::error::NodeError;
-use crate::store::{apply_in_savepoint, schema, SyncMode};
+use crate::events::{ChatEvent, Events};
+use crate::store::{apply_in_savepoint, schema, SqliteChat, SyncMode};
+use jochat_core::store::ChatRead;
+use jochat_core::Outcome;
 
 type NodeId = u64;
 type Failure = StorageError<NodeId>;
@@ -70,6 +73,8 @@ pub struct LogStore {
 #[derive(Clone)]
 pub struct StateMachineStore {
     shared: Arc<Shared>,
+    /// Where applied messages and session changes are published for subscribers.
+    events: Events,
 }
 
 /// Opens (creating and migrating if needed) the database at `path` for Raft.
@@ -99,7 +104,10 @@ pub fn open(path: &Path, sync_mode: SyncMode) -> Result<(LogStore, StateMachineS
         LogStore {
             shared: Arc::clone(&shared),
         },
-        StateMachineStore { shared },
+        StateMachineStore {
+            shared,
+            events: Events::new(),
+        },
     ))
 }
 
@@ -421,6 +429,28 @@ impl LogStore {
     }
 }
 
+/// What subscribers hear of an applied command's `outcome`.
+fn event_of(conn: &Connection, outcome: &Outcome) -> Result<Option<ChatEvent>, Failure> {
+    Ok(match outcome {
+        Outcome::MessageSent { id, .. } => SqliteChat::new(conn)
+            .message_by_id(*id)
+            .map_err(read_state)?
+            .map(ChatEvent::Message),
+        Outcome::SessionCreated { user_id, .. } => Some(ChatEvent::SessionsChanged(Some(*user_id))),
+        Outcome::SessionRevoked | Outcome::AccountDeleted { .. } | Outcome::Reset => {
+            Some(ChatEvent::SessionsChanged(None))
+        }
+        _ => None,
+    })
+}
+
+impl StateMachineStore {
+    /// The channel this state machine publishes applied messages and session changes on.
+    pub fn events(&self) -> Events {
+        self.events.clone()
+    }
+}
+
 /// A cluster's membership, as openraft stores it.
 type ClusterMembership = Membership<NodeId, BasicNode>;
 
@@ -562,10 +592,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        self.shared
+        let applied = self
+            .shared
             .with_conn(move |conn| {
                 in_transaction(conn, write_state, |tx| {
                     let mut results = Vec::with_capacity(entries.len());
+                    let mut events = Vec::new();
                     let mut membership: Option<StoredMembership<NodeId, openraft::BasicNode>> =
                         None;
                     let mut last_applied = None;
@@ -573,9 +605,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         last_applied = Some(entry.log_id);
                         results.push(match entry.payload {
                             EntryPayload::Blank => Applied::Internal,
-                            EntryPayload::Normal(command) => Applied::Command(
-                                apply_in_savepoint(tx, &command).map_err(write_state)?,
-                            ),
+                            EntryPayload::Normal(command) => {
+                                let result =
+                                    apply_in_savepoint(tx, &command).map_err(write_state)?;
+                                if let Ok(outcome) = &result {
+                                    events.extend(event_of(tx, outcome)?);
+                                }
+                                Applied::Command(result)
+                            }
                             EntryPayload::Membership(config) => {
                                 membership =
                                     Some(StoredMembership::new(Some(entry.log_id), config));
@@ -589,10 +626,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     if let Some(membership) = membership {
                         put_state(tx, "last_membership", &membership)?;
                     }
-                    Ok(results)
+                    Ok((results, events))
                 })
             })
-            .await
+            .await?;
+        let (results, events) = applied;
+        // Published only now that the transaction has committed.
+        self.events.publish(events);
+        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -665,7 +706,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 installed
             })
-            .await
+            .await?;
+        self.events.publish([ChatEvent::Resync]);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, Failure> {

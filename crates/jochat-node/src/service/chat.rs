@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use jochat_core::store::{AccountRecord, MessageRecord};
 use jochat_core::ChatError;
 use jochat_proto::v1;
@@ -289,11 +289,19 @@ impl Chat for ChatApi {
 
     async fn subscribe(
         &self,
-        _request: Request<v1::SubscribeRequest>,
+        request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented(
-            "Subscribe is not served by this version of jochat-node",
-        ))
+        let node = Arc::clone(&self.node);
+        let token = bearer(request.metadata());
+        let after_id = request.into_inner().after_id;
+        let subscription = observe(self.node.id(), "subscribe", async move {
+            crate::subscription::subscribe(node, &token, after_id).await
+        })
+        .await?
+        .into_inner();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(subscription)
+            .map(|item| item.map(message).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn cluster_info(

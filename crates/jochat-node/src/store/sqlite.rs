@@ -212,6 +212,21 @@ impl ChatRead for SqliteChat<'_> {
         Ok(self.messages(&sql, [id.0])?.pop())
     }
 
+    fn messages_after(
+        &self,
+        recipient: &Username,
+        after: MessageId,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        self.messages(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE recipient = ?1 AND id > ?2 \
+                 ORDER BY id LIMIT ?3"
+            ),
+            params![recipient.as_str(), after.0, limit],
+        )
+    }
+
     fn inbox(
         &self,
         owner: &Username,
