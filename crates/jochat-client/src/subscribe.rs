@@ -2,6 +2,8 @@
 //! account, which survives the loss of the server it streams from.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -25,9 +27,15 @@ const HANDED_OVER: usize = 64;
 pub struct MessageStream {
     messages: mpsc::Receiver<Result<Message, ClientError>>,
     task: tokio::task::JoinHandle<()>,
+    resumed: Arc<AtomicU64>,
 }
 
 impl MessageStream {
+    /// How many times the stream lost its server and resumed on another (or the same) one.
+    pub fn resumptions(&self) -> u64 {
+        self.resumed.load(Ordering::Relaxed)
+    }
+
     /// The next message, a final error, or `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<Message, ClientError>> {
         self.messages.recv().await
@@ -91,6 +99,8 @@ impl ChatServerClient {
         let (sender, messages) = mpsc::channel(HANDED_OVER);
         let client = self.clone();
         let token = token.clone();
+        let resumed = Arc::new(AtomicU64::new(0));
+        let resuming = Arc::clone(&resumed);
         let task = tokio::spawn(async move {
             let mut last = after_id;
             let mut backoff = client.backoff_initial();
@@ -101,13 +111,19 @@ impl ChatServerClient {
                     .await
                 {
                     Ended::Dropped | Ended::Final => return,
-                    Ended::Resume => {}
+                    Ended::Resume => {
+                        resuming.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 tokio::time::sleep(jittered(backoff)).await;
                 backoff = (backoff * 2).min(client.backoff_max());
             }
         });
-        MessageStream { messages, task }
+        MessageStream {
+            messages,
+            task,
+            resumed,
+        }
     }
 
     /// Streams from one server until it fails, handing each new message over.

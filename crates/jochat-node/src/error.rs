@@ -98,6 +98,14 @@ impl From<openraft::error::ForwardToLeader<u64, openraft::BasicNode>> for NodeEr
 }
 
 impl NodeError {
+    /// Whether this is an unknown, revoked or expired session (or wrong credentials).
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            Self::Chat(ChatError::Unauthenticated(_) | ChatError::WrongCredentials)
+        )
+    }
+
     /// The gRPC status code this error is reported with.
     pub fn code(&self) -> Code {
         match self {

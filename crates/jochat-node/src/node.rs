@@ -406,6 +406,13 @@ impl Node {
         &self.contact
     }
 
+    /// Whether this node leads its cluster now, as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.current_leader == Some(metrics.id)
+    }
+
     /// Tells long-lived calls (subscriptions) that the node is stopping, so that they end
     /// and the server can finish.
     pub fn begin_shutdown(&self) {
