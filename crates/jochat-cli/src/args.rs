@@ -102,6 +102,19 @@ pub enum Command {
     },
     /// Delete your account and all its messages (asks for the password again).
     DeleteAccount,
+    /// Print incoming messages as they arrive (one JSON object per line with `--json`), until
+    /// Ctrl-C; follows the cluster through failovers.
+    Watch {
+        /// Start after this message id (to resume); by default, only new messages.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+    /// Chat interactively: the unread count, then incoming messages live, and each line typed
+    /// is sent (to USER, or `@user text`); `/quit` leaves.
+    Chat {
+        /// Whom lines without `@user` go to.
+        user: Option<String>,
+    },
     /// The cluster.
     Cluster {
         #[command(subcommand)]

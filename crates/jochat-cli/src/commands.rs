@@ -248,6 +248,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<Output> {
                 json!({"username": saved.username, "deleted_messages": deleted}),
             ))
         }
+        Command::Watch { after } => {
+            let (_, token) = required(&saved)?;
+            crate::live::watch(&client, &token, after, cli.json).await
+        }
+        Command::Chat { ref user } => {
+            let (_, token) = required(&saved)?;
+            crate::live::chat(&client, &token, user.as_deref()).await
+        }
         Command::Cluster {
             command: ClusterCommand::Info,
         } => Ok(output::cluster(&client.cluster_info().await?)),

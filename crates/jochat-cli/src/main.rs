@@ -16,6 +16,7 @@
 
 mod args;
 mod commands;
+mod live;
 mod output;
 mod session;
 
@@ -45,7 +46,9 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(output) => {
             if json {
-                println!("{}", output.json);
+                if !output.json.is_null() {
+                    println!("{}", output.json);
+                }
             } else if !output.text.is_empty() {
                 println!("{}", output.text);
             }

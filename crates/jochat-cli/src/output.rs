@@ -14,6 +14,12 @@ pub struct Output {
 
 impl Output {
     /// Both forms.
+    /// Nothing more to print (the command printed as it went).
+    pub fn none() -> Self {
+        Self::new("", Value::Null)
+    }
+
+    /// What to print: `text` for people, `json` with `--json`.
     pub fn new(text: impl Into<String>, json: Value) -> Self {
         Self {
             text: text.into(),

@@ -138,3 +138,115 @@ async fn every_command_against_a_node() {
     .unwrap();
     node.shutdown().await.unwrap();
 }
+
+/// Lines a child process writes to stdout, read on a thread.
+fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}
+
+/// Starts `jochat ARGS` against `server` with `session`, stdin and stdout piped.
+fn spawn_jochat(server: &str, session: &Path, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_jochat"))
+        .args(["--servers", server, "--session-file"])
+        .arg(session)
+        .args(args)
+        .env_remove("JOCHAT_SERVERS")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the jochat binary runs")
+}
+
+/// Sends from `alice` to bob until `lines` shows a line containing `wanted`; returns it.
+async fn send_until_seen(
+    client: &jochat_client::ChatServerClient,
+    alice: &jochat_client::SessionToken,
+    lines: &std::sync::mpsc::Receiver<String>,
+    content: &str,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        client.send_message(alice, "bob", content).await.unwrap();
+        while let Ok(line) = lines.recv_timeout(std::time::Duration::from_millis(200)) {
+            if line.contains(content) {
+                return line;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw {content}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_and_chat_show_messages_live_and_chat_sends_typed_lines() {
+    // 1. A node; alice through the library, bob through the CLI's session file.
+    let node = jochat_node::spawn_ephemeral().await.unwrap();
+    let server = node.address();
+    let client = jochat_client::ChatServerClient::builder()
+        .servers([server.clone()])
+        .build()
+        .unwrap();
+    client.sign_up("alice", "pw-a").await.unwrap();
+    client.sign_up("bob", "pw-b").await.unwrap();
+    let alice = client.log_in("alice", "pw-a").await.unwrap().token;
+    let dir = tempfile::tempdir().unwrap();
+    let bob = dir.path().join("bob.json");
+    let login = {
+        let (server, bob) = (server.clone(), bob.clone());
+        tokio::task::spawn_blocking(move || jochat(&server, &bob, Some("pw-b"), &["login", "bob"]))
+    };
+    assert!(login.await.unwrap().status.success());
+
+    // 2. `jochat --json watch` prints each new message as one JSON object per line.
+    let mut watch = spawn_jochat(&server, &bob, &["--json", "watch"]);
+    let lines = lines_of(watch.stdout.take().unwrap());
+    let line = send_until_seen(&client, &alice, &lines, "hello bob").await;
+    let message: Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(message["sender"], "alice");
+    assert_eq!(message["content"], "hello bob");
+    assert!(message["id"].as_i64().unwrap() > 0);
+    assert!(message["timestamp_ms"].as_i64().unwrap() > 0);
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+
+    // 3. `jochat chat alice` shows the unread count, shows alice's messages live, and sends
+    //    what bob types; `/quit` leaves.
+    let mut chat = spawn_jochat(&server, &bob, &["chat", "alice"]);
+    let lines = lines_of(chat.stdout.take().unwrap());
+    let first = lines
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("a first line");
+    assert!(first.contains("unread message(s)"), "{first}");
+    let seen = send_until_seen(&client, &alice, &lines, "are you there?").await;
+    assert!(seen.contains("alice: are you there?"), "{seen}");
+    {
+        use std::io::Write;
+        let stdin = chat.stdin.as_mut().unwrap();
+        writeln!(stdin, "yes, here").unwrap();
+        writeln!(stdin, "@alice and again").unwrap();
+        writeln!(stdin, "/quit").unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || chat.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let inbox = client
+        .list_messages(&alice, &jochat_client::InboxQuery::default())
+        .await
+        .unwrap();
+    let contents: Vec<&str> = inbox.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents[..2], ["and again", "yes, here"], "newest first");
+    node.shutdown().await.unwrap();
+}
