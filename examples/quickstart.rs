@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --example quickstart                  # against 127.0.0.1:5001
 //! cargo run --example quickstart -- HOST:PORT     # against another node
+//! cargo run --example quickstart -- A:P,B:P,C:P   # against a cluster (any member will do)
 //! ```
 //!
 //! It makes two accounts with random names, so it can run again and again.
@@ -19,7 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:5001".to_owned());
     let client = ChatServerClient::builder()
-        .servers([server.as_str()])
+        .servers(server.split(','))
         .build()?;
 
     // 1. Two fresh accounts (the suffix keeps repeated runs apart).
