@@ -31,6 +31,20 @@ impl ChatServerClient {
     ///
     /// Catching up a large database takes time: give the client a deadline to match.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// use jochat_client::ClientError;
+    ///
+    /// // Server ids start at 1; the address is checked before anything is sent.
+    /// let refused = client.add_member(0, "127.0.0.1:5004", None).await.unwrap_err();
+    /// assert!(matches!(refused, ClientError::InvalidArgument(ref m) if m.starts_with("id: ")));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::InvalidArgument`] for id 0 or a bad address;
     /// [`ClientError::PermissionDenied`] for a wrong or missing secret;
@@ -66,6 +80,22 @@ impl ChatServerClient {
     /// [`ClientError::NotFound`] when `id` is not a member;
     /// [`ClientError::FailedPrecondition`] when the change is refused (for example removing
     /// the last voter); as [`ChatServerClient::add_member`] otherwise.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// use jochat_client::ClientError;
+    ///
+    /// let unknown = client.remove_member(9, None).await.unwrap_err();
+    /// assert!(matches!(unknown, ClientError::NotFound(_)));
+    /// // The only voter cannot go: the cluster would have nobody left.
+    /// let last = client.remove_member(1, None).await.unwrap_err();
+    /// assert!(matches!(last, ClientError::FailedPrecondition(_)), "{last}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn remove_member(
         &self,
         id: u64,

@@ -485,7 +485,22 @@ impl ChatServerClient {
         self.inner.backoff_max
     }
 
-    /// The server this client believes leads, if any.
+    /// The server this client believes leads, if any: learned from NOT-LEADER hints and
+    /// ClusterInfo, forgotten when it fails.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// assert_eq!(client.leader(), None); // nothing asked yet
+    /// client.cluster_info().await?;
+    /// // The first call also asks the cluster who leads, in the background.
+    /// # for _ in 0..100 { if client.leader().is_some() { break } tokio::time::sleep(std::time::Duration::from_millis(10)).await }
+    /// assert_eq!(client.leader(), Some(node.address()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn leader(&self) -> Option<String> {
         self.inner
             .leader
