@@ -116,6 +116,9 @@ pub enum Command {
         user: Option<String>,
     },
     /// The cluster.
+    /// Measure: closed-loop load through the failover client, latency in an HDR histogram
+    /// (`--json`: one object on the last line). `--local N` starts its own N-node cluster.
+    Bench(BenchArgs),
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
@@ -146,6 +149,74 @@ pub enum ClusterCommand {
         #[command(flatten)]
         secret: SecretArg,
     },
+}
+
+/// What `jochat bench` measures, and against what.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Start an N-node cluster of `jochat-node` processes in a temporary folder (the binary
+    /// beside this one, or `--node-binary`), and stop it at the end; instead of `--servers`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub local: Option<u64>,
+    /// The `jochat-node` binary for `--local`.
+    #[arg(long = "node-binary", env = "JOCHAT_NODE_BINARY")]
+    pub node_binary: Option<PathBuf>,
+    /// The operation: send, login, inbox (a page of 50), accounts (a search, page of 50), or
+    /// mixed (50% send, 40% inbox, 10% accounts).
+    #[arg(long, value_enum, default_value_t = BenchOp::Send)]
+    pub op: BenchOp,
+    /// Client tasks calling at once, each one call at a time.
+    #[arg(
+        long = "concurrency",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u64).range(1..=10_000)
+    )]
+    pub concurrency_raw: u64,
+    /// How long to measure (`10s`, `500ms`, `2m`).
+    #[arg(long, default_value = "10s", value_parser = crate::bench::parse_duration)]
+    pub duration: std::time::Duration,
+    /// How long to run before measuring.
+    #[arg(long, default_value = "2s", value_parser = crate::bench::parse_duration)]
+    pub warmup: std::time::Duration,
+    /// Messages to store first, through the normal write path (for inbox and accounts at
+    /// scale).
+    #[arg(long = "preload-messages", default_value_t = 0)]
+    pub preload_messages: u64,
+}
+
+impl BenchArgs {
+    /// The number of client tasks.
+    pub fn concurrency(&self) -> usize {
+        usize::try_from(self.concurrency_raw).unwrap_or(usize::MAX)
+    }
+}
+
+/// The operation `jochat bench` repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchOp {
+    /// Send a message.
+    Send,
+    /// Log in (argon2id on the server).
+    Login,
+    /// Read a page of 50 from one's inbox.
+    Inbox,
+    /// Search accounts (`bench*`), a page of 50.
+    Accounts,
+    /// 50% send, 40% inbox, 10% accounts.
+    Mixed,
+}
+
+impl BenchOp {
+    /// The name used on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Login => "login",
+            Self::Inbox => "inbox",
+            Self::Accounts => "accounts",
+            Self::Mixed => "mixed",
+        }
+    }
 }
 
 /// The cluster's secret, for membership changes.

@@ -250,3 +250,48 @@ async fn watch_and_chat_show_messages_live_and_chat_sends_typed_lines() {
     assert_eq!(contents[..2], ["and again", "yes, here"], "newest first");
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_sends_and_reports_json() {
+    let node = jochat_node::spawn_ephemeral().await.unwrap();
+    let server = node.address();
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("none.json");
+    let output = tokio::task::spawn_blocking(move || {
+        jochat(
+            &server,
+            &session,
+            None,
+            &[
+                "--json",
+                "bench",
+                "--op",
+                "mixed",
+                "--concurrency",
+                "2",
+                "--duration",
+                "1s",
+                "--warmup",
+                "200ms",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["op"], "mixed");
+    assert_eq!(report["concurrency"], 2);
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let p50 = report["p50_ms"].as_f64().unwrap();
+    let p99 = report["p99_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= report["max_ms"].as_f64().unwrap());
+    assert!(report["ops_per_sec"].as_f64().unwrap() > 0.0);
+    node.shutdown().await.unwrap();
+}

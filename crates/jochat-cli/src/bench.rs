@@ -1,0 +1,437 @@
+//! `jochat bench`: a closed-loop benchmark over the failover client.
+//!
+//! One client task per concurrency slot calls the chosen operation again and again for the
+//! warm-up and then the measured duration; the latency of each successful call in the
+//! measured window goes into that slot's HDR histogram, errors are counted apart by kind.
+//! The accounts and sessions the operation needs are made first (with a progress bar). With
+//! `--local N` it first starts its own N-node cluster of `jochat-node` processes in a
+//! temporary folder, reports each node's peak resident memory, and stops them at the end.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use jochat_client::{AccountQuery, ChatServerClient, ClientError, InboxQuery, SessionToken};
+use serde_json::json;
+
+use crate::args::{BenchArgs, BenchOp};
+use crate::output::Output;
+
+/// The password of every benchmark account.
+const PASSWORD: &str = "bench-password";
+/// Sends per preload batch in flight at once.
+const PRELOAD_CONCURRENCY: usize = 32;
+
+/// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => raw.split_at(at),
+        None => (raw, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?}: expected a number with ms, s or m, e.g. 10s"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("{raw:?}: unknown unit {other:?} (ms, s or m)")),
+    };
+    if !(0.0..=86_400.0).contains(&seconds) {
+        return Err(format!("{raw:?}: must be between 0 and 24 h"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// One node process of a `--local` cluster; killed when dropped.
+struct LocalNode {
+    id: u64,
+    address: String,
+    child: Child,
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LocalNode {
+    /// Peak resident memory so far, in KiB (Linux: `VmHWM`).
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}
+
+/// The `jochat-node` binary: `--node-binary`, else the one beside this `jochat`.
+fn node_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_owned());
+    }
+    let beside = std::env::current_exe()
+        .context("cannot find this program's path")?
+        .with_file_name("jochat-node");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    bail!(
+        "--local needs the jochat-node binary: build it (cargo build --release) or pass --node-binary"
+    )
+}
+
+/// Starts `count` nodes in `dir`, each listing the ones before it, and waits until one leads
+/// all of them.
+async fn start_local(count: u64, dir: &Path, binary: &Path) -> anyhow::Result<Vec<LocalNode>> {
+    let mut nodes: Vec<LocalNode> = Vec::new();
+    for id in 1..=count {
+        let peers: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{}:{}", n.id, n.address))
+            .collect();
+        let mut command = Command::new(binary);
+        command
+            .args(["--server-id", &id.to_string(), "--port", "0"])
+            .arg("--db-file")
+            .arg(dir.join(format!("node-{id}.db")))
+            .env("RUST_LOG", "warn,jochat_node::server=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !peers.is_empty() {
+            command.args(["--peers", &peers.join(",")]);
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (lines_in, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines_in.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let address = loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(60))
+                .with_context(|| format!("node {id} did not start"))?;
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        };
+        std::thread::spawn(move || while lines.recv().is_ok() {});
+        nodes.push(LocalNode { id, address, child });
+    }
+    let client = ChatServerClient::builder()
+        .servers(nodes.iter().map(|n| n.address.clone()))
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(info) = client.cluster_info().await {
+            let voters = info
+                .members
+                .iter()
+                .filter(|m| m.role == jochat_client::MemberRole::Voter)
+                .count();
+            if info.leader_id.is_some() && voters == count as usize {
+                return Ok(nodes);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the local cluster did not form within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn progress(length: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Makes `count` accounts `<prefix><i>` and logs each in.
+async fn accounts(
+    client: &ChatServerClient,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<Vec<(String, SessionToken)>> {
+    let bar = progress(count as u64, "accounts");
+    let mut sessions = Vec::with_capacity(count);
+    for i in 0..count {
+        let name = format!("{prefix}{i}");
+        match client.sign_up(&name, PASSWORD).await {
+            Ok(_) | Err(ClientError::AlreadyExists(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let token = client.log_in(&name, PASSWORD).await?.token;
+        sessions.push((name, token));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(sessions)
+}
+
+/// Fills the cluster with `count` messages through the normal write path.
+async fn preload(
+    client: &ChatServerClient,
+    sessions: &[(String, SessionToken)],
+    count: u64,
+) -> anyhow::Result<()> {
+    let bar = progress(count, "preload");
+    let mut tasks = Vec::new();
+    for lane in 0..PRELOAD_CONCURRENCY as u64 {
+        let (client, sessions, bar) = (client.clone(), sessions.to_vec(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = lane;
+            while i < count {
+                let from = &sessions[i as usize % sessions.len()];
+                let to = &sessions[(i as usize + 1) % sessions.len()].0;
+                client
+                    .send_message(&from.1, to, &format!("preloaded {i}"))
+                    .await?;
+                bar.inc(1);
+                i += PRELOAD_CONCURRENCY as u64;
+            }
+            Ok::<(), ClientError>(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("a preload task failed")??;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// What one slot measured.
+struct SlotResult {
+    latencies: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// One kind of call.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Send,
+    Login,
+    Inbox,
+    Accounts,
+}
+
+/// The call the `n`th iteration of `op` makes: `mixed` is 50% sends, 40% inbox pages and
+/// 10% account searches.
+fn call_of(op: BenchOp, n: u64) -> Call {
+    match op {
+        BenchOp::Send => Call::Send,
+        BenchOp::Login => Call::Login,
+        BenchOp::Inbox => Call::Inbox,
+        BenchOp::Accounts => Call::Accounts,
+        BenchOp::Mixed => match n % 10 {
+            0..=4 => Call::Send,
+            5..=8 => Call::Inbox,
+            _ => Call::Accounts,
+        },
+    }
+}
+
+/// One call from slot `slot`.
+async fn call(
+    call: Call,
+    client: &ChatServerClient,
+    sessions: &[(String, SessionToken)],
+    slot: usize,
+    n: u64,
+) -> Result<(), ClientError> {
+    let (name, token) = &sessions[slot];
+    let next = &sessions[(slot + 1) % sessions.len()].0;
+    match call {
+        Call::Send => client
+            .send_message(token, next, &format!("bench {slot}-{n}"))
+            .await
+            .map(drop),
+        Call::Login => client.log_in(name, PASSWORD).await.map(drop),
+        Call::Inbox => {
+            let query = InboxQuery {
+                limit: 50,
+                ..InboxQuery::default()
+            };
+            client.list_messages(token, &query).await.map(drop)
+        }
+        Call::Accounts => {
+            let query = AccountQuery {
+                pattern: "bench*".into(),
+                limit: 50,
+                ..AccountQuery::default()
+            };
+            client.list_accounts(token, &query).await.map(drop)
+        }
+    }
+}
+
+/// Runs the benchmark described by `args`.
+///
+/// # Errors
+/// The local cluster cannot start, or the setup fails.
+pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Output> {
+    // 1. The cluster: given, or started here.
+    let dir = tempfile::Builder::new().prefix("jochat-bench-").tempdir()?;
+    let local = match args.local {
+        Some(count) => {
+            let binary = node_binary(args.node_binary.as_deref())?;
+            Some(start_local(count, dir.path(), &binary).await?)
+        }
+        None => None,
+    };
+    let servers = local.as_ref().map_or(servers, |nodes| {
+        nodes.iter().map(|n| n.address.clone()).collect()
+    });
+    let client = ChatServerClient::builder().servers(servers).build()?;
+
+    // 2. The accounts and sessions (one per slot; login's slots log in again and again, and
+    //    each log-in replaces the slot's session, which only login uses).
+    let prefix = format!("bench{}x", std::process::id());
+    let sessions = accounts(&client, &prefix, args.concurrency().max(2)).await?;
+    if args.preload_messages > 0 {
+        preload(&client, &sessions, args.preload_messages).await?;
+    }
+
+    // 3. The closed loop.
+    let started = Instant::now();
+    let measure_from = started + args.warmup;
+    let stop_at = measure_from + args.duration;
+    let mut slots = Vec::new();
+    for slot in 0..args.concurrency() {
+        let (client, sessions, op) = (client.clone(), sessions.clone(), args.op);
+        slots.push(tokio::spawn(async move {
+            let mut result = SlotResult {
+                latencies: Histogram::new_with_bounds(1, 60_000_000, 3)
+                    .expect("fixed histogram bounds are valid"),
+                errors: BTreeMap::new(),
+            };
+            let mut n = 0;
+            while Instant::now() < stop_at {
+                let began = Instant::now();
+                let outcome = call(call_of(op, n), &client, &sessions, slot, n).await;
+                n += 1;
+                if began < measure_from {
+                    continue;
+                }
+                match outcome {
+                    Ok(()) => {
+                        let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        result.latencies.saturating_record(micros.max(1));
+                    }
+                    Err(error) => {
+                        let kind = error
+                            .code()
+                            .map_or("client".to_owned(), |c| format!("{c:?}"));
+                        *result.errors.entry(kind).or_default() += 1;
+                    }
+                }
+            }
+            result
+        }));
+    }
+    let mut latencies: Histogram<u64> =
+        Histogram::new_with_bounds(1, 60_000_000, 3).expect("fixed histogram bounds are valid");
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for slot in slots {
+        let result = slot.await.context("a benchmark slot failed")?;
+        latencies
+            .add(&result.latencies)
+            .context("histograms of one shape")?;
+        for (kind, count) in result.errors {
+            *errors.entry(kind).or_default() += count;
+        }
+    }
+
+    // 4. The report, and each local node's peak memory.
+    let ok = latencies.len();
+    let error_count: u64 = errors.values().sum();
+    let seconds = args.duration.as_secs_f64();
+    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+    let (p50, p90, p99, max) = (ms(0.5), ms(0.9), ms(0.99), latencies.max() as f64 / 1000.0);
+    let ops_per_sec = if seconds > 0.0 {
+        ok as f64 / seconds
+    } else {
+        0.0
+    };
+    let memory: Vec<(u64, Option<u64>)> = local
+        .as_ref()
+        .map(|nodes| nodes.iter().map(|n| (n.id, n.peak_rss_kib())).collect())
+        .unwrap_or_default();
+    drop(local);
+    let op = args.op.as_str();
+    let mut text = format!(
+        "op {op}, concurrency {}, {seconds:.1} s measured after {:.1} s warm-up\n\
+         ok {ok}, errors {error_count}{}\n\
+         throughput {ops_per_sec:.0} ops/s\n\
+         latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}",
+        args.concurrency(),
+        args.warmup.as_secs_f64(),
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" {errors:?}")
+        },
+    );
+    for (id, kib) in &memory {
+        if let Some(kib) = kib {
+            text.push_str(&format!(
+                "\nnode {id}: peak resident memory {:.1} MiB",
+                *kib as f64 / 1024.0
+            ));
+        }
+    }
+    let report = json!({
+        "op": op,
+        "concurrency": args.concurrency(),
+        "duration_s": seconds,
+        "warmup_s": args.warmup.as_secs_f64(),
+        "ok": ok,
+        "errors": error_count,
+        "errors_by_code": errors,
+        "ops_per_sec": ops_per_sec,
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "max_ms": max,
+        "nodes": memory.iter().map(|(id, kib)| json!({"id": id, "peak_rss_kib": kib})).collect::<Vec<_>>(),
+    });
+    Ok(Output::new(text, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+    }
+}
