@@ -64,13 +64,23 @@ impl Drop for LocalNode {
 }
 
 impl LocalNode {
-    /// Peak resident memory so far, in KiB (Linux: `VmHWM`).
-    fn peak_rss_kib(&self) -> Option<u64> {
+    /// A `/proc/<pid>/status` memory field, in KiB (Linux only).
+    fn memory_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Peak resident memory so far, in KiB (`VmHWM`).
+    fn peak_rss_kib(&self) -> Option<u64> {
+        self.memory_kib("VmHWM:")
+    }
+
+    /// Resident memory now, in KiB (`VmRSS`).
+    fn rss_kib(&self) -> Option<u64> {
+        self.memory_kib("VmRSS:")
     }
 }
 
@@ -376,9 +386,15 @@ pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Outpu
     } else {
         0.0
     };
-    let memory: Vec<(u64, Option<u64>)> = local
+    // Memory once the load has stopped: the peak, and what stays resident when idle.
+    let memory: Vec<(u64, Option<u64>, Option<u64>)> = local
         .as_ref()
-        .map(|nodes| nodes.iter().map(|n| (n.id, n.peak_rss_kib())).collect())
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| (n.id, n.peak_rss_kib(), n.rss_kib()))
+                .collect()
+        })
         .unwrap_or_default();
     drop(local);
     let op = args.op.as_str();
@@ -395,13 +411,14 @@ pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Outpu
             format!(" {errors:?}")
         },
     );
-    for (id, kib) in &memory {
-        if let Some(kib) = kib {
-            text.push_str(&format!(
-                "\nnode {id}: peak resident memory {:.1} MiB",
-                *kib as f64 / 1024.0
-            ));
-        }
+    let mib =
+        |kib: &Option<u64>| kib.map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
+    for (id, peak, now) in &memory {
+        text.push_str(&format!(
+            "\nnode {id}: resident memory peak {} MiB, after the run {} MiB",
+            mib(peak),
+            mib(now)
+        ));
     }
     let report = json!({
         "op": op,
@@ -416,7 +433,10 @@ pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Outpu
         "p90_ms": p90,
         "p99_ms": p99,
         "max_ms": max,
-        "nodes": memory.iter().map(|(id, kib)| json!({"id": id, "peak_rss_kib": kib})).collect::<Vec<_>>(),
+        "nodes": memory
+            .iter()
+            .map(|(id, peak, now)| json!({"id": id, "peak_rss_kib": peak, "rss_after_kib": now}))
+            .collect::<Vec<_>>(),
     });
     Ok(Output::new(text, report))
 }
