@@ -389,3 +389,23 @@ impl Router {
             .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
     }
 }
+
+/// Every node's file holds the same chat rows, once all have applied what `leader` has.
+pub async fn assert_identical(nodes: &[ClusterNode], leader: &ChatServerClient) {
+    let target = leader
+        .cluster_info()
+        .await
+        .expect("the leader answers")
+        .commit_index;
+    wait_applied(nodes, target).await;
+    let first = dump_file(&nodes[0].db);
+    for node in &nodes[1..] {
+        assert_eq!(
+            dump_file(&node.db),
+            first,
+            "node {} differs from node {}",
+            node.id,
+            nodes[0].id
+        );
+    }
+}
