@@ -12,7 +12,9 @@
 //!   margin, plus half an election timeout per voter ranked before it by id. The lowest
 //!   surviving id stands first and, if its log is up to date, wins before the next one stands;
 //! - before standing it asks its peers ([`Probe`](jochat_proto::internal::v1::ProbeRequest))
-//!   whether any of them still hears a live leader, and stands down if one does, or if fewer
+//!   whether any of them still hears a live leader (or is one: a leader that answers counts as
+//!   alive unless a majority has been silent to it for four timeouts, so a CPU-starved leader
+//!   with late heartbeats is not deposed), and stands down if one does, or if fewer
 //!   voters answer than it would need to win: a node back from a crash or a partition, or one
 //!   cut off from the leader alone, neither deposes a leader that a majority still follows nor
 //!   raises the term while it cannot win (a higher term would depose the leader once the links
@@ -84,6 +86,10 @@ pub fn election_delay(position: usize, count: usize, election_timeout_ms: u64) -
     Duration::from_millis(lease_and_margin + rank * election_timeout_ms / 2)
 }
 
+/// How many election timeouts a leader that answers a probe may go without a majority's
+/// acknowledgement and still count as alive.
+const LEADER_SILENCE_TIMEOUTS: u64 = 4;
+
 /// What [`run`] needs to know.
 #[derive(Debug, Clone)]
 pub struct ElectionSettings {
@@ -133,9 +139,20 @@ async fn pre_check(
     let mut answered = 1; // this node
     for (reply, (peer, _, voter)) in replies.into_iter().zip(peers.iter()) {
         let Some(reply) = reply else { continue };
+        // A follower vouches for its leader if it heard it within the lease. A leader that
+        // answers for itself is alive: slow heartbeats (a starved CPU) are no reason to depose
+        // it, unless it has not heard from a majority for several election timeouts (it may
+        // be cut off in the other direction).
+        let patience = if reply.leader_id == *peer {
+            settings
+                .election_timeout_ms
+                .saturating_mul(LEADER_SILENCE_TIMEOUTS)
+        } else {
+            settings.election_timeout_ms
+        };
         let live = reply.leader_id != 0
             && reply.leader_id != settings.id
-            && reply.millis_since_leader_contact < settings.election_timeout_ms;
+            && reply.millis_since_leader_contact < patience;
         if live {
             return PreCheck::LeaderAlive {
                 peer: *peer,
