@@ -118,19 +118,7 @@ fn apply(faults: &Faults, action: Action) {
 /// The leader some node reports, asking each in turn.
 async fn leader_of(addresses: &[String]) -> Option<u64> {
     for address in addresses {
-        let ask = async {
-            let mut client =
-                jochat_proto::v1::chat_client::ChatClient::connect(format!("http://{address}"))
-                    .await
-                    .ok()?;
-            let info = client
-                .cluster_info(jochat_proto::v1::ClusterInfoRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            (info.leader_id != 0).then_some(info.leader_id)
-        };
-        if let Ok(Some(leader)) = tokio::time::timeout(Duration::from_millis(500), ask).await {
+        if let Some((leader, _)) = jochat_node::node::leader_seen_by(address).await {
             return Some(leader);
         }
     }

@@ -29,6 +29,24 @@ pub fn incoming_line(message: &Message, json: bool) -> String {
     }
 }
 
+/// Prints one item of the subscription; `Some` when the command ends with it.
+fn show(item: Option<Result<Message, ClientError>>, json: bool) -> Option<anyhow::Result<Output>> {
+    match item {
+        Some(Ok(message)) => {
+            println!("{}", incoming_line(&message, json));
+            None
+        }
+        Some(Err(error)) => Some(Err(ended(error))),
+        None => Some(Ok(Output::none())),
+    }
+}
+
+/// The end of a live command on Ctrl-C.
+fn interrupted(signal: std::io::Result<()>) -> anyhow::Result<Output> {
+    signal.context("cannot listen for Ctrl-C")?;
+    Ok(Output::none())
+}
+
 /// Why a live command stopped.
 fn ended(error: ClientError) -> anyhow::Error {
     match error {
@@ -53,14 +71,9 @@ pub async fn watch(
     let mut stream = client.subscribe(token, after);
     loop {
         tokio::select! {
-            interrupted = tokio::signal::ctrl_c() => {
-                interrupted.context("cannot listen for Ctrl-C")?;
-                return Ok(Output::none());
-            }
-            item = stream.next() => match item {
-                Some(Ok(message)) => println!("{}", incoming_line(&message, json)),
-                Some(Err(error)) => return Err(ended(error)),
-                None => return Ok(Output::none()),
+            signal = tokio::signal::ctrl_c() => return interrupted(signal),
+            item = stream.next() => if let Some(end) = show(item, json) {
+                return end;
             },
         }
     }
@@ -124,14 +137,9 @@ pub async fn chat(
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
-            interrupted = tokio::signal::ctrl_c() => {
-                interrupted.context("cannot listen for Ctrl-C")?;
-                return Ok(Output::none());
-            }
-            item = stream.next() => match item {
-                Some(Ok(message)) => println!("{}", incoming_line(&message, false)),
-                Some(Err(error)) => return Err(ended(error)),
-                None => return Ok(Output::none()),
+            signal = tokio::signal::ctrl_c() => return interrupted(signal),
+            item = stream.next() => if let Some(end) = show(item, false) {
+                return end;
             },
             line = lines.next_line() => {
                 let Some(line) = line.context("cannot read the terminal")? else {

@@ -129,8 +129,9 @@ pub struct Node {
 /// How long asking one peer whether it knows a leader may take at start-up.
 const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The leader `address`'s node knows of, as (id, address), if it answers in time.
-async fn leader_seen_by(address: &str) -> Option<(u64, String)> {
+/// The leader the node at `address` knows of, as (id, address), if it answers within half a
+/// second (its ClusterInfo).
+pub async fn leader_seen_by(address: &str) -> Option<(u64, String)> {
     let probe = async {
         let mut client =
             jochat_proto::v1::chat_client::ChatClient::connect(format!("http://{address}"))
