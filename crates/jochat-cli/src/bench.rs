@@ -304,13 +304,18 @@ async fn call(
 /// The local cluster cannot start, or the setup fails.
 pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Output> {
     // 1. The cluster: given, or started here.
-    let dir = tempfile::Builder::new().prefix("jochat-bench-").tempdir()?;
-    let local = match args.local {
+    // The folder outlives the nodes: `local` is dropped (the processes killed) explicitly
+    // once their memory is read, the folder only at the end.
+    let (local, _dir) = match args.local {
         Some(count) => {
             let binary = node_binary(args.node_binary.as_deref())?;
-            Some(start_local(count, dir.path(), &binary).await?)
+            let dir = tempfile::Builder::new().prefix("jochat-bench-").tempdir()?;
+            (
+                Some(start_local(count, dir.path(), &binary).await?),
+                Some(dir),
+            )
         }
-        None => None,
+        None => (None, None),
     };
     let servers = local.as_ref().map_or(servers, |nodes| {
         nodes.iter().map(|n| n.address.clone()).collect()

@@ -523,8 +523,17 @@ impl ChatServerClient {
             request.set_timeout(client.inner.connect_timeout);
             let asked =
                 tokio::time::timeout(client.inner.connect_timeout, chat.cluster_info(request));
-            let Ok(Ok(info)) = asked.await else { return };
-            let info = info.into_inner();
+            let info = match asked.await {
+                Ok(Ok(info)) => info.into_inner(),
+                Ok(Err(status)) => {
+                    tracing::debug!(server = %server.address, %status, "could not learn the members");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(server = %server.address, "could not learn the members in time");
+                    return;
+                }
+            };
             for member in &info.members {
                 client.inner.server(&member.address);
             }

@@ -966,6 +966,15 @@ impl Node {
 
     /// Stops taking writes and waits until every accepted one is committed.
     pub async fn close(&self) {
+        self.stop_background_tasks();
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::error!(%error, "raft did not shut down cleanly");
+        }
+    }
+
+    /// Stops the join and election tasks, which hold clones of the Raft handle and would
+    /// otherwise keep its core (and its heartbeats) alive.
+    fn stop_background_tasks(&self) {
         let joining = self
             .joining
             .lock()
@@ -975,8 +984,13 @@ impl Node {
             joining.abort();
         }
         self.elections.abort();
-        if let Err(error) = self.raft.shutdown().await {
-            tracing::error!(%error, "raft did not shut down cleanly");
-        }
+    }
+}
+
+impl Drop for Node {
+    /// A node dropped without [`Node::close`] (its server failed before serving) still stops
+    /// its background tasks, so its Raft core does not live on.
+    fn drop(&mut self) {
+        self.stop_background_tasks();
     }
 }

@@ -150,15 +150,12 @@ impl Run {
     async fn check_session(&self) -> Result<(), Stop> {
         let digest = self.digest.clone();
         let now = now_ms();
-        match self
-            .node
+        self.node
             .database()
             .read(move |store| query::authenticate_digest(store, &digest, now))
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(error) => Err(Stop::Fail(error)),
-        }
+            .map(drop)
+            .map_err(Stop::Fail)
     }
 
     async fn follow(&mut self, live: &mut broadcast::Receiver<Arc<ChatEvent>>) -> Result<(), Stop> {

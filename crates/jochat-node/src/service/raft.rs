@@ -6,7 +6,7 @@ use jochat_proto::internal::v1::raft_server::Raft as RaftService;
 use jochat_proto::internal::v1::{
     JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply, ProbeRequest, RaftPayload,
 };
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::raft::AppendEntriesRequest;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::de::DeserializeOwned;
@@ -18,6 +18,9 @@ use crate::error::NodeError;
 use crate::raft::election::LeaderContact;
 use crate::raft::network::CLUSTER_SECRET_HEADER;
 use crate::raft::TypeConfig;
+
+/// How long a join of a node that is already a voter waits for that membership to commit.
+const MEMBERSHIP_SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The internal Raft service over one node's `openraft::Raft`.
 #[derive(Clone)]
@@ -73,13 +76,18 @@ impl RaftApi {
 }
 
 /// A failed membership change as a status: NOT-LEADER (with hints) when this node does not
-/// lead, FAILED_PRECONDITION when the change itself is refused (another one in progress, no
-/// voter left), UNAVAILABLE otherwise (the caller retries).
+/// lead, FAILED_PRECONDITION when the change itself is refused (no voter left, not a
+/// learner), UNAVAILABLE otherwise, including another change still committing (the caller
+/// retries).
 fn membership_refusal(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
             Status::from(NodeError::from(forward))
         }
+        // Another change still committing: it will finish, so the caller retries.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(busy),
+        )) => Status::unavailable(format!("membership change must wait: {busy}")),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(refused)) => {
             Status::failed_precondition(format!("membership change refused: {refused}"))
         }
@@ -200,6 +208,23 @@ impl RaftService for RaftApi {
             .voter_ids()
             .any(|id| id == node_id);
         if is_voter {
+            // Perhaps by a change still committing (the node's own join, racing this one):
+            // answer once the membership with it is committed and no longer joint, so the
+            // caller's next change does not find one in progress.
+            self.raft
+                .wait(Some(MEMBERSHIP_SETTLE_WAIT))
+                .metrics(
+                    |m| {
+                        let stored = &m.membership_config;
+                        let membership = stored.membership();
+                        membership.voter_ids().any(|id| id == node_id)
+                            && membership.get_joint_config().len() == 1
+                            && stored.log_id().as_ref() <= m.last_applied.as_ref()
+                    },
+                    "the membership with the node is committed",
+                )
+                .await
+                .map_err(|e| Status::unavailable(format!("membership not settled: {e}")))?;
             return Ok(Response::new(JoinReply {}));
         }
         tracing::info!(node_id, %address, "adding a node: learner first, voter once caught up");
