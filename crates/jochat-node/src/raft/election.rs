@@ -20,8 +20,10 @@
 //!   raises the term while it cannot win (a higher term would depose the leader once the links
 //!   come back).
 //!
-//! [`LeaderContact`] is when this node last heard a leader: the peer-side Raft service touches
-//! it on every accepted append-entries or snapshot chunk and on every vote it grants.
+//! [`LeaderContact`] is when this node last heard a leader (the peer-side Raft service marks
+//! every accepted append-entries or snapshot chunk) and when its election clock last restarted
+//! (also on every vote it grants, and whenever it stands or decides not to). Only the first is
+//! what it tells a probing peer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,12 +35,20 @@ use super::faults::Faults;
 use super::network::probe;
 use super::TypeConfig;
 
-/// When this node last heard a leader (or granted a vote, or stood). Cheap to clone.
+/// When this node last heard a leader, and when its election clock last restarted. Cheap to
+/// clone.
+///
+/// The two differ on purpose: the clock also restarts when this node grants a vote, stands,
+/// or decides not to stand, but only real contact with a leader lets this node vouch for it
+/// when a peer probes. (A node that vouched after merely deciding not to stand would keep a
+/// dead leader "alive" for its peers, and two followers could keep each other from standing.)
 #[derive(Debug, Clone)]
 pub struct LeaderContact {
     origin: Instant,
-    /// Milliseconds after `origin` of the last contact.
-    last_ms: Arc<AtomicU64>,
+    /// Milliseconds after `origin` of the last message from a leader.
+    heard_ms: Arc<AtomicU64>,
+    /// Milliseconds after `origin` of the last restart of the election clock.
+    clock_ms: Arc<AtomicU64>,
 }
 
 impl Default for LeaderContact {
@@ -52,7 +62,8 @@ impl LeaderContact {
     pub fn new() -> Self {
         Self {
             origin: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
+            heard_ms: Arc::new(AtomicU64::new(0)),
+            clock_ms: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -60,17 +71,32 @@ impl LeaderContact {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Records contact now.
-    pub fn touch(&self) {
-        self.last_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+    fn since(&self, mark: &AtomicU64) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(mark.load(Ordering::Relaxed)))
     }
 
-    /// How long since the last contact.
+    /// Records a message from a leader now (it also restarts the election clock).
+    pub fn heard_leader(&self) {
+        let now = self.now_ms();
+        self.heard_ms.fetch_max(now, Ordering::Relaxed);
+        self.clock_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Restarts the election clock without claiming contact with a leader: after granting a
+    /// vote, standing, or deciding not to stand.
+    pub fn restart_clock(&self) {
+        self.clock_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since a leader was last heard: what this node tells a probing peer.
+    pub fn since_leader(&self) -> Duration {
+        self.since(&self.heard_ms)
+    }
+
+    /// How long the election clock has run: the later of the last leader contact and the
+    /// last restart.
     pub fn elapsed(&self) -> Duration {
-        Duration::from_millis(
-            self.now_ms()
-                .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
-        )
+        self.since(&self.clock_ms)
     }
 }
 
@@ -186,14 +212,14 @@ pub async fn run(
                 return;
             }
             if current.state == ServerState::Leader {
-                contact.touch();
+                contact.heard_leader();
                 continue;
             }
             let membership = current.membership_config.membership();
             let voters: Vec<u64> = membership.voter_ids().collect();
             let Some(position) = voters.iter().position(|&v| v == settings.id) else {
                 // A learner (or a node not yet in any membership) never stands.
-                contact.touch();
+                contact.restart_clock();
                 continue;
             };
             let delay = election_delay(position, voters.len(), settings.election_timeout_ms);
@@ -212,7 +238,7 @@ pub async fn run(
             PreCheck::Stand => {}
             refusal => {
                 tracing::debug!(?refusal, "not standing for election");
-                contact.touch();
+                contact.restart_clock();
                 continue;
             }
         }
@@ -221,7 +247,7 @@ pub async fn run(
             silent_ms = silent.as_millis(),
             "no leader heard: standing for election"
         );
-        contact.touch();
+        contact.restart_clock();
         if raft.trigger().elect().await.is_err() {
             return;
         }
@@ -249,7 +275,20 @@ mod tests {
         let contact = LeaderContact::new();
         std::thread::sleep(Duration::from_millis(20));
         assert!(contact.elapsed() >= Duration::from_millis(20));
-        contact.touch();
+        contact.heard_leader();
         assert!(contact.elapsed() < Duration::from_millis(20));
+        assert!(contact.since_leader() < Duration::from_millis(20));
+    }
+
+    #[test]
+    fn restarting_the_clock_does_not_vouch_for_a_leader() {
+        let contact = LeaderContact::new();
+        std::thread::sleep(Duration::from_millis(20));
+        contact.restart_clock();
+        assert!(contact.elapsed() < Duration::from_millis(20));
+        assert!(
+            contact.since_leader() >= Duration::from_millis(20),
+            "a node that only decided not to stand must not report fresh leader contact"
+        );
     }
 }

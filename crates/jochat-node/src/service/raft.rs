@@ -117,7 +117,7 @@ impl RaftService for RaftApi {
         // A leader at least as current as the one this node knows is speaking: note it before
         // the entries are written, as writing them may take a while.
         if rpc.vote >= self.raft.metrics().borrow().vote {
-            self.contact.touch();
+            self.contact.heard_leader();
         }
         encode(&self.raft.append_entries(rpc).await)
     }
@@ -128,7 +128,7 @@ impl RaftService for RaftApi {
         let result = self.raft.vote(rpc).await;
         // Granting a vote restarts the election clock, as in Raft.
         if matches!(&result, Ok(reply) if reply.vote_granted) {
-            self.contact.touch();
+            self.contact.restart_clock();
         }
         encode(&result)
     }
@@ -147,8 +147,10 @@ impl RaftService for RaftApi {
             } else {
                 ProbeReply {
                     leader_id: metrics.current_leader.unwrap_or(0),
-                    millis_since_leader_contact: u64::try_from(self.contact.elapsed().as_millis())
-                        .unwrap_or(u64::MAX),
+                    millis_since_leader_contact: u64::try_from(
+                        self.contact.since_leader().as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
                 }
             }
         };
@@ -249,7 +251,7 @@ impl RaftService for RaftApi {
         let rpc = decode(request.get_ref())?;
         let result = self.raft.install_snapshot(rpc).await;
         if result.is_ok() {
-            self.contact.touch();
+            self.contact.heard_leader();
         }
         encode(&result)
     }
