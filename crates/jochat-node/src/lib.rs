@@ -39,6 +39,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod node;
+pub mod proposer;
 pub mod raft;
 pub mod server;
 pub mod service;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::BasicNode;
 
 use jochat_core::command::{Action, Command, Outcome};
@@ -23,10 +23,11 @@ use crate::auth::{new_session_token, Hasher, LoginLimiter};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::events::Events;
+use crate::proposer::Proposer;
 use crate::raft::election::{self, ElectionSettings, LeaderContact};
 use crate::raft::faults::Faults;
 use crate::raft::network::NetworkFactory;
-use crate::raft::{self, Applied, TypeConfig};
+use crate::raft::{self, TypeConfig};
 use crate::store::Database;
 
 /// The current time in milliseconds since the Unix epoch.
@@ -116,6 +117,8 @@ pub struct Node {
     joining: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The election timer, stopped at shutdown.
     elections: tokio::task::JoinHandle<()>,
+    /// Gathers concurrent writes into shared log entries.
+    proposer: Proposer,
     /// When this node last heard a leader; the peer-side Raft service touches it.
     contact: LeaderContact,
     /// What the state machine applies, for subscribers.
@@ -124,6 +127,12 @@ pub struct Node {
     stopping: tokio::sync::watch::Sender<bool>,
     hasher: Hasher,
     limiter: LoginLimiter,
+}
+
+/// How long a write or a linearizable read may wait for a majority before it is answered
+/// "no quorum": four election timeouts, at least two seconds.
+fn quorum_deadline(config: &NodeConfig) -> std::time::Duration {
+    std::time::Duration::from_millis((config.election_timeout_ms * 4).max(2_000))
 }
 
 /// How long asking one peer whether it knows a leader may take at start-up.
@@ -330,6 +339,7 @@ impl Node {
                 faults,
             },
         ));
+        let proposer = Proposer::start(raft.clone(), quorum_deadline(&config));
         Ok(Self {
             config,
             address,
@@ -337,6 +347,7 @@ impl Node {
             raft,
             joining: std::sync::Mutex::new(joining),
             elections,
+            proposer,
             contact,
             events,
             stopping: tokio::sync::watch::Sender::new(false),
@@ -448,10 +459,8 @@ impl Node {
         .await
     }
 
-    /// How long a write or a linearizable read may wait for a majority before it is
-    /// answered "no quorum": four election timeouts, at least two seconds.
     fn quorum_deadline(&self) -> std::time::Duration {
-        std::time::Duration::from_millis((self.config.election_timeout_ms * 4).max(2_000))
+        quorum_deadline(&self.config)
     }
 
     /// Refuses at once, before anything is submitted, when this node leads but has not heard
@@ -469,31 +478,11 @@ impl Node {
         Ok(())
     }
 
-    /// Replicates `command` through Raft and returns its outcome once it is committed and
-    /// applied here.
+    /// Replicates `command` through Raft (in an entry shared with the commands submitted at
+    /// the same time) and returns its outcome once it is committed and applied here.
     async fn submit(&self, command: Command) -> Result<Outcome, NodeError> {
         self.check_quorum()?;
-        let deadline = self.quorum_deadline();
-        let written = tokio::time::timeout(deadline, self.raft.client_write(command))
-            .await
-            .map_err(|_| {
-                NodeError::NoQuorum(format!(
-                    "no majority confirmed the write within {deadline:?}; it is applied only if one \
-                     returns while this node still leads"
-                ))
-            })?;
-        match written {
-            Ok(written) => match written.data {
-                Applied::Command(result) => Ok(result?),
-                Applied::Internal => Err(NodeError::Raft(
-                    "a command was applied as an internal entry".into(),
-                )),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(NodeError::from(forward))
-            }
-            Err(error) => Err(NodeError::Raft(error.to_string())),
-        }
+        self.proposer.submit(command).await
     }
 
     /// Makes the next read linearizable: on the leader, confirms with a majority that it
@@ -984,6 +973,7 @@ impl Node {
             joining.abort();
         }
         self.elections.abort();
+        self.proposer.stop();
     }
 }
 

@@ -12,7 +12,7 @@ use jochat_core::{Action, Command, Outcome};
 use jochat_node::raft::election::LeaderContact;
 use jochat_node::raft::faults::Faults;
 use jochat_node::raft::network::{NetworkFactory, CLUSTER_SECRET_HEADER};
-use jochat_node::raft::{storage, Applied, TypeConfig};
+use jochat_node::raft::{storage, Applied, Batch, TypeConfig};
 use jochat_node::service::raft::RaftApi;
 use jochat_node::store::{SqliteChat, SyncMode};
 use jochat_proto::internal::v1::raft_client::RaftClient;
@@ -80,12 +80,12 @@ fn dump(path: &std::path::Path) -> jochat_core::store::StateDump {
     SqliteChat::new(&conn).dump().unwrap()
 }
 
-fn command(action: Action) -> Command {
-    Command {
+fn command(action: Action) -> Batch {
+    Batch::from(Command {
         at_ms: 1_000,
         idempotency_key: None,
         action,
-    }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +139,7 @@ async fn three_nodes_replicate_chat_commands_into_identical_files() {
     ] {
         let written = leader.raft.client_write(command(action)).await.unwrap();
         assert!(
-            matches!(written.data, Applied::Command(Ok(_))),
+            matches!(written.data, Applied::Commands(ref r) if matches!(r[..], [Ok(_)])),
             "{:?}",
             written.data
         );
@@ -154,7 +154,7 @@ async fn three_nodes_replicate_chat_commands_into_identical_files() {
         .await
         .unwrap();
     assert!(
-        matches!(refused.data, Applied::Command(Err(_))),
+        matches!(refused.data, Applied::Commands(ref r) if matches!(r[..], [Err(_)])),
         "a refused command is refused everywhere"
     );
     last_index = last_index.max(refused.log_id.index);
@@ -180,7 +180,7 @@ async fn three_nodes_replicate_chat_commands_into_identical_files() {
             .await
             .unwrap()
             .data,
-        Applied::Command(Ok(Outcome::SessionRevoked))
+        Applied::Commands(ref r) if matches!(r[..], [Ok(Outcome::SessionRevoked)])
     ));
 
     for node in &nodes {

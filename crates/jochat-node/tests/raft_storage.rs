@@ -7,7 +7,7 @@ use jochat_core::store::ChatRead;
 use jochat_core::types::{Content, SessionToken, UserId, Username};
 use jochat_core::{Action, Command};
 use jochat_node::raft::storage::{self, LogStore, StateMachineStore};
-use jochat_node::raft::{Applied, TypeConfig};
+use jochat_node::raft::{Applied, Batch, TypeConfig};
 use jochat_node::store::{SqliteChat, SyncMode};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
@@ -41,11 +41,11 @@ fn log_id(index: u64) -> LogId<u64> {
 fn command(index: u64, at_ms: i64, action: Action) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(index),
-        payload: EntryPayload::Normal(Command {
+        payload: EntryPayload::Normal(Batch::from(Command {
             at_ms,
             idempotency_key: None,
             action,
-        }),
+        })),
     }
 }
 
@@ -116,8 +116,8 @@ async fn a_snapshot_carries_the_chat_state_to_an_empty_node() {
         .await
         .unwrap();
     assert_eq!(applied[0], Applied::Internal);
-    assert!(matches!(applied[4], Applied::Command(Ok(_))));
-    assert!(matches!(applied[5], Applied::Command(Err(_))));
+    assert!(matches!(applied[4], Applied::Commands(ref r) if matches!(r[..], [Ok(_)])));
+    assert!(matches!(applied[5], Applied::Commands(ref r) if matches!(r[..], [Err(_)])));
 
     // 2. It builds a snapshot file.
     let mut builder = source.get_snapshot_builder().await;
@@ -167,6 +167,6 @@ async fn a_snapshot_carries_the_chat_state_to_an_empty_node() {
         .await
         .unwrap();
     assert!(
-        matches!(&applied[0], Applied::Command(Ok(jochat_core::Outcome::MessageSent { id, .. })) if id.0 == 2)
+        matches!(&applied[0], Applied::Commands(r) if matches!(r[..], [Ok(jochat_core::Outcome::MessageSent { id, .. })] if id.0 == 2))
     );
 }

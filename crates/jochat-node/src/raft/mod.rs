@@ -3,13 +3,16 @@
 //!
 //! # Layout
 //!
-//! - this module: [`TypeConfig`] (log entries carry `jochat_core::Command`) and [`Applied`],
-//!   what applying an entry returns.
+//! - this module: [`TypeConfig`] (log entries carry a [`Batch`] of `jochat_core::Command`s)
+//!   and [`Applied`], what applying an entry returns.
 //! - [`network`]: openraft's network over tonic, one channel and a deadline per peer call.
 //! - [`faults`]: the injectable fault layer every peer call consults (empty outside tests).
 //! - [`election`]: the election timer: staggered by id, with a pre-check of the peers.
 //! - [`storage`]: [`storage::LogStore`] and [`storage::StateMachineStore`], openraft's v2
 //!   storage traits on SQLite.
+//! - [`writer`]: the log writer's thread, which runs every write to the file in order and
+//!   commits appends in groups (one fsync for many); [`tail`]: the newest entries in memory,
+//!   readable before they are written.
 //!
 //! The peer side of the network is `crate::service::raft`. Wiring into the node's write
 //! path builds on these.
@@ -18,26 +21,85 @@ pub mod election;
 pub mod faults;
 pub mod network;
 pub mod storage;
+pub mod tail;
+pub mod writer;
 
 use jochat_core::{ChatError, Command, Outcome};
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
-    /// JoChat's choice of openraft's generic types: entries carry [`Command`]s, nodes are
-    /// known by a `u64` id and an address, and snapshots are SQLite files.
+    /// JoChat's choice of openraft's generic types: entries carry [`Batch`]es of commands,
+    /// nodes are known by a `u64` id and an address, and snapshots are SQLite files.
     pub TypeConfig:
-        D = Command,
+        D = Batch,
         R = Applied,
         NodeId = u64,
         Node = openraft::BasicNode,
         SnapshotData = tokio::fs::File,
 );
 
+/// What one log entry carries: the commands the leader gathered while its log was busy
+/// writing the entries before (`crate::proposer`). They are applied in order, each on its own:
+/// one refused command changes nothing and the others still apply.
+///
+/// Serialized as a JSON array of commands; an entry written by an older build, a single
+/// command, reads as a batch of one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Batch(pub Vec<Command>);
+
+impl From<Command> for Batch {
+    fn from(command: Command) -> Self {
+        Self(vec![command])
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Many(Vec<Command>),
+            One(Box<Command>),
+        }
+        Ok(match Stored::deserialize(deserializer)? {
+            Stored::Many(commands) => Self(commands),
+            Stored::One(command) => Self(vec![*command]),
+        })
+    }
+}
+
 /// What applying one log entry returned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
-    /// A chat command's outcome, or the rule it broke (it then changed nothing).
-    Command(Result<Outcome, ChatError>),
+    /// Each command's outcome, or the rule it broke (it then changed nothing), in the
+    /// batch's order.
+    Commands(Vec<Result<Outcome, ChatError>>),
     /// A blank or membership entry, which change no chat state.
     Internal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jochat_core::types::Username;
+    use jochat_core::Action;
+
+    #[test]
+    fn a_single_stored_command_reads_as_a_batch_of_one() {
+        let command = Command {
+            at_ms: 7,
+            idempotency_key: None,
+            action: Action::SignUp {
+                username: Username::new("alice").unwrap(),
+                password_hash: "$argon2id$stand-in".into(),
+            },
+        };
+        let one = serde_json::to_vec(&command).unwrap();
+        let read: Batch = serde_json::from_slice(&one).unwrap();
+        assert_eq!(read, Batch(vec![command.clone()]));
+        let many = serde_json::to_vec(&Batch(vec![command.clone(), command.clone()])).unwrap();
+        let read: Batch = serde_json::from_slice(&many).unwrap();
+        assert_eq!(read.0.len(), 2);
+    }
 }

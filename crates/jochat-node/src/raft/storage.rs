@@ -1,11 +1,14 @@
 //! openraft's storage traits on the node's SQLite file.
 //!
 //! The log (`raft_log`), Raft's own state (`raft_state`) and the chat tables share one file
-//! and one writer connection. Each `append` call writes its entries in one transaction (one
-//! fsync) before reporting them flushed; each `apply` call applies its entries in one
-//! transaction, each chat command in its own savepoint, and records the last applied log id
-//! and membership in that same transaction, so a crash never separates an entry's effect from
-//! the record that it was applied.
+//! and one writer connection, owned by the log writer's thread ([`super::writer`]): every
+//! write is a job it runs in queue order. `append` puts its entries in the in-memory
+//! [`Tail`] (readable at once) and queues their write; the writer commits all the appends
+//! queued meanwhile in one transaction with one fsync, then reports them flushed (group
+//! commit). Each `apply` call applies its entries in one transaction, each chat command in
+//! its own savepoint, and records the last applied log id and membership in that same
+//! transaction, so a crash never separates an entry's effect from the record that it was
+//! applied. Log reads below the tail use a connection of their own.
 //!
 //! Snapshots are files: `VACUUM INTO` makes a consistent copy of the database from a separate
 //! connection (the writer is not held during the copy), the copy's log is dropped, and the
@@ -36,6 +39,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::tail::{Tail, TAIL_CAPACITY};
+use super::writer::{Done, Job, Writer};
 use super::{Applied, TypeConfig};
 use crate::error::NodeError;
 use crate::events::{ChatEvent, Events};
@@ -52,9 +57,15 @@ const CHAT_TABLES: [&str; 5] = ["users", "sessions", "messages", "idempotency", 
 
 /// The storage shared by the log store and the state machine.
 struct Shared {
-    /// The one writer connection. A std mutex: it is only locked on the blocking pool, never
-    /// across an await.
-    conn: Mutex<Connection>,
+    /// Runs every write, in order, on the one writer connection.
+    writer: Writer,
+    /// The newest entries, readable before they are written.
+    tail: Arc<Mutex<Tail>>,
+    /// Numbers the append jobs, so the tail knows which of its entries are written.
+    append_jobs: AtomicU64,
+    /// Reads log entries below the tail (a lagging follower's catch-up). A std mutex: only
+    /// locked on the blocking pool.
+    reader: Mutex<Connection>,
     /// The database file.
     path: PathBuf,
     /// Where snapshot files live: `<db>.snapshots/`.
@@ -94,8 +105,19 @@ pub fn open(path: &Path, sync_mode: SyncMode) -> Result<(LogStore, StateMachineS
     })?;
     conn.pragma_update(None, "synchronous", sync_mode.pragma())?;
     schema::migrate(&mut conn)?;
+    let tail = Arc::new(Mutex::new(Tail::new(
+        first_unwritten_index(&conn)?,
+        TAIL_CAPACITY,
+    )));
+    let reader = Connection::open(path)?;
+    reader.busy_timeout(std::time::Duration::from_secs(5))?;
+    reader.pragma_update(None, "query_only", true)?;
+    let writer = Writer::start(conn, Arc::clone(&tail), sync_mode)?;
     let shared = Arc::new(Shared {
-        conn: Mutex::new(conn),
+        writer,
+        tail,
+        append_jobs: AtomicU64::new(0),
+        reader: Mutex::new(reader),
         path: path.to_owned(),
         snapshot_dir,
         snapshot_counter: AtomicU64::new(0),
@@ -138,23 +160,62 @@ fn snapshot_failure(error: impl std::fmt::Display) -> Failure {
     StorageIOError::write_snapshot(None, AnyError::error(error)).into()
 }
 
+/// The index after the last entry in the file's log (after the last purged one if the log
+/// is empty; 0 for a new file).
+fn first_unwritten_index(conn: &Connection) -> Result<u64, NodeError> {
+    let last: Option<i64> =
+        conn.query_row("SELECT MAX(log_index) FROM raft_log", [], |row| row.get(0))?;
+    if let Some(last) = last {
+        return Ok(u64::try_from(last).unwrap_or(0) + 1);
+    }
+    let purged: Option<LogId<NodeId>> =
+        get_state(conn, "last_purged").map_err(|e| NodeError::Raft(e.to_string()))?;
+    Ok(purged.map_or(0, |id| id.index + 1))
+}
+
 impl Shared {
-    /// Runs `work` with the writer connection on the blocking pool.
-    async fn with_conn<T, F>(self: &Arc<Self>, work: F) -> Result<T, Failure>
+    /// Runs `work` on the writer connection, in order with every other write.
+    async fn with_conn<T, F>(&self, work: F) -> Result<T, Failure>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
     {
-        let shared = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = shared
-                .conn
-                .lock()
-                .expect("the writer connection's mutex is never held across a panic");
-            work(&mut conn)
-        })
-        .await
-        .map_err(write_state)?
+        self.writer.own(work).await
+    }
+
+    /// Runs `work` inside a log group's transaction, in order with the log writes queued
+    /// before it, and returns its value once the group committed (durably if `durable`).
+    async fn in_log_group<T, F>(&self, durable: bool, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
+    {
+        let value = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&value);
+        self.writer
+            .log(
+                durable,
+                Box::new(move |tx| {
+                    let produced = work(tx)?;
+                    *slot
+                        .lock()
+                        .expect("the value slot's mutex is never held across a panic") =
+                        Some(produced);
+                    Ok(())
+                }),
+            )
+            .await?;
+        let produced = value
+            .lock()
+            .expect("the value slot's mutex is never held across a panic")
+            .take();
+        produced.ok_or_else(|| write_logs("a log job committed without producing its value"))
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail
+            .lock()
+            .expect("the log tail's mutex is never held across a panic")
     }
 }
 
@@ -173,11 +234,11 @@ fn get_state<T: DeserializeOwned>(conn: &Connection, name: &str) -> Result<Optio
 
 fn put_state<T: Serialize>(conn: &Connection, name: &str, value: &T) -> Result<(), Failure> {
     let bytes = serde_json::to_vec(value).map_err(write_state)?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO raft_state (name, value) VALUES (?1, ?2) \
          ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        params![name, bytes],
     )
+    .and_then(|mut statement| statement.execute(params![name, bytes]))
     .map_err(write_state)?;
     Ok(())
 }
@@ -219,21 +280,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => to_sql_index(i),
             Bound::Unbounded => i64::MAX,
         };
-        self.shared
-            .with_conn(move |conn| {
-                let mut statement = conn
-                    .prepare_cached(
-                        "SELECT entry FROM raft_log WHERE log_index >= ?1 AND log_index < ?2 \
-                         ORDER BY log_index",
-                    )
-                    .map_err(read_logs)?;
-                let rows = statement
-                    .query_map(params![start, end], |row| row.get::<_, Vec<u8>>(0))
-                    .map_err(read_logs)?;
-                rows.map(|row| decode_entry(&row.map_err(read_logs)?))
-                    .collect()
-            })
-            .await
+        let (below_tail, cached) = {
+            let tail = self.shared.tail();
+            let from = u64::try_from(start).unwrap_or(0);
+            let to = u64::try_from(end).unwrap_or(u64::MAX);
+            (to_sql_index(tail.start()).min(end), tail.read(from, to))
+        };
+        if start >= below_tail {
+            return Ok(cached);
+        }
+        // Older entries: committed rows, read on a connection of their own.
+        let shared = Arc::clone(&self.shared);
+        let mut entries = tokio::task::spawn_blocking(move || {
+            let reader = shared
+                .reader
+                .lock()
+                .expect("the log reader's mutex is never held across a panic");
+            let mut statement = reader
+                .prepare_cached(
+                    "SELECT entry FROM raft_log WHERE log_index >= ?1 AND log_index < ?2 \
+                     ORDER BY log_index",
+                )
+                .map_err(read_logs)?;
+            let rows = statement
+                .query_map(params![start, below_tail], |row| row.get::<_, Vec<u8>>(0))
+                .map_err(read_logs)?;
+            rows.map(|row| decode_entry(&row.map_err(read_logs)?))
+                .collect::<Result<Vec<_>, Failure>>()
+        })
+        .await
+        .map_err(read_logs)??;
+        entries.extend(cached);
+        Ok(entries)
     }
 }
 
@@ -241,8 +319,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, Failure> {
+        // In order with the queued log writes, so the file holds every entry appended so far.
         self.shared
-            .with_conn(|conn| {
+            .in_log_group(false, |conn| {
                 let last_purged: Option<LogId<NodeId>> = get_state(conn, "last_purged")?;
                 let last: Option<Vec<u8>> = conn
                     .query_row(
@@ -271,33 +350,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), Failure> {
         let vote = *vote;
         self.shared
-            .with_conn(move |conn| {
-                in_transaction(
-                    conn,
-                    |e| io_failure(StorageIOError::write_vote, e),
-                    |tx| put_state(tx, "vote", &vote),
-                )
+            .in_log_group(true, move |tx| {
+                put_state(tx, "vote", &vote).map_err(|e| io_failure(StorageIOError::write_vote, e))
             })
             .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, Failure> {
-        self.shared.with_conn(|conn| get_state(conn, "vote")).await
+        self.shared
+            .in_log_group(false, |tx| get_state(tx, "vote"))
+            .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), Failure> {
-        self.shared
-            .with_conn(move |conn| {
-                in_transaction(conn, write_logs, |tx| {
-                    put_state(tx, "committed", &committed)
-                })
-            })
-            .await
+        // Only a hint for a faster restart: it rides along with the next group, unwaited.
+        self.shared.writer.send(Job::Log {
+            work: Box::new(move |tx| put_state(tx, "committed", &committed)),
+            durable: false,
+            append_job: None,
+            done: Done::Nothing,
+        });
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, Failure> {
         self.shared
-            .with_conn(|conn| Ok(get_state::<Option<LogId<NodeId>>>(conn, "committed")?.flatten()))
+            .in_log_group(false, |tx| {
+                Ok(get_state::<Option<LogId<NodeId>>>(tx, "committed")?.flatten())
+            })
             .await
     }
 
@@ -311,58 +391,86 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let written = self
-            .shared
-            .with_conn(move |conn| {
-                in_transaction(conn, write_logs, |tx| {
-                    let mut statement = tx
-                        .prepare_cached("INSERT OR REPLACE INTO raft_log (log_index, term, entry) VALUES (?1, ?2, ?3)")
-                        .map_err(write_logs)?;
-                    for entry in &entries {
-                        let bytes = serde_json::to_vec(entry).map_err(write_logs)?;
-                        statement
-                            .execute(params![to_sql_index(entry.log_id.index), to_sql_index(entry.log_id.leader_id.term), bytes])
-                            .map_err(write_logs)?;
-                    }
-                    Ok(())
-                })
+        let Some(first) = entries.first().map(|entry| entry.log_id.index) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let rows = entries
+            .iter()
+            .map(|entry| {
+                Ok((
+                    to_sql_index(entry.log_id.index),
+                    to_sql_index(entry.log_id.leader_id.term),
+                    serde_json::to_vec(entry).map_err(write_logs)?,
+                ))
             })
-            .await;
-        // The entries are durable only once the transaction committed: report it then.
-        match &written {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(error) => callback.log_io_completed(Err(io::Error::other(error.to_string()))),
+            .collect::<Result<Vec<_>, Failure>>()?;
+        // Readable from the tail once this returns; written (and reported flushed) by the
+        // writer with the other appends queued meanwhile.
+        let job = self.shared.append_jobs.fetch_add(1, Ordering::Relaxed) + 1;
+        let appended = self.shared.tail().append(&entries, job);
+        if appended.is_err() {
+            // Past the end of the log (after a snapshot): once everything queued is written,
+            // the tail starts over at these entries.
+            let waited = self.shared.in_log_group(false, |_| Ok(())).await;
+            let appended =
+                waited.and_then(|()| self.shared.tail().append(&entries, job).map_err(write_logs));
+            if let Err(error) = appended {
+                callback.log_io_completed(Err(io::Error::other(error.to_string())));
+                return Err(error);
+            }
         }
-        written
+        self.shared.writer.send(Job::Log {
+            work: Box::new(move |tx| {
+                // An entry at an index already written replaces it and everything after it,
+                // as in the tail.
+                tx.prepare_cached("DELETE FROM raft_log WHERE log_index >= ?1")
+                    .and_then(|mut statement| statement.execute([to_sql_index(first)]))
+                    .map_err(write_logs)?;
+                let mut statement = tx
+                    .prepare_cached(
+                        "INSERT INTO raft_log (log_index, term, entry) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(write_logs)?;
+                for (index, term, bytes) in &rows {
+                    statement
+                        .execute(params![index, term, bytes])
+                        .map_err(write_logs)?;
+                }
+                Ok(())
+            }),
+            durable: true,
+            append_job: Some(job),
+            done: Done::Flushed(callback),
+        });
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), Failure> {
+        self.shared.tail().truncate(log_id.index);
         self.shared
-            .with_conn(move |conn| {
-                in_transaction(conn, write_logs, |tx| {
-                    tx.execute(
-                        "DELETE FROM raft_log WHERE log_index >= ?1",
-                        [to_sql_index(log_id.index)],
-                    )
-                    .map_err(write_logs)?;
-                    Ok(())
-                })
+            .in_log_group(true, move |tx| {
+                tx.execute(
+                    "DELETE FROM raft_log WHERE log_index >= ?1",
+                    [to_sql_index(log_id.index)],
+                )
+                .map_err(write_logs)?;
+                Ok(())
             })
             .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Failure> {
+        self.shared.tail().purge(log_id.index);
         self.shared
-            .with_conn(move |conn| {
-                in_transaction(conn, write_logs, |tx| {
-                    put_state(tx, "last_purged", &log_id)?;
-                    tx.execute(
-                        "DELETE FROM raft_log WHERE log_index <= ?1",
-                        [to_sql_index(log_id.index)],
-                    )
-                    .map_err(write_logs)?;
-                    Ok(())
-                })
+            .in_log_group(true, move |tx| {
+                put_state(tx, "last_purged", &log_id)?;
+                tx.execute(
+                    "DELETE FROM raft_log WHERE log_index <= ?1",
+                    [to_sql_index(log_id.index)],
+                )
+                .map_err(write_logs)?;
+                Ok(())
             })
             .await
     }
@@ -382,50 +490,54 @@ impl LogStore {
     /// # Errors
     /// The file cannot be read or written.
     pub async fn force_sole_member(&self, id: NodeId, address: String) -> Result<bool, Failure> {
-        self.shared
-            .with_conn(move |conn| {
-                in_transaction(conn, write_logs, |tx| {
-                    let (last_log_id, in_log) = newest_membership_in_log(tx)?;
-                    let Some(last_log_id) = last_log_id.or(get_state(tx, "last_purged")?) else {
-                        return Ok(false);
-                    };
-                    let effective = match in_log {
-                        Some(membership) => membership,
-                        None => {
-                            get_state::<StoredMembership<NodeId, BasicNode>>(tx, "last_membership")?
-                                .unwrap_or_default()
-                                .membership()
-                                .clone()
-                        }
-                    };
-                    let alone = effective.voter_ids().eq([id]) && effective.nodes().count() == 1;
-                    if alone {
-                        return Ok(false);
+        let appended = self
+            .shared
+            .in_log_group(true, move |tx| {
+                let (last_log_id, in_log) = newest_membership_in_log(tx)?;
+                let Some(last_log_id) = last_log_id.or(get_state(tx, "last_purged")?) else {
+                    return Ok(None);
+                };
+                let effective = match in_log {
+                    Some(membership) => membership,
+                    None => {
+                        get_state::<StoredMembership<NodeId, BasicNode>>(tx, "last_membership")?
+                            .unwrap_or_default()
+                            .membership()
+                            .clone()
                     }
-                    let vote: Vote<NodeId> = get_state(tx, "vote")?.unwrap_or_default();
-                    let term = vote.leader_id.term.max(last_log_id.leader_id.term);
-                    let entry = Entry::<TypeConfig> {
-                        log_id: LogId::new(last_log_id.leader_id, last_log_id.index + 1),
-                        payload: EntryPayload::Membership(Membership::new(
-                            vec![BTreeSet::from([id])],
-                            BTreeMap::from([(id, BasicNode::new(address))]),
-                        )),
-                    };
-                    let bytes = serde_json::to_vec(&entry).map_err(write_logs)?;
-                    tx.execute(
-                        "INSERT INTO raft_log (log_index, term, entry) VALUES (?1, ?2, ?3)",
-                        params![
-                            to_sql_index(entry.log_id.index),
-                            to_sql_index(entry.log_id.leader_id.term),
-                            bytes
-                        ],
-                    )
-                    .map_err(write_logs)?;
-                    put_state(tx, "vote", &Vote::new(term, id))?;
-                    Ok(true)
-                })
+                };
+                let alone = effective.voter_ids().eq([id]) && effective.nodes().count() == 1;
+                if alone {
+                    return Ok(None);
+                }
+                let vote: Vote<NodeId> = get_state(tx, "vote")?.unwrap_or_default();
+                let term = vote.leader_id.term.max(last_log_id.leader_id.term);
+                let entry = Entry::<TypeConfig> {
+                    log_id: LogId::new(last_log_id.leader_id, last_log_id.index + 1),
+                    payload: EntryPayload::Membership(Membership::new(
+                        vec![BTreeSet::from([id])],
+                        BTreeMap::from([(id, BasicNode::new(address))]),
+                    )),
+                };
+                let bytes = serde_json::to_vec(&entry).map_err(write_logs)?;
+                tx.execute(
+                    "INSERT INTO raft_log (log_index, term, entry) VALUES (?1, ?2, ?3)",
+                    params![
+                        to_sql_index(entry.log_id.index),
+                        to_sql_index(entry.log_id.leader_id.term),
+                        bytes
+                    ],
+                )
+                .map_err(write_logs)?;
+                put_state(tx, "vote", &Vote::new(term, id))?;
+                Ok(Some(entry.log_id.index))
             })
-            .await
+            .await?;
+        // Raft has not started: the tail is empty, and now starts after the new entry.
+        if let Some(index) = appended {
+            *self.shared.tail() = Tail::new(index + 1, TAIL_CAPACITY);
+        }
+        Ok(appended.is_some())
     }
 }
 
@@ -545,15 +657,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 },
                 file,
             };
-            let conn = shared
-                .conn
-                .lock()
-                .expect("the writer connection's mutex is never held across a panic");
-            StateMachineStore::set_current_snapshot(&conn, &current)?;
             Ok(current)
         })
         .await
         .map_err(snapshot_failure)??;
+        let recorded = current.clone();
+        shared
+            .with_conn(move |conn| StateMachineStore::set_current_snapshot(conn, &recorded))
+            .await?;
         let file = tokio::fs::File::open(&current.file)
             .await
             .map_err(snapshot_failure)?;
@@ -594,40 +705,40 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let applied = self
             .shared
-            .with_conn(move |conn| {
-                in_transaction(conn, write_state, |tx| {
-                    let mut results = Vec::with_capacity(entries.len());
-                    let mut events = Vec::new();
-                    let mut membership: Option<StoredMembership<NodeId, openraft::BasicNode>> =
-                        None;
-                    let mut last_applied = None;
-                    for entry in entries {
-                        last_applied = Some(entry.log_id);
-                        results.push(match entry.payload {
-                            EntryPayload::Blank => Applied::Internal,
-                            EntryPayload::Normal(command) => {
+            .in_log_group(false, move |tx| {
+                let mut results = Vec::with_capacity(entries.len());
+                let mut events = Vec::new();
+                let mut membership: Option<StoredMembership<NodeId, openraft::BasicNode>> = None;
+                let mut last_applied = None;
+                for entry in entries {
+                    last_applied = Some(entry.log_id);
+                    results.push(match entry.payload {
+                        EntryPayload::Blank => Applied::Internal,
+                        EntryPayload::Normal(batch) => {
+                            let mut outcomes = Vec::with_capacity(batch.0.len());
+                            for command in &batch.0 {
                                 let result =
-                                    apply_in_savepoint(tx, &command).map_err(write_state)?;
+                                    apply_in_savepoint(tx, command).map_err(write_state)?;
                                 if let Ok(outcome) = &result {
                                     events.extend(event_of(tx, outcome)?);
                                 }
-                                Applied::Command(result)
+                                outcomes.push(result);
                             }
-                            EntryPayload::Membership(config) => {
-                                membership =
-                                    Some(StoredMembership::new(Some(entry.log_id), config));
-                                Applied::Internal
-                            }
-                        });
-                    }
-                    if let Some(last_applied) = last_applied {
-                        put_state(tx, "last_applied", &last_applied)?;
-                    }
-                    if let Some(membership) = membership {
-                        put_state(tx, "last_membership", &membership)?;
-                    }
-                    Ok((results, events))
-                })
+                            Applied::Commands(outcomes)
+                        }
+                        EntryPayload::Membership(config) => {
+                            membership = Some(StoredMembership::new(Some(entry.log_id), config));
+                            Applied::Internal
+                        }
+                    });
+                }
+                if let Some(last_applied) = last_applied {
+                    put_state(tx, "last_applied", &last_applied)?;
+                }
+                if let Some(membership) = membership {
+                    put_state(tx, "last_membership", &membership)?;
+                }
+                Ok((results, events))
             })
             .await?;
         let (results, events) = applied;

@@ -1,0 +1,290 @@
+//! The log writer: one thread that owns every write to the node's SQLite file, and commits
+//! the writes queued meanwhile together, with one fsync for all of them.
+//!
+//! `append` puts its entries in the in-memory [`Tail`](super::tail::Tail), queues a [`Job`]
+//! and returns; the state machine's `apply` queues a job too. This thread takes every job
+//! queued meanwhile and runs consecutive [`Job::Log`] jobs (appends, votes, purges, applies)
+//! in one transaction, then reports them. (openraft 0.9's core still waits for each append
+//! to be flushed before it takes the next client write, which is why the node also gathers
+//! concurrent commands into shared entries: `crate::proposer`.)
+//!
+//! Durability with one fsync: every transaction commits with `synchronous = NORMAL` (no
+//! fsync) except the last log group of a batch that holds a job needing durability, which
+//! commits with `FULL`. A WAL-mode commit with `FULL` syncs the write-ahead log, and with it
+//! every frame written before it, so every earlier transaction of the batch is durable too,
+//! and each job is reported only once that commit is done.
+//!
+//! Order is kept: jobs run in the order they were queued. That matters for applies, which a
+//! follower may run before its own copy of the entries is flushed: SQLite recovers a prefix
+//! of the write-ahead log, so an applied entry can never survive a crash that loses the log
+//! write queued before it. [`Job::Own`] jobs (installing a snapshot, which attaches a file)
+//! run alone between groups.
+
+// openraft's storage error is large; the helpers here return it unchanged.
+#![allow(clippy::result_large_err)]
+
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::LogFlushed;
+use openraft::{AnyError, StorageError, StorageIOError};
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::tail::Tail;
+use super::TypeConfig;
+use crate::store::SyncMode;
+
+type Failure = StorageError<u64>;
+
+/// The most jobs one batch takes, so callers waiting on the first are not held too long.
+const MAX_BATCH: usize = 4096;
+
+/// Work on the log, run inside its group's transaction.
+pub type LogWork = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Result<(), Failure> + Send>;
+/// Work that runs on the writer connection outside any group (it makes its own transaction).
+pub type OwnWork = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Who to tell once a log job is done.
+pub enum Done {
+    /// openraft's flush callback for an append.
+    Flushed(LogFlushed<TypeConfig>),
+    /// A caller awaiting the job.
+    Reply(tokio::sync::oneshot::Sender<Result<(), Failure>>),
+    /// Nobody.
+    Nothing,
+}
+
+impl Done {
+    fn report(self, result: Result<(), Failure>) {
+        match self {
+            Self::Flushed(callback) => {
+                callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
+            }
+            Self::Reply(reply) => {
+                // The caller may have given up waiting; nothing then needs the answer.
+                let _ = reply.send(result);
+            }
+            Self::Nothing => {}
+        }
+    }
+}
+
+/// One piece of work for the writer.
+pub enum Job {
+    /// A write to the log or to Raft's state.
+    Log {
+        /// What to write.
+        work: LogWork,
+        /// Whether the job may be reported only once durable (appends, votes).
+        durable: bool,
+        /// For appends: the sequence number the tail knows the entries by.
+        append_job: Option<u64>,
+        /// Who to tell.
+        done: Done,
+    },
+    /// Work that needs the connection itself (installing a snapshot): runs alone, in order
+    /// with the log jobs.
+    Own(OwnWork),
+}
+
+/// Queues jobs for the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer thread, which owns `conn` from now on. The thread ends (and closes
+    /// the connection) once every [`Writer`] is dropped.
+    ///
+    /// # Errors
+    /// The thread cannot be spawned.
+    pub fn start(
+        mut conn: Connection,
+        tail: Arc<Mutex<Tail>>,
+        sync_mode: SyncMode,
+    ) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("jochat-log-writer".into())
+            .spawn(move || run(&mut conn, &tail, sync_mode, &queue))?;
+        Ok(Self { jobs })
+    }
+
+    /// Queues `job`. When the writer has stopped (the node is shutting down), the job is
+    /// reported failed.
+    pub fn send(&self, job: Job) {
+        if let Err(std::sync::mpsc::SendError(Job::Log { done, .. })) = self.jobs.send(job) {
+            done.report(Err(stopped()));
+        }
+    }
+
+    /// Queues log `work` and waits until it is done (and durable, if `durable`).
+    ///
+    /// # Errors
+    /// What `work` returned, or a failure to commit.
+    pub async fn log(&self, durable: bool, work: LogWork) -> Result<(), Failure> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Job::Log {
+            work,
+            durable,
+            append_job: None,
+            done: Done::Reply(reply),
+        });
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Runs `work` on the writer connection, in order with the log jobs, and returns what it
+    /// returned.
+    ///
+    /// # Errors
+    /// What `work` returned; a failure if the writer has stopped.
+    pub async fn own<T, F>(&self, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Job::Own(Box::new(move |conn| {
+            let _ = reply.send(work(conn));
+        })));
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> Failure {
+    StorageIOError::write_logs(AnyError::error("the log writer has stopped")).into()
+}
+
+fn commit_failure(error: rusqlite::Error) -> Failure {
+    StorageIOError::write_logs(AnyError::error(error)).into()
+}
+
+/// How transactions commit when they need not be durable: without an fsync (see the module
+/// documentation); with `--sync-mode normal` or `off` no transaction needs to be.
+fn lazy_mode(sync_mode: SyncMode) -> SyncMode {
+    match sync_mode {
+        SyncMode::Off => SyncMode::Off,
+        SyncMode::Full | SyncMode::Normal => SyncMode::Normal,
+    }
+}
+
+/// The writer thread: takes a batch of queued jobs at a time and runs it.
+fn run(conn: &mut Connection, tail: &Mutex<Tail>, sync_mode: SyncMode, queue: &Receiver<Job>) {
+    let lazy = lazy_mode(sync_mode);
+    if let Err(error) = conn.pragma_update(None, "synchronous", lazy.pragma()) {
+        tracing::error!(%error, "could not set the writer connection to lazy commits");
+    }
+    let mut batch = Vec::new();
+    while let Ok(first) = queue.recv() {
+        batch.push(first);
+        loop {
+            if batch.len() >= MAX_BATCH {
+                break;
+            }
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        run_batch(conn, tail, sync_mode, lazy, &mut batch);
+    }
+}
+
+/// Runs `batch` in order: consecutive log jobs in one transaction each, the last such group
+/// committing durably if any log job of the batch needs it; then reports the log jobs.
+fn run_batch(
+    conn: &mut Connection,
+    tail: &Mutex<Tail>,
+    sync_mode: SyncMode,
+    lazy: SyncMode,
+    batch: &mut Vec<Job>,
+) {
+    let needs_sync = sync_mode == SyncMode::Full
+        && batch
+            .iter()
+            .any(|job| matches!(job, Job::Log { durable: true, .. }));
+    let last_log = batch.iter().rposition(|job| matches!(job, Job::Log { .. }));
+    let mut reports: Vec<(Done, Result<(), Failure>)> = Vec::new();
+    let mut group: Vec<(LogWork, Option<u64>, Done)> = Vec::new();
+    for (position, job) in batch.drain(..).enumerate() {
+        match job {
+            Job::Log {
+                work,
+                append_job,
+                done,
+                ..
+            } => {
+                group.push((work, append_job, done));
+                if Some(position) == last_log {
+                    let committed =
+                        commit_group(conn, tail, &mut group, needs_sync, lazy, &mut reports);
+                    if let (true, Err(error)) = (needs_sync, committed) {
+                        // The earlier groups were made durable by this commit only.
+                        for (_, result) in &mut reports {
+                            if result.is_ok() {
+                                *result = Err(error.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            Job::Own(work) => {
+                if !group.is_empty() {
+                    // Its failure is reported to its own jobs.
+                    let _ = commit_group(conn, tail, &mut group, false, lazy, &mut reports);
+                }
+                work(conn);
+            }
+        }
+    }
+    for (done, result) in reports {
+        done.report(result);
+    }
+}
+
+/// Runs the log jobs of `group` in one transaction, records what to report for each, and
+/// returns whether it committed.
+fn commit_group(
+    conn: &mut Connection,
+    tail: &Mutex<Tail>,
+    group: &mut Vec<(LogWork, Option<u64>, Done)>,
+    durable: bool,
+    lazy: SyncMode,
+    reports: &mut Vec<(Done, Result<(), Failure>)>,
+) -> Result<(), Failure> {
+    let mut last_append = None;
+    let result = (|| -> Result<(), Failure> {
+        if durable {
+            conn.pragma_update(None, "synchronous", SyncMode::Full.pragma())
+                .map_err(commit_failure)?;
+        }
+        let mut tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(commit_failure)?;
+        for (work, append_job, _) in group.iter_mut() {
+            let work = std::mem::replace(work, Box::new(|_| Ok(())));
+            work(&mut tx)?;
+            if append_job.is_some() {
+                last_append = *append_job;
+            }
+        }
+        tx.commit().map_err(commit_failure)
+    })();
+    if durable {
+        if let Err(error) = conn.pragma_update(None, "synchronous", lazy.pragma()) {
+            tracing::error!(%error, "could not set the writer connection back to lazy commits");
+        }
+    }
+    if result.is_ok() {
+        if let Some(job) = last_append {
+            tail.lock()
+                .expect("the log tail's mutex is never held across a panic")
+                .written(job);
+        }
+    } else if let Err(error) = &result {
+        tracing::error!(%error, jobs = group.len(), "a log write failed");
+    }
+    reports.extend(group.drain(..).map(|(_, _, done)| (done, result.clone())));
+    result
+}
