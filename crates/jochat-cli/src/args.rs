@@ -154,12 +154,15 @@ pub enum ClusterCommand {
 /// What `jochat bench` measures, and against what.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
+    /// `failover`: kill the leader again and again instead of measuring one operation.
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
     /// Start an N-node cluster of `jochat-node` processes in a temporary folder (the binary
     /// beside this one, or `--node-binary`), and stop it at the end; instead of `--servers`.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=9))]
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=9))]
     pub local: Option<u64>,
     /// The `jochat-node` binary for `--local`.
-    #[arg(long = "node-binary", env = "JOCHAT_NODE_BINARY")]
+    #[arg(long = "node-binary", global = true, env = "JOCHAT_NODE_BINARY")]
     pub node_binary: Option<PathBuf>,
     /// The operation: send, login, inbox (a page of 50), accounts (a search, page of 50), or
     /// mixed (50% send, 40% inbox, 10% accounts).
@@ -189,6 +192,26 @@ impl BenchArgs {
     pub fn concurrency(&self) -> usize {
         usize::try_from(self.concurrency_raw).unwrap_or(usize::MAX)
     }
+}
+
+/// What `jochat bench` does instead of measuring one operation.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchMode {
+    /// Write continuously while SIGKILLing the leader, restarting it, and again (`--local`
+    /// with at least 3 nodes): reports each pause from the kill to the first acknowledged
+    /// write, and checks that no acknowledged write was lost or doubled.
+    Failover(FailoverArgs),
+}
+
+/// How `jochat bench failover` runs.
+#[derive(Debug, Clone, Args)]
+pub struct FailoverArgs {
+    /// How many times to kill the leader.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub kills: u64,
+    /// Client tasks writing at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub writers: u64,
 }
 
 /// The operation `jochat bench` repeats.

@@ -248,9 +248,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<Output> {
                 json!({"username": saved.username, "deleted_messages": deleted}),
             ))
         }
-        Command::Bench(ref args) => {
-            crate::bench::run(args, servers(cli.servers.as_deref(), saved.as_ref().ok())).await
-        }
+        Command::Bench(ref args) => match args.mode {
+            Some(crate::args::BenchMode::Failover(ref failover)) => {
+                crate::bench::failover(args, failover).await
+            }
+            None => {
+                crate::bench::run(args, servers(cli.servers.as_deref(), saved.as_ref().ok())).await
+            }
+        },
         Command::Watch { after } => {
             let (_, token) = required(&saved)?;
             crate::live::watch(&client, &token, after, cli.json).await

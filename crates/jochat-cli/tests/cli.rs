@@ -251,6 +251,17 @@ async fn watch_and_chat_show_messages_live_and_chat_sends_typed_lines() {
     node.shutdown().await.unwrap();
 }
 
+/// The JSON report on the last line of a `jochat --json bench` run that must succeed.
+fn report_of(output: Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
+    serde_json::from_str(stdout.lines().last().expect("a report line")).expect("valid JSON")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_measures_sends_and_reports_json() {
     let node = jochat_node::spawn_ephemeral().await.unwrap();
@@ -278,13 +289,7 @@ async fn bench_measures_sends_and_reports_json() {
     })
     .await
     .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = report_of(output);
     assert_eq!(report["op"], "mixed");
     assert_eq!(report["concurrency"], 2);
     assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
@@ -294,4 +299,56 @@ async fn bench_measures_sends_and_reports_json() {
     assert!(p50 > 0.0 && p50 <= p99 && p99 <= report["max_ms"].as_f64().unwrap());
     assert!(report["ops_per_sec"].as_f64().unwrap() > 0.0);
     node.shutdown().await.unwrap();
+}
+
+#[test]
+fn bench_failover_kills_the_leader_and_loses_no_acknowledged_write() {
+    // `cargo test --workspace` builds the node binary beside this package's `jochat`.
+    let binary = Path::new(env!("CARGO_BIN_EXE_jochat")).with_file_name("jochat-node");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        binary.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let output = jochat(
+        "127.0.0.1:1",
+        &dir.path().join("none.json"),
+        None,
+        &[
+            "--json",
+            "bench",
+            "failover",
+            "--local",
+            "3",
+            "--kills",
+            "2",
+            "--writers",
+            "2",
+            "--node-binary",
+            binary.to_str().unwrap(),
+        ],
+    );
+    let report = report_of(output);
+    assert_eq!(report["op"], "failover");
+    assert_eq!(report["kills"], 2, "{report}");
+    assert_eq!(report["pause_ms"].as_array().unwrap().len(), 2, "{report}");
+    assert!(report["acknowledged"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["doubled"], 0, "{report}");
+    assert_eq!(report["stored_under_another_id"], 0, "{report}");
+}
+
+#[test]
+fn bench_failover_needs_a_local_cluster_of_three() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = jochat(
+        "127.0.0.1:1",
+        &dir.path().join("none.json"),
+        None,
+        &["bench", "failover", "--local", "1", "--kills", "1"],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--local N with N >= 3"), "{stderr}");
 }
