@@ -74,7 +74,7 @@ impl Proposer {
 }
 
 /// About how many bytes `command` adds to an entry.
-fn size_of(command: &Command) -> usize {
+fn approximate_size(command: &Command) -> usize {
     const FIXED: usize = 192;
     FIXED
         + match &command.action {
@@ -104,13 +104,13 @@ async fn run(
                 None => return,
             },
         };
-        let mut bytes = size_of(&first.command);
+        let mut bytes = approximate_size(&first.command);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_COMMANDS {
             let Ok(pending) = queue.try_recv() else {
                 break;
             };
-            let size = size_of(&pending.command);
+            let size = approximate_size(&pending.command);
             if bytes + size > MAX_BATCH_BYTES {
                 next = Some(pending);
                 break;

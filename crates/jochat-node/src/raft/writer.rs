@@ -253,7 +253,14 @@ fn commit_group(
     lazy: SyncMode,
     reports: &mut Vec<(Done, Result<(), Failure>)>,
 ) -> Result<(), Failure> {
+    let mut works = Vec::with_capacity(group.len());
+    let mut dones = Vec::with_capacity(group.len());
     let mut last_append = None;
+    for (work, append_job, done) in group.drain(..) {
+        works.push(work);
+        dones.push(done);
+        last_append = append_job.or(last_append);
+    }
     let result = (|| -> Result<(), Failure> {
         if durable {
             conn.pragma_update(None, "synchronous", SyncMode::Full.pragma())
@@ -262,12 +269,8 @@ fn commit_group(
         let mut tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(commit_failure)?;
-        for (work, append_job, _) in group.iter_mut() {
-            let work = std::mem::replace(work, Box::new(|_| Ok(())));
+        for work in works {
             work(&mut tx)?;
-            if append_job.is_some() {
-                last_append = *append_job;
-            }
         }
         tx.commit().map_err(commit_failure)
     })();
@@ -276,15 +279,14 @@ fn commit_group(
             tracing::error!(%error, "could not set the writer connection back to lazy commits");
         }
     }
-    if result.is_ok() {
-        if let Some(job) = last_append {
-            tail.lock()
-                .expect("the log tail's mutex is never held across a panic")
-                .written(job);
-        }
-    } else if let Err(error) = &result {
-        tracing::error!(%error, jobs = group.len(), "a log write failed");
+    match (&result, last_append) {
+        (Err(error), _) => tracing::error!(%error, jobs = dones.len(), "a log write failed"),
+        (Ok(()), Some(job)) => tail
+            .lock()
+            .expect("the log tail's mutex is never held across a panic")
+            .written(job),
+        (Ok(()), None) => {}
     }
-    reports.extend(group.drain(..).map(|(_, _, done)| (done, result.clone())));
+    reports.extend(dones.into_iter().map(|done| (done, result.clone())));
     result
 }
