@@ -82,3 +82,4 @@ pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 pub mod cluster;
+pub mod web;

@@ -115,6 +115,13 @@ pub enum Command {
         /// Whom lines without `@user` go to.
         user: Option<String>,
     },
+    /// Serve the web page for people who chat, and its JSON API, until Ctrl-C. Every call goes
+    /// through the failover client to `--servers`.
+    Web {
+        /// Where to serve, `HOST:PORT` (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
     /// The cluster.
     /// Measure: closed-loop load through the failover client, latency in an HDR histogram
     /// (`--json`: one object on the last line). `--local N` starts its own N-node cluster.

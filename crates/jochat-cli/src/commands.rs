@@ -256,6 +256,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Output> {
                 crate::bench::run(args, servers(cli.servers.as_deref(), saved.as_ref().ok())).await
             }
         },
+        Command::Web { ref listen } => web(client, listen).await,
         Command::Watch { after } => {
             let (_, token) = required(&saved)?;
             crate::live::watch(&client, &token, after, cli.json).await
@@ -337,6 +338,32 @@ async fn log_in(
             "unread_count": logged_in.unread_count,
             "expires_at_ms": logged_in.expires_at_ms,
         }),
+    ))
+}
+
+/// `jochat web`: serves the page on `listen` until Ctrl-C.
+async fn web(client: ChatServerClient, listen: &str) -> anyhow::Result<Output> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}: cannot listen there"))?;
+    let address = listener
+        .local_addr()
+        .context("--listen: the bound socket has no address")?;
+    // Printed at once (and flushed) so that scripts and tests can find the port.
+    println!("JoChat web: http://{address}/ (Ctrl-C stops)");
+    std::io::Write::flush(&mut std::io::stdout()).context("stdout is gone")?;
+    let stop = async {
+        // Without a Ctrl-C handler the process still stops on the signal's default action.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    jochat_cli::web::serve(listener, client, stop)
+        .await
+        .context("serving the web page")?;
+    Ok(Output::new(
+        "JoChat web stopped",
+        json!({"stopped": address.to_string()}),
     ))
 }
 

@@ -28,17 +28,8 @@ impl Output {
     }
 }
 
-/// A message as JSON.
-pub fn message_json(message: &Message) -> Value {
-    json!({
-        "id": message.id,
-        "sender": message.sender,
-        "recipient": message.recipient,
-        "content": message.content,
-        "timestamp_ms": message.timestamp_ms,
-        "status": message.status.as_str(),
-    })
-}
+/// A message as JSON (the same shape `jochat web` serves).
+pub use jochat_cli::message_json;
 
 /// Messages as a table: id, time (UTC), from, to, status, content.
 pub fn message_table(messages: &[Message]) -> String {

@@ -649,9 +649,37 @@ impl ChatServerClient {
     /// # }
     /// ```
     pub async fn sign_up(&self, username: &str, password: &str) -> Result<SignedUp, ClientError> {
+        self.sign_up_hashed(username, &wire_password(password))
+            .await
+    }
+
+    /// [`sign_up`](Self::sign_up) for a caller that hashed the password itself, such as a
+    /// browser: `password_sha256` is sent as it is, so it must be what [`hash_password`]
+    /// returns for the password (or empty, which the server refuses with its rule).
+    ///
+    /// # Errors
+    /// As [`sign_up`](Self::sign_up).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// let digest = jochat_client::hash_password("correct horse");
+    /// client.sign_up_hashed("alice", &digest).await?;
+    /// // The same account as if the plain password had been given.
+    /// client.log_in("alice", "correct horse").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sign_up_hashed(
+        &self,
+        username: &str,
+        password_sha256: &str,
+    ) -> Result<SignedUp, ClientError> {
         let message = v1::SignUpRequest {
             username: username.to_owned(),
-            password: wire_password(password),
+            password: password_sha256.to_owned(),
             idempotency_key: idempotency_key(),
         };
         let reply = self
@@ -686,9 +714,36 @@ impl ChatServerClient {
     /// # }
     /// ```
     pub async fn log_in(&self, username: &str, password: &str) -> Result<LoggedIn, ClientError> {
+        self.log_in_hashed(username, &wire_password(password)).await
+    }
+
+    /// [`log_in`](Self::log_in) with the password already hashed by the caller (see
+    /// [`sign_up_hashed`](Self::sign_up_hashed)).
+    ///
+    /// # Errors
+    /// As [`log_in`](Self::log_in).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// client.sign_up("alice", "pw").await?;
+    /// let session = client
+    ///     .log_in_hashed("alice", &jochat_client::hash_password("pw"))
+    ///     .await?;
+    /// assert_eq!(session.username, "alice");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn log_in_hashed(
+        &self,
+        username: &str,
+        password_sha256: &str,
+    ) -> Result<LoggedIn, ClientError> {
         let message = v1::LogInRequest {
             username: username.to_owned(),
-            password: wire_password(password),
+            password: password_sha256.to_owned(),
             idempotency_key: idempotency_key(),
         };
         let reply = self
@@ -1012,8 +1067,35 @@ impl ChatServerClient {
         token: &SessionToken,
         password: &str,
     ) -> Result<u64, ClientError> {
+        self.delete_account_hashed(token, &wire_password(password))
+            .await
+    }
+
+    /// [`delete_account`](Self::delete_account) with the password already hashed by the
+    /// caller (see [`sign_up_hashed`](Self::sign_up_hashed)).
+    ///
+    /// # Errors
+    /// As [`delete_account`](Self::delete_account).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = jochat_node::spawn_ephemeral().await?;
+    /// # let client = jochat_client::ChatServerClient::builder().servers([node.address()]).build()?;
+    /// client.sign_up("alice", "pw").await?;
+    /// let alice = client.log_in("alice", "pw").await?;
+    /// let digest = jochat_client::hash_password("pw");
+    /// assert_eq!(client.delete_account_hashed(&alice.token, &digest).await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_account_hashed(
+        &self,
+        token: &SessionToken,
+        password_sha256: &str,
+    ) -> Result<u64, ClientError> {
         let message = v1::DeleteAccountRequest {
-            password: wire_password(password),
+            password: password_sha256.to_owned(),
             idempotency_key: idempotency_key(),
         };
         let reply = self
