@@ -305,6 +305,7 @@ function openInbox() {
 }
 
 function openConversation(username) {
+  clearErrors('send', ['recipient', 'content']);
   state.withUser = username;
   state.offset = 0;
   $('send-recipient').value = username;
@@ -560,6 +561,14 @@ function wire() {
   $('accounts-next').addEventListener('click', () =>
     searchAccounts(state.accountsPattern, state.accountsOffset + ACCOUNTS_PAGE_SIZE));
   $('delete-account-form').addEventListener('submit', deleteAccount);
+  // A field's error goes as soon as the field is edited.
+  for (const input of document.querySelectorAll('input, textarea')) {
+    input.addEventListener('input', () => {
+      const message = $(`${input.id}-error`);
+      if (message) message.textContent = '';
+      input.removeAttribute('aria-invalid');
+    });
+  }
 }
 
 async function start() {
