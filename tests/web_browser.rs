@@ -220,7 +220,13 @@ impl Page {
         self.click("#mode-login").await;
         self.fill("auth-username", username).await;
         self.fill("auth-password", password).await;
-        self.click("#auth-submit").await;
+        // By keyboard: Enter in the password field submits the form.
+        let field = self
+            .client
+            .find(Locator::Id("auth-password"))
+            .await
+            .expect("the password field");
+        field.send_keys("\u{E007}").await.expect("Enter");
         self.wait_shown("chat-view").await;
         self.wait_text("#live", "live").await;
     }
@@ -422,11 +428,25 @@ async fn a_person_chats_in_the_browser() {
         page.save("chat-narrow.png").await;
         page.client.set_window_size(1280, 900).await.unwrap();
 
-        // Log out, then back in.
+        // Log out; what arrives meanwhile waits, and the unread count shows it at log-in.
         page.click("#logout").await;
         page.wait_shown("auth-view").await;
         page.wait_text("#notice", "Logged out").await;
+        let waiting = cli(
+            &server,
+            &bob,
+            "pw-bob",
+            &["send", "alice", "while you were out"],
+        )
+        .await;
+        assert_eq!(waiting["status"], "away");
         page.log_in("alice", "pw-alice").await;
+        page.wait_text("#unread", "1 unread").await;
+        page.wait_text("#messages .badge", "unread").await;
+        page.click("#unread").await;
+        page.wait_text("#notice", "1 message(s) marked as read")
+            .await;
+        page.wait_text("#unread", "0 unread").await;
 
         // The browser hashed the password as the client library does: the CLI logs in with
         // the plain password, which ends the page's session, and the page says so.
