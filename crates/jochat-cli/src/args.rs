@@ -171,8 +171,9 @@ pub struct BenchArgs {
     /// The `jochat-node` binary for `--local`.
     #[arg(long = "node-binary", global = true, env = "JOCHAT_NODE_BINARY")]
     pub node_binary: Option<PathBuf>,
-    /// The operation: send, login, inbox (a page of 50), accounts (a search, page of 50), or
-    /// mixed (50% send, 40% inbox, 10% accounts).
+    /// The operation: send, login, inbox (a page of 50), accounts (a search, page of 50),
+    /// subscribe (send to oneself, wait for it on one's live stream), or mixed (50% send,
+    /// 40% inbox, 10% accounts).
     #[arg(long, value_enum, default_value_t = BenchOp::Send)]
     pub op: BenchOp,
     /// Client tasks calling at once, each one call at a time.
@@ -232,6 +233,9 @@ pub enum BenchOp {
     Inbox,
     /// Search accounts (`bench*`), a page of 50.
     Accounts,
+    /// Send a message to oneself and wait until it arrives on one's live stream (Subscribe):
+    /// the latency from sending to delivery.
+    Subscribe,
     /// 50% send, 40% inbox, 10% accounts.
     Mixed,
 }
@@ -244,6 +248,7 @@ impl BenchOp {
             Self::Login => "login",
             Self::Inbox => "inbox",
             Self::Accounts => "accounts",
+            Self::Subscribe => "subscribe",
             Self::Mixed => "mixed",
         }
     }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use jochat_client::{AccountQuery, ChatServerClient, ClientError, InboxQuery, SessionToken};
+use jochat_client::{
+    AccountQuery, ChatServerClient, ClientError, InboxQuery, MessageStream, SessionToken,
+};
 use serde_json::json;
 
 use crate::args::{BenchArgs, BenchOp, FailoverArgs};
@@ -296,6 +298,7 @@ enum Call {
     Login,
     Inbox,
     Accounts,
+    Subscribe,
 }
 
 /// The call the `n`th iteration of `op` makes: `mixed` is 50% sends, 40% inbox pages and
@@ -306,6 +309,7 @@ fn call_of(op: BenchOp, n: u64) -> Call {
         BenchOp::Login => Call::Login,
         BenchOp::Inbox => Call::Inbox,
         BenchOp::Accounts => Call::Accounts,
+        BenchOp::Subscribe => Call::Subscribe,
         BenchOp::Mixed => match n % 10 {
             0..=4 => Call::Send,
             5..=8 => Call::Inbox,
@@ -314,17 +318,64 @@ fn call_of(op: BenchOp, n: u64) -> Call {
     }
 }
 
-/// One call from slot `slot`.
+/// How long a subscribe call waits for its message on the stream.
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Opens slot `slot`'s live stream: sends a first message to itself and subscribes from just
+/// before it, so the stream is known to be live once that message arrives.
+async fn open_stream(
+    client: &ChatServerClient,
+    sessions: &[(String, SessionToken)],
+    slot: usize,
+) -> Result<MessageStream, ClientError> {
+    let (name, token) = &sessions[slot];
+    let content = format!("bench {slot} stream open");
+    let sent = client.send_message(token, name, &content).await?;
+    let mut stream = client.subscribe(token, sent.id - 1);
+    delivered(&mut stream, &content).await?;
+    Ok(stream)
+}
+
+/// Reads `stream` until the message with `content` arrives.
+async fn delivered(stream: &mut MessageStream, content: &str) -> Result<(), ClientError> {
+    let wait = async {
+        loop {
+            match stream.next().await {
+                Some(Ok(message)) if message.content == content => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error),
+                None => return Err(ClientError::Unavailable("the live stream ended".into())),
+            }
+        }
+    };
+    tokio::time::timeout(DELIVERY_DEADLINE, wait)
+        .await
+        .map_err(|_| ClientError::DeadlineExceeded {
+            operation: "subscribe",
+            deadline: DELIVERY_DEADLINE,
+        })?
+}
+
+/// One call from slot `slot` (`stream`: the slot's live stream, for subscribe).
 async fn call(
     call: Call,
     client: &ChatServerClient,
     sessions: &[(String, SessionToken)],
     slot: usize,
     n: u64,
+    stream: Option<&mut MessageStream>,
 ) -> Result<(), ClientError> {
     let (name, token) = &sessions[slot];
     let next = &sessions[(slot + 1) % sessions.len()].0;
     match call {
+        Call::Subscribe => {
+            let stream = stream.ok_or_else(|| {
+                ClientError::InvalidResponse("subscribe needs the slot's stream".into())
+            })?;
+            let content = format!("bench {slot}-{n}");
+            client.send_message(token, name, &content).await?;
+            delivered(stream, &content).await
+        }
         Call::Send => client
             .send_message(token, next, &format!("bench {slot}-{n}"))
             .await
@@ -393,10 +444,15 @@ pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Outpu
                     .expect("fixed histogram bounds are valid"),
                 errors: BTreeMap::new(),
             };
+            let mut stream = match op {
+                BenchOp::Subscribe => Some(open_stream(&client, &sessions, slot).await?),
+                _ => None,
+            };
             let mut n = 0;
             while Instant::now() < stop_at {
                 let began = Instant::now();
-                let outcome = call(call_of(op, n), &client, &sessions, slot, n).await;
+                let outcome =
+                    call(call_of(op, n), &client, &sessions, slot, n, stream.as_mut()).await;
                 n += 1;
                 if began < measure_from {
                     continue;
@@ -414,14 +470,17 @@ pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Outpu
                     }
                 }
             }
-            result
+            Ok::<SlotResult, ClientError>(result)
         }));
     }
     let mut latencies: Histogram<u64> =
         Histogram::new_with_bounds(1, 60_000_000, 3).expect("fixed histogram bounds are valid");
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for slot in slots {
-        let result = slot.await.context("a benchmark slot failed")?;
+        let result = slot
+            .await
+            .context("a benchmark slot failed")?
+            .context("a slot's live stream did not open")?;
         latencies
             .add(&result.latencies)
             .context("histograms of one shape")?;

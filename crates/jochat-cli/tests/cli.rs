@@ -263,41 +263,45 @@ fn report_of(output: Output) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_measures_sends_and_reports_json() {
+async fn bench_measures_and_reports_json() {
     let node = jochat_node::spawn_ephemeral().await.unwrap();
-    let server = node.address();
     let dir = tempfile::tempdir().unwrap();
-    let session = dir.path().join("none.json");
-    let output = tokio::task::spawn_blocking(move || {
-        jochat(
-            &server,
-            &session,
-            None,
-            &[
-                "--json",
-                "bench",
-                "--op",
-                "mixed",
-                "--concurrency",
-                "2",
-                "--duration",
-                "1s",
-                "--warmup",
-                "200ms",
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    let report = report_of(output);
-    assert_eq!(report["op"], "mixed");
-    assert_eq!(report["concurrency"], 2);
-    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(report["errors"], 0, "{report}");
-    let p50 = report["p50_ms"].as_f64().unwrap();
-    let p99 = report["p99_ms"].as_f64().unwrap();
-    assert!(p50 > 0.0 && p50 <= p99 && p99 <= report["max_ms"].as_f64().unwrap());
-    assert!(report["ops_per_sec"].as_f64().unwrap() > 0.0);
+    // mixed: sends, inbox pages and searches; subscribe: each message sent is waited for on
+    // the sender's own live stream.
+    for op in ["mixed", "subscribe"] {
+        let server = node.address();
+        let session = dir.path().join("none.json");
+        let output = tokio::task::spawn_blocking(move || {
+            jochat(
+                &server,
+                &session,
+                None,
+                &[
+                    "--json",
+                    "bench",
+                    "--op",
+                    op,
+                    "--concurrency",
+                    "2",
+                    "--duration",
+                    "1s",
+                    "--warmup",
+                    "200ms",
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        let report = report_of(output);
+        assert_eq!(report["op"], op);
+        assert_eq!(report["concurrency"], 2);
+        assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        let p50 = report["p50_ms"].as_f64().unwrap();
+        let p99 = report["p99_ms"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 <= p99 && p99 <= report["max_ms"].as_f64().unwrap());
+        assert!(report["ops_per_sec"].as_f64().unwrap() > 0.0);
+    }
     node.shutdown().await.unwrap();
 }
 
