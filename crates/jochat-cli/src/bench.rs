@@ -321,17 +321,21 @@ fn call_of(op: BenchOp, n: u64) -> Call {
 /// How long a subscribe call waits for its message on the stream.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Opens slot `slot`'s live stream: sends a first message to itself and subscribes from just
-/// before it, so the stream is known to be live once that message arrives.
+/// Opens slot `slot`'s live stream: sends a first message to itself, subscribes from after it
+/// (a real id: `after_id` 0 would mean "from now on", which could miss the next message),
+/// and waits for a second one, so the stream is known to be live.
 async fn open_stream(
     client: &ChatServerClient,
     sessions: &[(String, SessionToken)],
     slot: usize,
 ) -> Result<MessageStream, ClientError> {
     let (name, token) = &sessions[slot];
+    let first = client
+        .send_message(token, name, &format!("bench {slot} stream mark"))
+        .await?;
+    let mut stream = client.subscribe(token, first.id);
     let content = format!("bench {slot} stream open");
-    let sent = client.send_message(token, name, &content).await?;
-    let mut stream = client.subscribe(token, sent.id - 1);
+    client.send_message(token, name, &content).await?;
     delivered(&mut stream, &content).await?;
     Ok(stream)
 }
