@@ -26,6 +26,8 @@ use crate::output::Output;
 
 /// The password of every benchmark account.
 const PASSWORD: &str = "bench-password";
+/// How long after the load stops `--local` nodes' idle memory is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
 /// Sends per preload batch in flight at once.
 const PRELOAD_CONCURRENCY: usize = 32;
 
@@ -504,7 +506,11 @@ pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Outpu
     } else {
         0.0
     };
-    // Memory once the load has stopped: the peak, and what stays resident when idle.
+    // Memory once the load has stopped: the peak, and what stays resident when idle (read
+    // after a pause, once the nodes' hashing threads have let their working memory go).
+    if local.is_some() {
+        tokio::time::sleep(IDLE_SETTLE).await;
+    }
     let memory: Vec<(u64, Option<u64>, Option<u64>)> = local
         .as_ref()
         .map(|nodes| {

@@ -2,17 +2,21 @@
 //!
 //! argon2id is deliberately slow and memory-hungry (19 MiB, a few tens of milliseconds per
 //! hash), so it runs on [`HASHES_CONCURRENT_MAX`] dedicated threads, never on an async worker
-//! nor on Tokio's blocking pool. Dedicated threads bound the memory as well as the time: the
-//! allocator keeps each thread's freed 19 MiB for that thread's next hash, so a few long-lived
-//! threads hold a few blocks, where the blocking pool's many short-lived threads each left one
-//! behind (measured: about 1 GiB resident after ten seconds of log-ins from eight clients).
+//! nor on Tokio's blocking pool, with working memory this module manages itself
+//! ([`hash_into`]): each hashing thread keeps one reservation larger than the C allocator's
+//! largest dynamic mmap threshold, so it is a mapping of its own; the thread reuses it while
+//! log-ins keep coming (no page faults per hash) and unmaps it after
+//! [`WORKING_MEMORY_IDLE`] without work. With argon2's own 19 MiB allocation per hash, glibc
+//! raised its threshold above it after the first free and kept every later one in its heaps:
+//! a leader that had served a few hundred log-ins stayed at about 500 MiB resident.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
+use argon2::password_hash::phc::{Output, ParamsString, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 use jochat_core::types::{Credential, SessionToken};
 use tokio::sync::{OnceCell, Semaphore};
 
@@ -25,40 +29,73 @@ pub const HASHES_CONCURRENT_MAX: usize = 4;
 /// everyone out.
 pub const LOGIN_FAILURES_TRACKED_MAX: usize = 100_000;
 
+/// How long a hashing thread keeps its working memory without a job before unmapping it.
+pub const WORKING_MEMORY_IDLE: Duration = Duration::from_millis(500);
+
 /// A job for the hashing threads.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The hashing threads: [`HASHES_CONCURRENT_MAX`] of them take jobs from one queue. They end
-/// when the last [`Hasher`] clone is dropped (the queue closes).
+/// The jobs waiting for a hashing thread, and whether the queue is closed.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when a job arrives or the queue closes.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+/// The hashing threads: [`HASHES_CONCURRENT_MAX`] of them take jobs from one queue. Each waits
+/// for work on its own (a condition variable releases the lock while waiting), so each
+/// notices on its own that it has been idle for [`WORKING_MEMORY_IDLE`]. They end when the
+/// last [`Hasher`] clone is dropped (the queue closes).
 struct HashThreads {
-    jobs: std::sync::mpsc::Sender<Job>,
+    queue: Arc<Queue>,
 }
 
 impl HashThreads {
     fn start() -> Self {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+        let queue = Arc::new(Queue::default());
         for index in 0..HASHES_CONCURRENT_MAX {
             let queue = Arc::clone(&queue);
             let spawned = std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
-                .spawn(move || loop {
-                    let job = {
-                        let queue = queue
-                            .lock()
-                            .expect("the job queue's mutex is never held across a panic");
-                        queue.recv()
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                });
+                .spawn(move || Self::work(&queue));
             if let Err(error) = spawned {
                 tracing::error!(%error, "cannot start a hashing thread");
             }
         }
-        Self { jobs }
+        Self { queue }
+    }
+
+    /// One hashing thread: runs jobs until the queue closes, and lets its working memory go
+    /// whenever no job came for [`WORKING_MEMORY_IDLE`].
+    fn work(queue: &Queue) {
+        const POISONED: &str = "the hashing queue's mutex is never held across a panic";
+        let mut state = queue.state.lock().expect(POISONED);
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                drop(state);
+                job();
+                state = queue.state.lock().expect(POISONED);
+                continue;
+            }
+            if state.closed {
+                return;
+            }
+            let (next, waited) = queue
+                .changed
+                .wait_timeout(state, WORKING_MEMORY_IDLE)
+                .expect(POISONED);
+            state = next;
+            if waited.timed_out() && state.jobs.is_empty() {
+                release_working_memory();
+            }
+        }
     }
 
     /// Runs `work` on a hashing thread and waits for its result.
@@ -70,12 +107,30 @@ impl HashThreads {
         let job: Job = Box::new(move || {
             let _ = done.send(work());
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| NodeError::Task("the hashing threads have stopped".into()))?;
+        {
+            let mut state = self
+                .queue
+                .state
+                .lock()
+                .map_err(|_| NodeError::Task("the hashing queue failed".into()))?;
+            if state.closed {
+                return Err(NodeError::Task("the hashing threads have stopped".into()));
+            }
+            state.jobs.push_back(job);
+        }
+        self.queue.changed.notify_one();
         result
             .await
             .map_err(|_| NodeError::Task("a hashing thread failed".into()))
+    }
+}
+
+impl Drop for HashThreads {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.queue.state.lock() {
+            state.closed = true;
+        }
+        self.queue.changed.notify_all();
     }
 }
 
@@ -125,10 +180,9 @@ impl Hasher {
     /// `Hashing` if argon2 or the random source fails.
     pub async fn hash(&self, credential: &Credential) -> Result<String, NodeError> {
         let credential = credential.clone();
+        let salt = random_bytes()?;
         self.blocking(move || {
-            Argon2::default()
-                .hash_password(credential.as_bytes())
-                .map(|hash| hash.to_string())
+            hash_phc(credential.as_bytes(), &salt[..SALT_BYTES])
                 .map_err(|e| NodeError::Hashing(e.to_string()))
         })
         .await?
@@ -158,14 +212,96 @@ impl Hasher {
         };
         let credential = credential.clone();
         let matches = self
-            .blocking(move || {
-                Argon2::default()
-                    .verify_password(credential.as_bytes(), stored.as_str())
-                    .is_ok()
-            })
+            .blocking(move || verify_phc(credential.as_bytes(), &stored))
             .await?;
         Ok(exists && matches)
     }
+}
+
+/// Salt bytes per hash (argon2's recommended 16).
+const SALT_BYTES: usize = 16;
+
+/// Blocks (1 KiB each) of working memory reserved per hashing thread: 33 MiB, above glibc's
+/// highest dynamic mmap threshold (32 MiB on 64-bit systems), so the reservation is always a
+/// mapping of its own, unmapped when dropped. Only the blocks a hash uses (19 MiB by default)
+/// are ever touched.
+const WORKING_MEMORY_BLOCKS: usize = 33 * 1024;
+
+thread_local! {
+    /// This thread's argon2 working memory, kept between hashes that come close together.
+    static WORKING_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Computes argon2 of `password` and `salt` into `out` in this thread's working memory (see
+/// the module's notes). argon2 writes every block before it reads it, so blocks left by an
+/// earlier hash need no clearing.
+fn hash_into(
+    argon2: &Argon2<'_>,
+    params: &Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    let used = params.block_count();
+    WORKING_MEMORY.with_borrow_mut(|blocks| {
+        let reserve = used.max(WORKING_MEMORY_BLOCKS);
+        if blocks.capacity() < reserve {
+            *blocks = Vec::with_capacity(reserve);
+        }
+        if blocks.len() < used {
+            blocks.resize(used, Block::default());
+        }
+        argon2.hash_password_into_with_memory(password, salt, out, &mut blocks[..used])
+    })
+}
+
+/// Unmaps this thread's working memory.
+fn release_working_memory() {
+    WORKING_MEMORY.with_borrow_mut(|blocks| *blocks = Vec::new());
+}
+
+/// The argon2id (v19, default parameters) PHC string of `password` with `salt`: the same
+/// string `argon2::PasswordHasher` makes.
+fn hash_phc(password: &[u8], salt: &[u8]) -> Result<String, argon2::password_hash::Error> {
+    let params = Params::default();
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let salt = Salt::new(salt)?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    hash_into(&argon2, &params, password, &salt, &mut out)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params)?,
+        salt: Some(salt),
+        hash: Some(Output::new(&out)?),
+    };
+    Ok(hash.to_string())
+}
+
+/// Whether `password` matches the argon2 PHC string `stored`, recomputed with the algorithm,
+/// version and parameters `stored` names (compared in constant time by `Output`).
+fn verify_phc(password: &[u8], stored: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::new(hash.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = Params::try_from(&hash) else {
+        return false;
+    };
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0u8; expected.len()];
+    hash_into(&argon2, &params, password, salt, &mut out).is_ok()
+        && Output::new(&out).is_ok_and(|computed| computed == *expected)
 }
 
 /// 32 bytes from the operating system's random source.
@@ -275,6 +411,45 @@ impl LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_are_the_strings_argon2_itself_makes_and_checks() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let salt = [7u8; SALT_BYTES];
+        let ours = hash_phc(b"secret", &salt).expect("hashes");
+        assert!(
+            ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{ours}"
+        );
+        // argon2's own implementation accepts ours and makes the same string from the salt.
+        let parsed = PasswordHash::new(&ours).expect("a PHC string");
+        assert!(Argon2::default()
+            .verify_password(b"secret", &parsed)
+            .is_ok());
+        let theirs = Argon2::default()
+            .hash_password_with_salt(b"secret", &salt)
+            .expect("hashes")
+            .to_string();
+        assert_eq!(ours, theirs);
+        // Ours checks hashes stored by argon2's own hasher, including other parameters.
+        let stored = Argon2::default()
+            .hash_password(b"pw")
+            .expect("hashes")
+            .to_string();
+        assert!(verify_phc(b"pw", &stored));
+        assert!(!verify_phc(b"pW", &stored));
+        let cheap = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(1024, 1, 1, Some(32)).expect("valid parameters"),
+        );
+        let stored = cheap.hash_password(b"pw").expect("hashes").to_string();
+        assert!(verify_phc(b"pw", &stored));
+        assert!(!verify_phc(b"other", &stored));
+        for broken in ["", "not a hash", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA"] {
+            assert!(!verify_phc(b"pw", broken), "{broken:?}");
+        }
+    }
 
     #[test]
     fn the_limiter_locks_a_name_after_too_many_failures() {
