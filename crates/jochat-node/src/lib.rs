@@ -41,6 +41,7 @@ pub mod events;
 pub mod node;
 pub mod proposer;
 pub mod raft;
+pub mod reads;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::BasicNode;
 
 use jochat_core::command::{Action, Command, Outcome};
@@ -28,6 +27,7 @@ use crate::raft::election::{self, ElectionSettings, LeaderContact};
 use crate::raft::faults::Faults;
 use crate::raft::network::NetworkFactory;
 use crate::raft::{self, TypeConfig};
+use crate::reads::ReadRounds;
 use crate::store::Database;
 
 /// The current time in milliseconds since the Unix epoch.
@@ -127,6 +127,8 @@ pub struct Node {
     stopping: tokio::sync::watch::Sender<bool>,
     hasher: Hasher,
     limiter: LoginLimiter,
+    /// Shares leadership confirmations among concurrent linearizable reads.
+    read_rounds: ReadRounds,
 }
 
 /// How long a write or a linearizable read may wait for a majority before it is answered
@@ -353,6 +355,7 @@ impl Node {
             stopping: tokio::sync::watch::Sender::new(false),
             hasher: Hasher::new(),
             limiter,
+            read_rounds: ReadRounds::default(),
         })
     }
 
@@ -496,20 +499,9 @@ impl Node {
             return Ok(());
         }
         self.check_quorum()?;
-        let deadline = self.quorum_deadline();
-        match tokio::time::timeout(deadline, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(NodeError::NoQuorum(format!(
-                "no majority confirmed this node's leadership within {deadline:?}"
-            ))),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                Err(NodeError::from(forward))
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error)))) => {
-                Err(NodeError::NoQuorum(error.to_string()))
-            }
-            Ok(Err(error)) => Err(NodeError::Raft(error.to_string())),
-        }
+        self.read_rounds
+            .confirm(&self.raft, self.quorum_deadline())
+            .await
     }
 
     /// Whether an outcome is remembered under `key`: the request is then a retry, and its
