@@ -193,6 +193,10 @@ pub struct BenchArgs {
     /// scale).
     #[arg(long = "preload-messages", default_value_t = 0)]
     pub preload_messages: u64,
+    /// Pad the content of preloaded and sent messages to this many bytes (to fill a database
+    /// to a given size); 0 keeps them short.
+    #[arg(long = "content-bytes", default_value_t = 0)]
+    pub content_bytes: usize,
 }
 
 impl BenchArgs {

@@ -256,11 +256,23 @@ async fn accounts(
     Ok(sessions)
 }
 
-/// Fills the cluster with `count` messages through the normal write path.
+/// `text` padded with `x` to `bytes` bytes (unchanged when it is as long already).
+fn padded(mut text: String, bytes: usize) -> String {
+    if text.len() < bytes {
+        text.push(' ');
+        let missing = bytes.saturating_sub(text.len());
+        text.extend(std::iter::repeat_n('x', missing));
+    }
+    text
+}
+
+/// Fills the cluster with `count` messages of `bytes` bytes (at least) through the normal
+/// write path.
 async fn preload(
     client: &ChatServerClient,
     sessions: &[(String, SessionToken)],
     count: u64,
+    bytes: usize,
 ) -> anyhow::Result<()> {
     let bar = progress(count, "preload");
     let mut tasks = Vec::new();
@@ -272,7 +284,7 @@ async fn preload(
                 let from = &sessions[i as usize % sessions.len()];
                 let to = &sessions[(i as usize + 1) % sessions.len()].0;
                 client
-                    .send_message(&from.1, to, &format!("preloaded {i}"))
+                    .send_message(&from.1, to, &padded(format!("preloaded {i}"), bytes))
                     .await?;
                 bar.inc(1);
                 i += PRELOAD_CONCURRENCY as u64;
@@ -370,6 +382,7 @@ async fn call(
     slot: usize,
     n: u64,
     stream: Option<&mut MessageStream>,
+    content_bytes: usize,
 ) -> Result<(), ClientError> {
     let (name, token) = &sessions[slot];
     let next = &sessions[(slot + 1) % sessions.len()].0;
@@ -383,7 +396,11 @@ async fn call(
             delivered(stream, &content).await
         }
         Call::Send => client
-            .send_message(token, next, &format!("bench {slot}-{n}"))
+            .send_message(
+                token,
+                next,
+                &padded(format!("bench {slot}-{n}"), content_bytes),
+            )
             .await
             .map(drop),
         Call::Login => client.log_in(name, PASSWORD).await.map(drop),
@@ -434,7 +451,13 @@ pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Outpu
     let prefix = format!("bench{}x", std::process::id());
     let sessions = accounts(&client, &prefix, args.concurrency().max(2)).await?;
     if args.preload_messages > 0 {
-        preload(&client, &sessions, args.preload_messages).await?;
+        preload(
+            &client,
+            &sessions,
+            args.preload_messages,
+            args.content_bytes,
+        )
+        .await?;
     }
 
     // 3. The closed loop.
@@ -444,6 +467,7 @@ pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Outpu
     let mut slots = Vec::new();
     for slot in 0..args.concurrency() {
         let (client, sessions, op) = (client.clone(), sessions.clone(), args.op);
+        let content_bytes = args.content_bytes;
         slots.push(tokio::spawn(async move {
             let mut result = SlotResult {
                 latencies: Histogram::new_with_bounds(1, 60_000_000, 3)
@@ -457,8 +481,16 @@ pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Outpu
             let mut n = 0;
             while Instant::now() < stop_at {
                 let began = Instant::now();
-                let outcome =
-                    call(call_of(op, n), &client, &sessions, slot, n, stream.as_mut()).await;
+                let outcome = call(
+                    call_of(op, n),
+                    &client,
+                    &sessions,
+                    slot,
+                    n,
+                    stream.as_mut(),
+                    content_bytes,
+                )
+                .await;
                 n += 1;
                 if began < measure_from {
                     continue;
@@ -843,6 +875,15 @@ pub async fn failover(args: &BenchArgs, failover: &FailoverArgs) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contents_are_padded_to_the_size_asked() {
+        assert_eq!(padded("abc".into(), 0), "abc");
+        assert_eq!(padded("abc".into(), 2), "abc");
+        let long = padded("preloaded 7".into(), 1000);
+        assert_eq!(long.len(), 1000);
+        assert!(long.starts_with("preloaded 7 xx"));
+    }
 
     #[test]
     fn durations_take_units() {

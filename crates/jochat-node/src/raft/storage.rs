@@ -808,6 +808,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         )
                         .map_err(snapshot_failure)?;
                     }
+                    // Derived from the messages (so a snapshot from any schema version works).
+                    tx.execute_batch(
+                        "DELETE FROM main.inbox_counts; \
+                         INSERT INTO main.inbox_counts (recipient, messages) \
+                         SELECT recipient, count(*) FROM main.messages GROUP BY recipient;",
+                    )
+                    .map_err(snapshot_failure)?;
                     put_state(tx, "last_applied", &current.meta.last_log_id)?;
                     put_state(tx, "last_membership", &current.meta.last_membership)?;
                     StateMachineStore::set_current_snapshot(tx, &current)

@@ -244,7 +244,7 @@ impl ChatRead for SqliteChat<'_> {
                     params![owner.as_str(), limit, offset],
                 )?,
                 self.count(
-                    "SELECT count(*) FROM messages WHERE recipient = ?1",
+                    "SELECT coalesce(sum(messages), 0) FROM inbox_counts WHERE recipient = ?1",
                     [owner.as_str()],
                 )?,
             )),
@@ -449,6 +449,11 @@ impl ChatStore for SqliteChat<'_> {
                 message.timestamp_ms,
                 i64::from(message.delivered)
             ],
+        )?;
+        self.execute(
+            "INSERT INTO inbox_counts (recipient, messages) VALUES (?1, 1) \
+             ON CONFLICT (recipient) DO UPDATE SET messages = messages + 1",
+            [message.recipient.as_str()],
         )
         .map(drop)
     }
@@ -472,10 +477,28 @@ impl ChatStore for SqliteChat<'_> {
                 params![id.0, recipient.as_str()],
             )?;
         }
+        if count > 0 {
+            self.execute(
+                "UPDATE inbox_counts SET messages = messages - ?2 WHERE recipient = ?1",
+                params![recipient.as_str(), i64::try_from(count).unwrap_or(i64::MAX)],
+            )?;
+        }
         Ok(count)
     }
 
     fn delete_messages_of(&mut self, user: &Username) -> Result<u64, StoreError> {
+        // What the user sent leaves other inboxes: take it off their counts first.
+        self.execute(
+            "UPDATE inbox_counts SET messages = messages - \
+                 (SELECT count(*) FROM messages \
+                  WHERE sender = ?1 AND recipient = inbox_counts.recipient) \
+             WHERE recipient IN (SELECT recipient FROM messages WHERE sender = ?1)",
+            [user.as_str()],
+        )?;
+        self.execute(
+            "DELETE FROM inbox_counts WHERE recipient = ?1",
+            [user.as_str()],
+        )?;
         self.execute(
             "DELETE FROM messages WHERE sender = ?1 OR recipient = ?1",
             [user.as_str()],
@@ -513,7 +536,13 @@ impl ChatStore for SqliteChat<'_> {
     }
 
     fn clear_chat_state(&mut self) -> Result<(), StoreError> {
-        for table in ["users", "sessions", "messages", "idempotency"] {
+        for table in [
+            "users",
+            "sessions",
+            "messages",
+            "inbox_counts",
+            "idempotency",
+        ] {
             self.execute(&format!("DELETE FROM {table}"), [])?;
         }
         self.set_counter("remembered_count", 0)
