@@ -86,6 +86,9 @@ impl Database {
         drop(probe);
         let manager = SqliteConnectionManager::file(&config.path).with_init(|conn| {
             conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.set_prepared_statement_cache_capacity(
+                crate::raft::storage::STATEMENT_CACHE_CAPACITY,
+            );
             conn.pragma_update(None, "query_only", true)
         });
         let readers = r2d2::Pool::builder()
