@@ -82,8 +82,8 @@ impl Browser {
                 .await;
             match attempt {
                 Ok(client) => break client,
-                Err(error) if started.elapsed() < PATIENCE => {
-                    let _ = error;
+                // chromedriver is still starting.
+                Err(_) if started.elapsed() < PATIENCE => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(error) => panic!("no WebDriver session with chromedriver: {error}"),

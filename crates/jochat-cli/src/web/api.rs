@@ -119,7 +119,7 @@ impl IntoResponse for ApiError {
         if self.ends_session {
             response
                 .headers_mut()
-                .insert(header::SET_COOKIE, session_cookie(None));
+                .insert(header::SET_COOKIE, ended_cookie());
         }
         response
     }
@@ -230,25 +230,38 @@ fn session_of(headers: &HeaderMap) -> Option<Session> {
         })
 }
 
-/// The `Set-Cookie` value that stores a session until `expires_at_ms`, or deletes it.
-fn session_cookie(session: Option<(&SessionToken, &str, i64)>) -> HeaderValue {
-    let text = match session {
-        Some((token, username, expires_at_ms)) => {
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| {
-                    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-                });
-            let max_age = (expires_at_ms.saturating_sub(now_ms) / 1000).max(0);
-            format!(
-                "{SESSION_COOKIE}={}.{username}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}",
-                token.as_str()
-            )
-        }
-        None => format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    };
-    // Tokens are hex and usernames are letters, digits, '_', '-' and '.', all valid in a header.
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+/// The `Set-Cookie` value that stores a session until `expires_at_ms`.
+///
+/// # Errors
+/// When the server's answer cannot go in a header (tokens are hex and usernames letters,
+/// digits, `_`, `-` and `.`, so only a misbehaving server gets here).
+fn session_cookie(
+    token: &SessionToken,
+    username: &str,
+    expires_at_ms: i64,
+) -> Result<HeaderValue, ApiError> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+    let max_age = (expires_at_ms.saturating_sub(now_ms) / 1000).max(0);
+    let text = format!(
+        "{SESSION_COOKIE}={}.{username}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}",
+        token.as_str()
+    );
+    HeaderValue::from_str(&text).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "the server's session cannot be stored in a cookie".to_owned(),
+        )
+    })
+}
+
+/// The `Set-Cookie` value that deletes the session cookie.
+fn ended_cookie() -> HeaderValue {
+    HeaderValue::from_static("jochat_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
 /// Checks that a password arrives as the page sends it: its SHA-256 as 64 lowercase hex
@@ -299,11 +312,7 @@ pub async fn log_in(
 ) -> Result<Response, ApiError> {
     let password = password_digest(&body.password)?;
     let session = client.log_in_hashed(&body.username, password).await?;
-    let cookie = session_cookie(Some((
-        &session.token,
-        &session.username,
-        session.expires_at_ms,
-    )));
+    let cookie = session_cookie(&session.token, &session.username, session.expires_at_ms)?;
     let reply = json!({
         "username": session.username,
         "user_id": session.user_id,
@@ -325,11 +334,7 @@ pub async fn log_out(
             Err(error) => return Err(error.into()),
         }
     }
-    Ok((
-        [(header::SET_COOKIE, session_cookie(None))],
-        Json(json!({})),
-    )
-        .into_response())
+    Ok(([(header::SET_COOKIE, ended_cookie())], Json(json!({}))).into_response())
 }
 
 /// `GET /api/me` → `{username, unread_count}`; 401 when the session is over.
@@ -482,7 +487,7 @@ pub async fn delete_account(
         .delete_account_hashed(&session.token, password)
         .await?;
     let reply = json!({"deleted_messages": deleted});
-    Ok(([(header::SET_COOKIE, session_cookie(None))], Json(reply)).into_response())
+    Ok(([(header::SET_COOKIE, ended_cookie())], Json(reply)).into_response())
 }
 
 /// `GET /api/events?after` parameters.
@@ -582,7 +587,7 @@ mod tests {
     #[test]
     fn the_session_cookie_is_read_back() {
         let token = SessionToken::from("ab".repeat(32));
-        let cookie = session_cookie(Some((&token, "alice.b", i64::MAX)));
+        let cookie = session_cookie(&token, "alice.b", i64::MAX).expect("a valid header");
         let text = cookie.to_str().unwrap();
         assert!(text.contains("HttpOnly") && text.contains("SameSite=Strict"));
         let pair = text.split(';').next().unwrap();
@@ -601,8 +606,14 @@ mod tests {
         );
         assert!(session_of(&headers).is_none());
         // Deleting it expires it at once.
-        let gone = session_cookie(None);
+        let gone = ended_cookie();
+        assert!(gone
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("{SESSION_COOKIE}=;")));
         assert!(gone.to_str().unwrap().contains("Max-Age=0"));
+        // A name that cannot go in a header is an error, not an empty cookie.
+        assert!(session_cookie(&token, "a\nb", i64::MAX).is_err());
     }
 
     #[test]

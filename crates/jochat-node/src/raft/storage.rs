@@ -88,11 +88,6 @@ pub struct StateMachineStore {
     events: Events,
 }
 
-/// Prepared statements each connection keeps. rusqlite's default of 16 is fewer than the
-/// distinct statements one batch of commands runs (log, savepoints, chat tables, counters,
-/// Raft state), so the cache evicted and re-prepared statements on every batch.
-pub const STATEMENT_CACHE_CAPACITY: usize = 128;
-
 /// Opens (creating and migrating if needed) the database at `path` for Raft.
 ///
 /// # Errors
@@ -105,7 +100,7 @@ pub fn open(path: &Path, sync_mode: SyncMode) -> Result<(LogStore, StateMachineS
     std::fs::create_dir_all(&snapshot_dir)?;
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    conn.set_prepared_statement_cache_capacity(crate::store::STATEMENT_CACHE_CAPACITY);
     conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
         row.get::<_, String>(0)
     })?;
@@ -117,7 +112,7 @@ pub fn open(path: &Path, sync_mode: SyncMode) -> Result<(LogStore, StateMachineS
     )));
     let reader = Connection::open(path)?;
     reader.busy_timeout(std::time::Duration::from_secs(5))?;
-    reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    reader.set_prepared_statement_cache_capacity(crate::store::STATEMENT_CACHE_CAPACITY);
     reader.pragma_update(None, "query_only", true)?;
     let writer = Writer::start(conn, Arc::clone(&tail), sync_mode)?;
     let shared = Arc::new(Shared {

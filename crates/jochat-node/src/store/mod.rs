@@ -27,6 +27,12 @@ use crate::error::NodeError;
 
 /// How long a connection waits for a lock held by another before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared statements each connection keeps (the Raft writer and reader too). rusqlite's
+/// default of 16 is fewer than the distinct statements one batch of commands runs (log,
+/// savepoints, chat tables, counters, Raft state), so the cache evicted and re-prepared
+/// statements on every batch.
+pub const STATEMENT_CACHE_CAPACITY: usize = 128;
 /// How long a reader waits for a free pooled connection.
 const READ_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -86,9 +92,7 @@ impl Database {
         drop(probe);
         let manager = SqliteConnectionManager::file(&config.path).with_init(|conn| {
             conn.busy_timeout(BUSY_TIMEOUT)?;
-            conn.set_prepared_statement_cache_capacity(
-                crate::raft::storage::STATEMENT_CACHE_CAPACITY,
-            );
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
             conn.pragma_update(None, "query_only", true)
         });
         let readers = r2d2::Pool::builder()
