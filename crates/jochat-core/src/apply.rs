@@ -6,10 +6,27 @@
 
 use crate::command::{Action, Command, Outcome};
 use crate::error::ChatError;
-use crate::limits::{IDEMPOTENCY_ENTRIES_MAX, IDEMPOTENCY_TTL_MS, REPLY_CONTENT_BYTES_MAX};
+use crate::limits::{
+    IDEMPOTENCY_ENTRIES_MAX, IDEMPOTENCY_FORGET_CHUNK, IDEMPOTENCY_FORGET_SLACK_MS,
+    IDEMPOTENCY_TTL_MS, REPLY_CONTENT_BYTES_MAX,
+};
 use crate::query::authenticate_digest;
 use crate::store::{ChatStore, LastIds, MessageRecord, Remembered, SessionRecord, UserRecord};
 use crate::types::{Content, FetchLimit, MessageId, MessageIds, TokenDigest, UserId, Username};
+
+/// Whether remembered outcomes are forgotten before a new one is remembered at `at_ms`, given
+/// how many there are and the oldest one's time: when the store is full
+/// ([`IDEMPOTENCY_ENTRIES_MAX`]; the oldest [`IDEMPOTENCY_FORGET_CHUNK`] then go at once), or
+/// when the oldest has been kept [`IDEMPOTENCY_FORGET_SLACK_MS`] past its day (every expired
+/// one then goes). Forgetting in groups keeps the write path off the key index's random pages.
+/// An outcome is therefore kept at least one day unless the newest 99,000 crowd it out, and at
+/// most a day and a minute.
+fn forget_due(count: u64, oldest_ms: Option<i64>, at_ms: i64) -> bool {
+    let overdue = at_ms
+        .saturating_sub(IDEMPOTENCY_TTL_MS)
+        .saturating_sub(IDEMPOTENCY_FORGET_SLACK_MS);
+    count >= IDEMPOTENCY_ENTRIES_MAX || oldest_ms.is_some_and(|oldest| oldest < overdue)
+}
 
 /// Applies one command.
 ///
@@ -62,10 +79,13 @@ pub fn apply<S: ChatStore + ?Sized>(
     };
 
     if let (Some(key), Some(scope)) = (&command.idempotency_key, scope) {
-        store.forget_remembered(
-            at_ms.saturating_sub(IDEMPOTENCY_TTL_MS),
-            IDEMPOTENCY_ENTRIES_MAX - 1,
-        )?;
+        let (count, oldest_ms) = store.remembered_span()?;
+        if forget_due(count, oldest_ms, at_ms) {
+            store.forget_remembered(
+                at_ms.saturating_sub(IDEMPOTENCY_TTL_MS),
+                IDEMPOTENCY_ENTRIES_MAX - IDEMPOTENCY_FORGET_CHUNK,
+            )?;
+        }
         store.remember(
             key,
             &Remembered {
@@ -488,5 +508,56 @@ mod tests {
             apply(&mut store, &other).unwrap_err(),
             ChatError::IdempotencyKeyReused
         );
+    }
+
+    #[test]
+    fn forgetting_is_due_when_full_or_a_minute_past_the_day() {
+        let day = IDEMPOTENCY_TTL_MS;
+        let now = 10 * day;
+        assert!(!forget_due(0, None, now));
+        assert!(!forget_due(IDEMPOTENCY_ENTRIES_MAX - 1, Some(now), now));
+        assert!(forget_due(IDEMPOTENCY_ENTRIES_MAX, Some(now), now));
+        // Expired but within the slack: kept until the slack has passed too.
+        assert!(!forget_due(5, Some(now - day - 1), now));
+        assert!(!forget_due(
+            5,
+            Some(now - day - IDEMPOTENCY_FORGET_SLACK_MS),
+            now
+        ));
+        assert!(forget_due(
+            5,
+            Some(now - day - IDEMPOTENCY_FORGET_SLACK_MS - 1),
+            now
+        ));
+    }
+
+    #[test]
+    fn expired_outcomes_are_forgotten_together_once_the_slack_has_passed() {
+        let mut store = MemoryStore::new();
+        let alice = sign_up(&mut store, "alice");
+        sign_up(&mut store, "bob");
+        let keyed = |at_ms: i64, key: &str, session: &TokenDigest| Command {
+            at_ms,
+            idempotency_key: IdempotencyKey::optional(key).expect("test keys are valid"),
+            action: Action::SendMessage {
+                session: session.clone(),
+                recipient: name("bob"),
+                content: Content::new("hello".into(), 100).expect("valid content"),
+            },
+        };
+        let day = IDEMPOTENCY_TTL_MS;
+        let session = log_in(&mut store, alice, 1, 0);
+        apply(&mut store, &keyed(0, "k-0", &session)).unwrap();
+        apply(&mut store, &keyed(10, "k-10", &session)).unwrap();
+        // A day later (a new session: the first expired) both are still remembered.
+        let session = log_in(&mut store, alice, 2, day + 20);
+        apply(&mut store, &keyed(day + 20, "k-a", &session)).unwrap();
+        assert_eq!(store.remembered_span().unwrap(), (3, Some(0)));
+        // Past the slack, both expired ones go at once; the newer one stays.
+        let late = day + IDEMPOTENCY_FORGET_SLACK_MS + 20;
+        apply(&mut store, &keyed(late, "k-b", &session)).unwrap();
+        assert_eq!(store.remembered_span().unwrap(), (2, Some(day + 20)));
+        let key = IdempotencyKey::optional("k-0").unwrap().expect("a key");
+        assert!(store.remembered(&key).unwrap().is_none());
     }
 }

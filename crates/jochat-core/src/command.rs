@@ -24,6 +24,25 @@ pub struct Command {
     pub action: Action,
 }
 
+impl Command {
+    /// About how many bytes this command holds in memory: its variable parts (content,
+    /// password hash, ids) plus a fixed amount for the rest. For memory budgets, not exact.
+    pub fn approximate_bytes(&self) -> usize {
+        const FIXED: usize = 192;
+        let variable = match &self.action {
+            Action::SignUp { password_hash, .. } => password_hash.len(),
+            Action::SendMessage { content, .. } => content.as_str().len(),
+            Action::DeleteMessages { ids, .. } => std::mem::size_of_val(ids.as_slice()),
+            Action::CreateSession { .. }
+            | Action::RevokeSession { .. }
+            | Action::MarkDelivered { .. }
+            | Action::DeleteAccount { .. }
+            | Action::ResetAll { .. } => 0,
+        };
+        FIXED + variable
+    }
+}
+
 /// The kinds of write. Actions that act for a user carry the digest of that user's session
 /// token; the state machine checks the session at [`Command::at_ms`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,6 +38,15 @@ pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 64;
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// Most remembered write outcomes; the oldest are forgotten first past this.
 pub const IDEMPOTENCY_ENTRIES_MAX: u64 = 100_000;
+/// How many of the oldest remembered outcomes are forgotten at once when
+/// [`IDEMPOTENCY_ENTRIES_MAX`] is reached. Keys are random, so forgetting one outcome per
+/// write rewrote one random page of the key index per write; forgetting a thousand at once
+/// rewrites each page once per thousand writes.
+pub const IDEMPOTENCY_FORGET_CHUNK: u64 = 1_000;
+/// How long past [`IDEMPOTENCY_TTL_MS`] an outcome may stay, in milliseconds: expired
+/// outcomes are forgotten together once the oldest is this much older than its time, not one
+/// per write.
+pub const IDEMPOTENCY_FORGET_SLACK_MS: i64 = 60 * 1000;
 /// Length of a session token: 32 random bytes as lowercase hex (256 bits).
 pub const SESSION_TOKEN_HEX_CHARS: usize = 64;
 

@@ -151,6 +151,12 @@ impl ChatRead for MemoryStore {
         Ok(self.remembered.get(key).cloned())
     }
 
+    fn remembered_span(&self) -> Result<(u64, Option<i64>), StoreError> {
+        // A scan: this store is the model for tests, not a hot path.
+        let oldest = self.remembered.values().map(|r| r.at_ms).min();
+        Ok((self.remembered.len() as u64, oldest))
+    }
+
     fn last_ids(&self) -> Result<LastIds, StoreError> {
         Ok(self.last_ids)
     }

@@ -143,6 +143,8 @@ pub trait ChatRead {
     ) -> Result<(Vec<AccountRecord>, u64), StoreError>;
     /// The remembered outcome under `key`.
     fn remembered(&self, key: &IdempotencyKey) -> Result<Option<Remembered>, StoreError>;
+    /// How many outcomes are remembered, and the oldest one's time (`None` when there is none).
+    fn remembered_span(&self) -> Result<(u64, Option<i64>), StoreError>;
     /// The id counters.
     fn last_ids(&self) -> Result<LastIds, StoreError>;
     /// Everything, in canonical order (for tests and replica comparison; not for hot paths).

@@ -110,13 +110,15 @@ pub struct ClusterView {
 pub struct Node {
     config: NodeConfig,
     address: SocketAddr,
-    db: Database,
+    db: Arc<Database>,
     raft: openraft::Raft<TypeConfig>,
     /// The background join, while this node is joining a cluster. A std mutex: only taken to
     /// abort the task at shutdown.
     joining: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The election timer, stopped at shutdown.
     elections: tokio::task::JoinHandle<()>,
+    /// Gives memory back when the node goes quiet (`crate::idle`), stopped at shutdown.
+    idle: tokio::task::JoinHandle<()>,
     /// Gathers concurrent writes into shared log entries.
     proposer: Proposer,
     /// When this node last heard a leader; the peer-side Raft service touches it.
@@ -129,6 +131,28 @@ pub struct Node {
     limiter: LoginLimiter,
     /// Shares leadership confirmations among concurrent linearizable reads.
     read_rounds: ReadRounds,
+}
+
+/// Gives the SQLite caches and the allocator's free memory back each time the node goes
+/// quiet: no write run and no read started for a while (`crate::idle`).
+async fn release_when_idle(log: raft::storage::LogStore, db: Arc<Database>) {
+    let activity = {
+        let (log, db) = (log.clone(), Arc::clone(&db));
+        move || log.write_activity().wrapping_add(db.read_activity())
+    };
+    crate::idle::run(activity, move || {
+        let (log, db) = (log.clone(), Arc::clone(&db));
+        async move {
+            if let Err(error) = log.release_memory().await {
+                tracing::debug!(%error, "the log's caches were not released");
+            }
+            if let Err(error) = db.release_memory().await {
+                tracing::debug!(%error, "the read pool's caches were not released");
+            }
+            crate::idle::trim_heap();
+        }
+    })
+    .await;
 }
 
 /// How long a write or a linearizable read may wait for a majority before it is answered
@@ -283,7 +307,8 @@ impl Node {
                 );
             }
         }
-        let db = Database::open(&config.store())?;
+        let db = Arc::new(Database::open(&config.store())?);
+        let idle = tokio::spawn(release_when_idle(log.clone(), Arc::clone(&db)));
         let raft = openraft::Raft::new(
             config.server_id,
             Arc::new(config.raft_config()?),
@@ -349,6 +374,7 @@ impl Node {
             raft,
             joining: std::sync::Mutex::new(joining),
             elections,
+            idle,
             proposer,
             contact,
             events,
@@ -954,7 +980,8 @@ impl Node {
     }
 
     /// Stops the join and election tasks, which hold clones of the Raft handle and would
-    /// otherwise keep its core (and its heartbeats) alive.
+    /// otherwise keep its core (and its heartbeats) alive, and the idle watcher, which holds
+    /// the storage.
     fn stop_background_tasks(&self) {
         let joining = self
             .joining
@@ -965,6 +992,7 @@ impl Node {
             joining.abort();
         }
         self.elections.abort();
+        self.idle.abort();
         self.proposer.stop();
     }
 }

@@ -175,6 +175,38 @@ fn first_unwritten_index(conn: &Connection) -> Result<u64, NodeError> {
     Ok(purged.map_or(0, |id| id.index + 1))
 }
 
+impl LogStore {
+    /// How much writing the storage has done so far (a count that stays the same while
+    /// nothing is written), for noticing that the node has gone quiet.
+    pub fn write_activity(&self) -> u64 {
+        self.shared.writer.batches_run()
+    }
+
+    /// Lets SQLite give back the page caches of the writer and log-reader connections (they
+    /// refill from the file as needed). In order with the writes; for an idle node.
+    ///
+    /// # Errors
+    /// The writer has stopped.
+    pub async fn release_memory(&self) -> Result<(), Failure> {
+        self.shared
+            .with_conn(|conn| {
+                crate::store::shrink_memory(conn);
+                Ok(())
+            })
+            .await?;
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let reader = shared
+                .reader
+                .lock()
+                .expect("the log reader's mutex is never held across a panic");
+            crate::store::shrink_memory(&reader);
+        })
+        .await
+        .map_err(read_logs)
+    }
+}
+
 impl Shared {
     /// Runs `work` on the writer connection, in order with every other write.
     async fn with_conn<T, F>(&self, work: F) -> Result<T, Failure>

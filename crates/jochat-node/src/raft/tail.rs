@@ -15,9 +15,14 @@ use openraft::{Entry, LogId};
 
 use super::TypeConfig;
 
-/// How many written entries the tail keeps for readers (entries not yet written are always
-/// kept, however many there are).
+/// How many written entries the tail keeps for readers at most (entries not yet written are
+/// always kept, however many there are).
 pub const TAIL_CAPACITY: usize = 4096;
+/// How many bytes of written entries (as [`entry_bytes`] estimates them) the tail keeps for
+/// readers at most. Replication in step with the leader reads entries appended moments ago;
+/// a follower further behind reads SQLite. Without it, 4,096 entries of up to 1 MiB each
+/// could stay in memory.
+pub const TAIL_WRITTEN_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// One appended entry and the append job that writes it.
 #[derive(Debug, Clone)]
@@ -25,6 +30,25 @@ struct Cached {
     entry: Entry<TypeConfig>,
     /// The sequence number of the append job that writes this entry.
     job: u64,
+    /// [`entry_bytes`] of `entry`.
+    bytes: usize,
+}
+
+/// About how much memory `entry` holds: its commands' variable parts plus a fixed amount for
+/// the rest. An estimate for the tail's budget, not an exact size.
+pub fn entry_bytes(entry: &Entry<TypeConfig>) -> usize {
+    const FIXED: usize = 256;
+    match &entry.payload {
+        openraft::EntryPayload::Normal(batch) => {
+            FIXED
+                + batch
+                    .0
+                    .iter()
+                    .map(|command| command.approximate_bytes())
+                    .sum::<usize>()
+        }
+        openraft::EntryPayload::Blank | openraft::EntryPayload::Membership(_) => FIXED,
+    }
 }
 
 /// The entries from `start` on. See the module documentation.
@@ -35,6 +59,10 @@ pub struct Tail {
     /// Every append job up to this sequence number has committed.
     written_job: u64,
     capacity: usize,
+    /// Bytes ([`entry_bytes`]) of all entries held.
+    bytes: usize,
+    /// The most bytes of written entries kept.
+    bytes_max: usize,
 }
 
 /// Why an append cannot go into the tail.
@@ -49,14 +77,33 @@ pub struct Hole {
 
 impl Tail {
     /// An empty tail whose first index is `start` (one past the last entry in SQLite),
-    /// keeping at most `capacity` written entries.
+    /// keeping at most `capacity` written entries and [`TAIL_WRITTEN_BYTES_MAX`] of them.
     pub fn new(start: u64, capacity: usize) -> Self {
+        Self::with_bytes_max(start, capacity, TAIL_WRITTEN_BYTES_MAX)
+    }
+
+    /// [`Tail::new`] with its own byte budget for written entries.
+    pub fn with_bytes_max(start: u64, capacity: usize, bytes_max: usize) -> Self {
         Self {
             start,
             entries: VecDeque::new(),
             written_job: 0,
             capacity,
+            bytes: 0,
+            bytes_max,
         }
+    }
+
+    /// About how many bytes the entries held take ([`entry_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Removes the front entry.
+    fn pop_front(&mut self) -> Option<Cached> {
+        let cached = self.entries.pop_front()?;
+        self.bytes -= cached.bytes;
+        Some(cached)
     }
 
     /// The first index the tail answers for; SQLite answers below it.
@@ -102,13 +149,19 @@ impl Tail {
                 });
             }
             self.entries.clear();
+            self.bytes = 0;
             self.start = index;
         }
         self.truncate(index);
-        self.entries.extend(entries.iter().map(|entry| Cached {
-            entry: entry.clone(),
-            job,
-        }));
+        for entry in entries {
+            let bytes = entry_bytes(entry);
+            self.bytes += bytes;
+            self.entries.push_back(Cached {
+                entry: entry.clone(),
+                job,
+                bytes,
+            });
+        }
         Ok(())
     }
 
@@ -122,6 +175,7 @@ impl Tail {
             let keep = usize::try_from(index - self.start).unwrap_or(usize::MAX);
             self.entries.truncate(keep);
         }
+        self.bytes = self.entries.iter().map(|cached| cached.bytes).sum();
     }
 
     /// Removes every entry up to `index` inclusive: the log now starts after it.
@@ -131,23 +185,32 @@ impl Tail {
             .front()
             .is_some_and(|cached| cached.entry.log_id.index <= index)
         {
-            self.entries.pop_front();
+            self.pop_front();
         }
         self.start = self.start.max(index + 1);
     }
 
     /// Records that every append job up to `job` has committed, and lets go of the oldest
-    /// written entries beyond the capacity.
+    /// written entries beyond the capacity or the byte budget.
     pub fn written(&mut self, job: u64) {
         self.written_job = self.written_job.max(job);
-        while self.entries.len() > self.capacity
+        // Jobs grow along the deque, so the written entries are a prefix of it.
+        let mut written_bytes: usize = self
+            .entries
+            .iter()
+            .take_while(|cached| cached.job <= self.written_job)
+            .map(|cached| cached.bytes)
+            .sum();
+        while (self.entries.len() > self.capacity || written_bytes > self.bytes_max)
             && self
                 .entries
                 .front()
                 .is_some_and(|cached| cached.job <= self.written_job)
         {
-            self.entries.pop_front();
-            self.start += 1;
+            if let Some(cached) = self.pop_front() {
+                written_bytes -= cached.bytes;
+                self.start += 1;
+            }
         }
     }
 
@@ -215,6 +278,48 @@ mod tests {
         tail.written(1);
         assert_eq!((tail.start(), tail.end()), (4, 6));
         assert_eq!(terms(&tail.read(0, 100)), vec![(4, 1), (5, 1)]);
+    }
+
+    fn message(index: u64, content_bytes: usize) -> Entry<TypeConfig> {
+        use jochat_core::types::{Content, SessionToken, Username};
+        use jochat_core::{Action, Command};
+        let command = Command {
+            at_ms: 1,
+            idempotency_key: None,
+            action: Action::SendMessage {
+                session: SessionToken::from_random_bytes([1; 32]).digest(),
+                recipient: Username::new("bob").expect("a valid name"),
+                content: Content::new("x".repeat(content_bytes), content_bytes)
+                    .expect("content within its own limit"),
+            },
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(crate::raft::Batch(vec![command; 10])),
+        }
+    }
+
+    #[test]
+    fn written_entries_are_kept_within_the_byte_budget_and_unwritten_ones_always() {
+        // Ten commands of 10,000 bytes: each entry is about 100 KB.
+        let size = entry_bytes(&message(1, 10_000));
+        assert!((100_000..110_000).contains(&size), "{size}");
+        let mut tail = Tail::with_bytes_max(1, 4096, 3 * size);
+        let entries: Vec<_> = (1..=8).map(|i| message(i, 10_000)).collect();
+        tail.append(&entries[..5], 1).unwrap();
+        tail.append(&entries[5..], 2).unwrap();
+        assert_eq!(tail.bytes(), 8 * size);
+        tail.written(0);
+        assert_eq!(tail.start(), 1, "nothing is written yet");
+        // Job 1 written: of its five entries, the newest that fit the budget stay (none of
+        // job 2's count, since they are not written).
+        tail.written(1);
+        assert_eq!((tail.start(), tail.end()), (3, 9));
+        assert_eq!(tail.bytes(), 6 * size);
+        tail.written(2);
+        assert_eq!((tail.start(), tail.end()), (6, 9));
+        assert_eq!(tail.bytes(), 3 * size);
+        assert_eq!(tail.read(0, 100).len(), 3);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 // openraft's storage error is large; the helpers here return it unchanged.
 #![allow(clippy::result_large_err)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 
@@ -91,6 +92,8 @@ pub enum Job {
 #[derive(Clone)]
 pub struct Writer {
     jobs: Sender<Job>,
+    /// How many batches the thread has run: grows while the node writes.
+    batches: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -105,10 +108,17 @@ impl Writer {
         sync_mode: SyncMode,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = std::sync::mpsc::channel();
+        let batches = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&batches);
         std::thread::Builder::new()
             .name("jochat-log-writer".into())
-            .spawn(move || run(&mut conn, &tail, sync_mode, &queue))?;
-        Ok(Self { jobs })
+            .spawn(move || run(&mut conn, &tail, sync_mode, &queue, &counter))?;
+        Ok(Self { jobs, batches })
+    }
+
+    /// How many batches of jobs the writer has run so far (unchanged while it is idle).
+    pub fn batches_run(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
     /// Queues `job`. When the writer has stopped (the node is shutting down), the job is
@@ -170,7 +180,13 @@ fn lazy_mode(sync_mode: SyncMode) -> SyncMode {
 }
 
 /// The writer thread: takes a batch of queued jobs at a time and runs it.
-fn run(conn: &mut Connection, tail: &Mutex<Tail>, sync_mode: SyncMode, queue: &Receiver<Job>) {
+fn run(
+    conn: &mut Connection,
+    tail: &Mutex<Tail>,
+    sync_mode: SyncMode,
+    queue: &Receiver<Job>,
+    batches: &AtomicU64,
+) {
     let lazy = lazy_mode(sync_mode);
     if let Err(error) = conn.pragma_update(None, "synchronous", lazy.pragma()) {
         tracing::error!(%error, "could not set the writer connection to lazy commits");
@@ -188,6 +204,7 @@ fn run(conn: &mut Connection, tail: &Mutex<Tail>, sync_mode: SyncMode, queue: &R
             }
         }
         run_batch(conn, tail, sync_mode, lazy, &mut batch);
+        batches.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -15,6 +15,7 @@ pub mod schema;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jochat_core::{apply, ChatError, Command, Outcome};
@@ -72,6 +73,17 @@ pub struct StoreConfig {
 pub struct Database {
     readers: r2d2::Pool<SqliteConnectionManager>,
     path: PathBuf,
+    /// How many reads have started: grows while the node serves reads.
+    reads: AtomicU64,
+}
+
+/// Asks SQLite to free what it can of `conn`'s page cache (`PRAGMA shrink_memory`); the cache
+/// refills from the file as pages are needed again. A failure is logged: it only means the
+/// memory stays.
+pub(crate) fn shrink_memory(conn: &Connection) {
+    if let Err(error) = conn.execute_batch("PRAGMA shrink_memory") {
+        tracing::warn!(%error, "SQLite could not release its cache");
+    }
 }
 
 impl Database {
@@ -103,7 +115,32 @@ impl Database {
         Ok(Self {
             readers,
             path: config.path.clone(),
+            reads: AtomicU64::new(0),
         })
+    }
+
+    /// How many reads have started so far (unchanged while no read comes).
+    pub fn read_activity(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Lets SQLite give back the page caches of the pooled connections that are idle now (a
+    /// connection in use keeps its cache). For an idle node.
+    ///
+    /// # Errors
+    /// The blocking task failed.
+    pub async fn release_memory(&self) -> Result<(), NodeError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            // Hold every idle connection at once, so each is visited once.
+            let mut idle = Vec::new();
+            while let Some(conn) = readers.try_get() {
+                shrink_memory(&conn);
+                idle.push(conn);
+            }
+        })
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()))
     }
 
     /// The database file.
@@ -120,6 +157,7 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&SqliteChat<'_>) -> Result<T, ChatError> + Send + 'static,
     {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || -> Result<T, NodeError> {
             let mut conn = readers.get()?;

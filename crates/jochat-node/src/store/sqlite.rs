@@ -305,6 +305,18 @@ impl ChatRead for SqliteChat<'_> {
         Ok((accounts, total))
     }
 
+    fn remembered_span(&self) -> Result<(u64, Option<i64>), StoreError> {
+        let count = self.counter("remembered_count")?;
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT min(at_ms) FROM idempotency")
+            .map_err(storage)?;
+        let oldest = statement
+            .query_row([], |row| row.get::<_, Option<i64>>(0))
+            .map_err(storage)?;
+        Ok((count.max(0) as u64, oldest))
+    }
+
     fn remembered(&self, key: &IdempotencyKey) -> Result<Option<Remembered>, StoreError> {
         let mut statement = self
             .conn
