@@ -198,6 +198,7 @@ async fn internal_calls_need_the_cluster_secret() {
     let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(1, 2), None);
     let payload = RaftPayload {
         json: serde_json::to_vec(&vote).unwrap(),
+        data: Vec::new(),
     };
 
     // 1. Without the secret, and with a wrong one: refused.

@@ -8,6 +8,7 @@
 //! Every call first consults the node's [`Faults`] (empty outside tests), so tests can drop,
 //! delay or partition chosen links between real nodes.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,6 +123,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             channel: peer_channel(target, &node.addr),
             secret: self.secret.clone(),
             faults: self.faults.clone(),
+            chunk_form: Arc::new(AtomicU8::new(CHUNKS_UNKNOWN)),
         }
     }
 }
@@ -134,6 +136,34 @@ pub struct PeerClient {
     channel: Result<Channel, String>,
     secret: Option<Arc<str>>,
     faults: Faults,
+    /// How the peer takes snapshot chunks: [`CHUNKS_UNKNOWN`] until its first answer, then
+    /// [`CHUNKS_RAW`] (`InstallSnapshotChunk`) or [`CHUNKS_JSON`] (it answered that call
+    /// UNIMPLEMENTED: a node of an older build).
+    chunk_form: Arc<AtomicU8>,
+}
+
+/// A peer whose way of taking snapshot chunks is not known yet.
+const CHUNKS_UNKNOWN: u8 = 0;
+/// A peer that takes snapshot chunks as raw bytes beside the JSON.
+const CHUNKS_RAW: u8 = 1;
+/// A peer that takes snapshot chunks only inside the JSON.
+const CHUNKS_JSON: u8 = 2;
+
+/// How a call failed: the peer does not know the method, or anything else.
+enum CallFailure<E: std::error::Error> {
+    Unimplemented,
+    Failed(RPCError<NodeId, BasicNode, E>),
+}
+
+impl<E: std::error::Error> From<CallFailure<E>> for RPCError<NodeId, BasicNode, E> {
+    fn from(failure: CallFailure<E>) -> Self {
+        match failure {
+            CallFailure::Unimplemented => RPCError::Unreachable(Unreachable::new(
+                &TransportFailure("the peer does not know this call".into()),
+            )),
+            CallFailure::Failed(error) => error,
+        }
+    }
 }
 
 /// A transport failure, as the error type openraft's `Unreachable` wants.
@@ -156,12 +186,35 @@ impl PeerClient {
         F: FnOnce(RaftClient<Channel>, Request<RaftPayload>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<RaftPayload>, Status>>,
     {
-        let unreachable =
-            |why: String| RPCError::Unreachable(Unreachable::new(&TransportFailure(why)));
+        Ok(self.call_with(rpc, Vec::new(), option, send).await?)
+    }
+
+    /// [`PeerClient::call`] with raw `data` beside the JSON, telling an UNIMPLEMENTED answer
+    /// apart from other failures.
+    async fn call_with<Req, T, E, F, Fut>(
+        &self,
+        rpc: &Req,
+        data: Vec<u8>,
+        option: &RPCOption,
+        send: F,
+    ) -> Result<T, CallFailure<E>>
+    where
+        Req: Serialize,
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, Request<RaftPayload>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<RaftPayload>, Status>>,
+    {
+        let unreachable = |why: String| {
+            CallFailure::Failed(RPCError::Unreachable(Unreachable::new(&TransportFailure(
+                why,
+            ))))
+        };
         let channel = self.channel.clone().map_err(unreachable)?;
-        let json = serde_json::to_vec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let json = serde_json::to_vec(rpc)
+            .map_err(|e| CallFailure::Failed(RPCError::Network(NetworkError::new(&e))))?;
         let deadline = option.hard_ttl();
-        let mut request = Request::new(RaftPayload { json });
+        let mut request = Request::new(RaftPayload { json, data });
         request.set_timeout(deadline);
         with_secret(&mut request, self.secret.as_deref()).map_err(unreachable)?;
         let client = RaftClient::new(channel).max_decoding_message_size(usize::MAX);
@@ -185,12 +238,17 @@ impl PeerClient {
                     self.target
                 )))
             }
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                return Err(CallFailure::Unimplemented)
+            }
             Ok(Err(status)) => return Err(unreachable(format!("peer {}: {status}", self.target))),
             Ok(Ok(reply)) => reply.into_inner(),
         };
         let answer: Result<T, E> = serde_json::from_slice(&reply.json)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            .map_err(|e| CallFailure::Failed(RPCError::Network(NetworkError::new(&e))))?;
+        answer.map_err(|e| {
+            CallFailure::Failed(RPCError::RemoteError(RemoteError::new(self.target, e)))
+        })
     }
 }
 
@@ -208,12 +266,60 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
+        let form = self.chunk_form.load(Ordering::Relaxed);
+        if form != CHUNKS_JSON {
+            let header = InstallSnapshotRequest::<TypeConfig> {
+                vote: rpc.vote,
+                meta: rpc.meta.clone(),
+                offset: rpc.offset,
+                data: Vec::new(),
+                done: rpc.done,
+            };
+            // While the peer's kind is unknown (its first chunk) the bytes are copied, so the
+            // older call can still carry them; after that they are moved.
+            let data = if form == CHUNKS_RAW {
+                std::mem::take(&mut rpc.data)
+            } else {
+                rpc.data.clone()
+            };
+            let sent = self
+                .call_with(&header, data, &option, |mut client, request| async move {
+                    client.install_snapshot_chunk(request).await
+                })
+                .await;
+            match sent {
+                Err(CallFailure::Unimplemented) => {
+                    tracing::info!(
+                        peer = self.target,
+                        "the peer takes snapshot chunks only inside JSON (an older build)"
+                    );
+                    self.chunk_form.store(CHUNKS_JSON, Ordering::Relaxed);
+                    if form == CHUNKS_RAW {
+                        // The bytes were moved into the failed call: openraft sends the
+                        // chunk again, and the older call then carries it.
+                        return Err(CallFailure::Unimplemented.into());
+                    }
+                }
+                Ok(reply) => {
+                    self.chunk_form.store(CHUNKS_RAW, Ordering::Relaxed);
+                    return Ok(reply);
+                }
+                Err(CallFailure::Failed(error)) => {
+                    // An answer from the peer (even a refusal) shows it knows the call; a
+                    // transport failure shows nothing.
+                    if matches!(error, RPCError::RemoteError(_)) {
+                        self.chunk_form.store(CHUNKS_RAW, Ordering::Relaxed);
+                    }
+                    return Err(error);
+                }
+            }
+        }
         self.call(&rpc, &option, |mut client, request| async move {
             client.install_snapshot(request).await
         })

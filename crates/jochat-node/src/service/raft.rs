@@ -7,7 +7,7 @@ use jochat_proto::internal::v1::{
     JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply, ProbeRequest, RaftPayload,
 };
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::raft::AppendEntriesRequest;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -75,6 +75,20 @@ impl RaftApi {
     }
 }
 
+impl RaftApi {
+    /// Hands one snapshot chunk to Raft; a chunk taken means a current leader was heard.
+    async fn install(
+        &self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let result = self.raft.install_snapshot(rpc).await;
+        if result.is_ok() {
+            self.contact.heard_leader();
+        }
+        encode(&result)
+    }
+}
+
 /// A failed membership change as a status: NOT-LEADER (with hints) when this node does not
 /// lead, FAILED_PRECONDITION when the change itself is refused (no voter left, not a
 /// learner), UNAVAILABLE otherwise, including another change still committing (the caller
@@ -102,7 +116,12 @@ fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     serde_json::to_vec(value)
-        .map(|json| Response::new(RaftPayload { json }))
+        .map(|json| {
+            Response::new(RaftPayload {
+                json,
+                data: Vec::new(),
+            })
+        })
         .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))
 }
 
@@ -249,10 +268,22 @@ impl RaftService for RaftApi {
     ) -> Result<Response<RaftPayload>, Status> {
         self.authorize("install_snapshot", &request)?;
         let rpc = decode(request.get_ref())?;
-        let result = self.raft.install_snapshot(rpc).await;
-        if result.is_ok() {
-            self.contact.heard_leader();
+        self.install(rpc).await
+    }
+
+    async fn install_snapshot_chunk(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        self.authorize("install_snapshot_chunk", &request)?;
+        let payload = request.into_inner();
+        let mut rpc: InstallSnapshotRequest<TypeConfig> = decode(&payload)?;
+        if !rpc.data.is_empty() {
+            return Err(Status::invalid_argument(
+                "json: a chunk's bytes belong in `data`, not in the JSON request",
+            ));
         }
-        encode(&result)
+        rpc.data = payload.data;
+        self.install(rpc).await
     }
 }
