@@ -132,7 +132,9 @@ impl Database {
     pub async fn release_memory(&self) -> Result<(), NodeError> {
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
-            // Hold every idle connection at once, so each is visited once.
+            // Hold every idle connection at once, so each is visited once. (Taking the last
+            // idle one makes r2d2 open another in the background to keep `min_idle`; the pool
+            // never passes `--read-pool-size`.)
             let mut idle = Vec::new();
             while let Some(conn) = readers.try_get() {
                 shrink_memory(&conn);
