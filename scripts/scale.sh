@@ -2,7 +2,8 @@
 # Scale runs on one three-node release cluster (ports 5301-5304, a temporary folder): fill it
 # through the normal write path, measure inbox pages and account searches at that size, then
 # time an empty fourth node's join (until the leader reports it a voter that has applied the
-# leader's commit index). Needs `cargo build --release` first.
+# leader's commit index). Prints the term after the fill (1 + the elections it caused) and the
+# snapshots each node built. Needs `cargo build --release` first.
 #
 # Usage: scripts/scale.sh MESSAGES CONTENT_BYTES      e.g. scripts/scale.sh 1000000 1000
 set -euo pipefail
@@ -13,7 +14,7 @@ fi
 B="${JOCHAT_BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}"
 D=$(mktemp -d /tmp/jochat-scale-XXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"' EXIT
-export RUST_LOG=warn
+export RUST_LOG="${RUST_LOG:-warn,jochat_node::raft::storage=info}"
 S=127.0.0.1:5301,127.0.0.1:5302,127.0.0.1:5303
 
 "$B/jochat-node" --server-id 1 --port 5301 --db-file "$D/n1.db" 2> "$D/n1.log" &
@@ -30,6 +31,12 @@ sleep 2
 
 "$B/jochat" --servers $S --json bench --op inbox --concurrency 1 --duration 10s \
     --preload-messages "$1" --content-bytes "$2" | tail -1
+"$B/jochat" --servers $S --json cluster info |
+    python3 -c "import json, sys; print('term after the fill', json.load(sys.stdin)['term'])"
+for n in 1 2 3; do
+    echo "node $n snapshots:"
+    grep -a "snapshot built" "$D/n$n.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^.*snapshot built/  built/' || true
+done
 "$B/jochat" --servers $S --json bench --op inbox --concurrency 8 --duration 10s | tail -1
 "$B/jochat" --servers $S --json bench --op accounts --concurrency 8 --duration 10s | tail -1
 ls -l "$D"/n1.db*

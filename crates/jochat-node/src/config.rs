@@ -146,7 +146,10 @@ pub struct NodeConfig {
         default_value_t = 150
     )]
     pub election_timeout_ms: u64,
-    /// Log entries since the last snapshot that trigger a new snapshot (and purge the log).
+    /// Log entries since the last snapshot that make a new snapshot due (and let the log be
+    /// purged behind it), once the commands applied since then also hold at least half as
+    /// many bytes as the last snapshot file (`raft::snapshots`), so that a large database is
+    /// not copied every few thousand entries.
     #[arg(
         long = "snapshot-threshold",
         alias = "snapshot_threshold",
@@ -154,6 +157,15 @@ pub struct NodeConfig {
         default_value_t = 5000
     )]
     pub snapshot_threshold: u64,
+    /// How fast a snapshot file is written, in MiB a second; 0 for as fast as the disk takes
+    /// it. Bounded so that copying a large database leaves the disk room for the log's fsyncs.
+    #[arg(
+        long = "snapshot-rate-mib",
+        alias = "snapshot_rate_mib",
+        env = "JOCHAT_SNAPSHOT_RATE_MIB",
+        default_value_t = 32
+    )]
+    pub snapshot_rate_mib: u64,
     /// Disaster recovery: make this node, with the data in its file, the only member of a new
     /// cluster (its log and state are kept; the other members are dropped). For when a
     /// majority is lost for good. Committed writes that this node had not received are lost,
@@ -210,6 +222,7 @@ impl Default for NodeConfig {
             heartbeat_ms: 50,
             election_timeout_ms: 150,
             snapshot_threshold: 5000,
+            snapshot_rate_mib: 32,
             force_new_cluster: false,
         }
     }
@@ -262,6 +275,15 @@ impl NodeConfig {
         if !(1..=1_000_000).contains(&self.subscriber_buffer) {
             return fail("subscriber-buffer", "must be between 1 and 1000000".into());
         }
+        if self.snapshot_threshold == 0 {
+            return fail("snapshot-threshold", "must be positive".into());
+        }
+        if self.snapshot_rate_mib > 1 << 20 {
+            return fail(
+                "snapshot-rate-mib",
+                "must be between 0 (unbounded) and 1048576".into(),
+            );
+        }
         if self.cluster_secret.as_deref().is_some_and(str::is_empty) {
             return fail("cluster-secret", "must not be empty when given".into());
         }
@@ -300,6 +322,11 @@ impl NodeConfig {
         })
     }
 
+    /// How fast snapshot files are written, in bytes a second (`None`: unbounded).
+    pub fn snapshot_rate(&self) -> Option<u64> {
+        (self.snapshot_rate_mib > 0).then(|| self.snapshot_rate_mib * 1024 * 1024)
+    }
+
     /// The store's part of the configuration.
     pub fn store(&self) -> StoreConfig {
         StoreConfig {
@@ -332,7 +359,8 @@ impl NodeConfig {
             // tables in one transaction), may take far longer than openraft's 200 ms default
             // on a large database; a chunk that times out is sent again, forever.
             install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_threshold),
+            // `raft::snapshots::run` decides when (by entries and by size).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             ..openraft::Config::default()
         }
         .validate()
@@ -426,6 +454,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("--host: "));
+        for (config, flag) in [
+            (
+                NodeConfig {
+                    snapshot_threshold: 0,
+                    ..NodeConfig::default()
+                },
+                "--snapshot-threshold: ",
+            ),
+            (
+                NodeConfig {
+                    snapshot_rate_mib: 1 << 21,
+                    ..NodeConfig::default()
+                },
+                "--snapshot-rate-mib: ",
+            ),
+        ] {
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.starts_with(flag), "{error}");
+        }
+        assert_eq!(NodeConfig::default().snapshot_rate(), Some(32 << 20));
+        let unbounded = NodeConfig {
+            snapshot_rate_mib: 0,
+            ..NodeConfig::default()
+        };
+        assert_eq!(unbounded.snapshot_rate(), None);
         assert!("x:1:2".parse::<Peer>().is_err());
         assert!("1:host".parse::<Peer>().is_err());
         assert!("0:h:1".parse::<Peer>().is_err());

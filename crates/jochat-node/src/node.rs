@@ -119,6 +119,8 @@ pub struct Node {
     elections: tokio::task::JoinHandle<()>,
     /// Gives memory back when the node goes quiet (`crate::idle`), stopped at shutdown.
     idle: tokio::task::JoinHandle<()>,
+    /// Asks Raft for a snapshot when one is due (`raft::snapshots`), stopped at shutdown.
+    snapshots: tokio::task::JoinHandle<()>,
     /// Gathers concurrent writes into shared log entries.
     proposer: Proposer,
     /// When this node last heard a leader; the peer-side Raft service touches it.
@@ -288,8 +290,10 @@ impl Node {
         faults: Faults,
     ) -> Result<Self, NodeError> {
         // Raft's storage opens (and migrates) the file first; the read pool then joins it.
-        let (log, state_machine) = raft::storage::open(&config.db_path(), config.sync_mode)?;
+        let (log, state_machine) =
+            raft::storage::open_with(&config.db_path(), config.sync_mode, config.snapshot_rate())?;
         let events = state_machine.events();
+        let snapshot_gauge = state_machine.snapshot_gauge();
         if config.force_new_cluster {
             let changed = log
                 .force_sole_member(config.server_id, address.to_string())
@@ -366,6 +370,11 @@ impl Node {
                 faults,
             },
         ));
+        let snapshots = tokio::spawn(raft::snapshots::run(
+            raft.clone(),
+            snapshot_gauge,
+            config.snapshot_threshold,
+        ));
         let proposer = Proposer::start(raft.clone(), quorum_deadline(&config));
         Ok(Self {
             config,
@@ -375,6 +384,7 @@ impl Node {
             joining: std::sync::Mutex::new(joining),
             elections,
             idle,
+            snapshots,
             proposer,
             contact,
             events,
@@ -980,8 +990,8 @@ impl Node {
     }
 
     /// Stops the join and election tasks, which hold clones of the Raft handle and would
-    /// otherwise keep its core (and its heartbeats) alive, and the idle watcher, which holds
-    /// the storage.
+    /// otherwise keep its core (and its heartbeats) alive, and the idle watcher and snapshot
+    /// trigger, which hold the storage and Raft.
     fn stop_background_tasks(&self) {
         let joining = self
             .joining
@@ -993,6 +1003,7 @@ impl Node {
         }
         self.elections.abort();
         self.idle.abort();
+        self.snapshots.abort();
         self.proposer.stop();
     }
 }

@@ -1,5 +1,6 @@
-//! The Raft log and state machine on SQLite: openraft's own storage test suite, and a
-//! snapshot carried from one node's file to an empty node's file.
+//! The Raft log and state machine on SQLite: openraft's own storage test suite, a snapshot
+//! carried from one node's file to an empty node's file, and a paced snapshot made while the
+//! node keeps applying.
 
 use std::collections::BTreeSet;
 
@@ -169,4 +170,158 @@ async fn a_snapshot_carries_the_chat_state_to_an_empty_node() {
     assert!(
         matches!(&applied[0], Applied::Commands(r) if matches!(r[..], [Ok(jochat_core::Outcome::MessageSent { id, .. })] if id.0 == 2))
     );
+}
+
+/// Entries `first..first + count`: a sign-up of alice and bob and alice's session at 1..=3,
+/// then messages of 1,000 bytes from alice to bob.
+fn chat_entries(first: u64, count: u64) -> Vec<Entry<TypeConfig>> {
+    let token = SessionToken::from_random_bytes([7; 32]).digest();
+    let name = |raw: &str| Username::new(raw).unwrap();
+    (first..first + count)
+        .map(|index| {
+            let at = i64::try_from(index).unwrap();
+            let action = match index {
+                1 => Action::SignUp {
+                    username: name("alice"),
+                    password_hash: "h".into(),
+                },
+                2 => Action::SignUp {
+                    username: name("bob"),
+                    password_hash: "h".into(),
+                },
+                3 => Action::CreateSession {
+                    user_id: UserId(1),
+                    token_digest: token.clone(),
+                    expires_at_ms: i64::MAX,
+                },
+                _ => Action::SendMessage {
+                    session: token.clone(),
+                    recipient: name("bob"),
+                    content: Content::new(format!("{index:0>1000}"), 1000).unwrap(),
+                },
+            };
+            command(index, at, action)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_snapshot_taken_during_applies_holds_exactly_the_state_it_names() {
+    // 1. A node holding about 3 MB, writing snapshots at 2 MiB/s: the copy takes over a
+    //    second, during which the node applies 300 more entries.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let (_, mut node) = storage::open_with(&db, SyncMode::Normal, Some(2 << 20)).unwrap();
+    node.apply(chat_entries(1, 3_000)).await.unwrap();
+    let mut builder = node.get_snapshot_builder().await;
+    let building = tokio::spawn(async move { builder.build_snapshot().await });
+    let mut next = 3_001;
+    while !building.is_finished() {
+        node.apply(chat_entries(next, 10)).await.unwrap();
+        next += 10;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let snapshot = building.await.unwrap().unwrap();
+    let named = snapshot
+        .meta
+        .last_log_id
+        .expect("the snapshot names an applied id")
+        .index;
+    assert!(
+        (3_000..next - 1).contains(&named),
+        "the snapshot names entry {named}, applied meanwhile up to {}",
+        next - 1
+    );
+
+    // 2. The file is the state at that entry and nothing else: the same rows as a node that
+    //    applied exactly up to it, no log, and only the applied id and membership of
+    //    Raft's state.
+    let file = dir
+        .path()
+        .join("a.db.snapshots")
+        .join(format!("{}.db", snapshot.meta.snapshot_id));
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference_db = reference_dir.path().join("r.db");
+    let (_, mut reference) = storage::open(&reference_db, SyncMode::Normal).unwrap();
+    reference.apply(chat_entries(1, named)).await.unwrap();
+    assert_eq!(dump(&file), dump(&reference_db));
+    let copy = rusqlite::Connection::open(&file).unwrap();
+    let log_rows: i64 = copy
+        .query_row("SELECT count(*) FROM raft_log", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(log_rows, 0);
+    let mut names: Vec<String> = copy
+        .prepare("SELECT name FROM raft_state ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    names.sort();
+    // (No membership entry was applied here, so there is no membership to record.)
+    assert_eq!(names, ["last_applied"]);
+    let journal: String = copy
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_ne!(
+        journal, "wal",
+        "a snapshot file stands alone, without a -wal file"
+    );
+}
+
+#[tokio::test]
+async fn rows_left_below_the_last_purged_id_are_dead_and_deleted_by_the_next_purge() {
+    // 1. A file as a crash can leave it: the purge up to 10 was recorded, but its rows 1..=5
+    //    were not yet deleted (purges delete in the background).
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("node.db");
+    drop(storage::open(&db, SyncMode::Normal).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        for index in 1..=5 {
+            let entry = command(
+                index,
+                1,
+                Action::RevokeSession {
+                    session: SessionToken::from_random_bytes([1; 32]).digest(),
+                },
+            );
+            conn.execute(
+                "INSERT INTO raft_log (log_index, term, entry) VALUES (?1, 1, ?2)",
+                rusqlite::params![
+                    i64::try_from(index).unwrap(),
+                    serde_json::to_vec(&entry).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO raft_state (name, value) VALUES ('last_purged', ?1)",
+            [serde_json::to_vec(&log_id(10)).unwrap()],
+        )
+        .unwrap();
+    }
+
+    // 2. Reopened, the log is empty after 10: the dead rows are not its last entry.
+    let (mut log, _) = storage::open(&db, SyncMode::Normal).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(10)));
+    assert_eq!(state.last_log_id, Some(log_id(10)));
+
+    // 3. The next purge deletes them, in the background.
+    log.purge(log_id(10)).await.unwrap();
+    let rows = || -> i64 {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM raft_log", [], |row| row.get(0))
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rows() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "purged rows were never deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -10,6 +10,8 @@
 //! - [`election`]: the election timer: staggered by id, with a pre-check of the peers.
 //! - [`storage`]: [`storage::LogStore`] and [`storage::StateMachineStore`], openraft's v2
 //!   storage traits on SQLite.
+//! - [`snapshots`]: when snapshots are made (by entries and by size) and how their files are
+//!   written (paced, flushed as they grow).
 //! - [`writer`]: the log writer's thread, which runs every write to the file in order and
 //!   commits appends in groups (one fsync for many); [`tail`]: the newest entries in memory,
 //!   readable before they are written.
@@ -20,6 +22,7 @@
 pub mod election;
 pub mod faults;
 pub mod network;
+pub mod snapshots;
 pub mod storage;
 pub mod tail;
 pub mod writer;

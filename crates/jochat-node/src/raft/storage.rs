@@ -10,11 +10,12 @@
 //! transaction, so a crash never separates an entry's effect from the record that it was
 //! applied. Log reads below the tail use a connection of their own.
 //!
-//! Snapshots are files: `VACUUM INTO` makes a consistent copy of the database from a separate
-//! connection (the writer is not held during the copy), the copy's log is dropped, and the
-//! file is what openraft streams to a lagging node in chunks. Installing one attaches the file
-//! and replaces the chat tables from it in one transaction. Memory use does not grow with the
-//! size of the database.
+//! Snapshots are files: [`super::snapshots::copy_state`] copies the chat tables and the
+//! applied log id from a separate connection in one read transaction (the writer is not held
+//! during the copy), at a bounded rate, and the file is what openraft streams to a lagging
+//! node in chunks. Installing one attaches the file and replaces the chat tables from it in
+//! one transaction. Memory use does not grow with the size of the database. When snapshots
+//! are made is [`super::snapshots::run`]'s decision.
 
 // openraft's traits return its own `StorageError` (a large type) by value; the helpers here
 // return the same type so that `?` carries it unchanged.
@@ -39,7 +40,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::tail::{Tail, TAIL_CAPACITY};
+use super::snapshots::{copy_state, SnapshotGauge};
+use super::tail::{entry_bytes, Tail, TAIL_CAPACITY};
 use super::writer::{Done, Job, Writer};
 use super::{Applied, TypeConfig};
 use crate::error::NodeError;
@@ -61,6 +63,11 @@ const CHAT_TABLES: [&str; 5] = ["users", "sessions", "messages", "idempotency", 
 /// write fewer pages. The WAL file grows to about this many pages of 4 KiB.
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 4_000;
 
+/// The size the WAL file is cut back to when a checkpoint restarts it. It can grow far past
+/// its usual ~16 MiB while a long read (a paced snapshot copy of a large database) keeps
+/// checkpoints from restarting it, or a snapshot install writes a whole database through it.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
 /// The storage shared by the log store and the state machine.
 struct Shared {
     /// Runs every write, in order, on the one writer connection.
@@ -78,6 +85,14 @@ struct Shared {
     snapshot_dir: PathBuf,
     /// Makes snapshot file names unique within this process.
     snapshot_counter: AtomicU64,
+    /// How fast snapshot files are written, in bytes a second (`None`: unbounded).
+    snapshot_rate: Option<u64>,
+    /// What decides when the next snapshot is due.
+    gauge: Arc<SnapshotGauge>,
+    /// The newest purged index, for the background deletion of the purged rows.
+    purged_upto: tokio::sync::watch::Sender<u64>,
+    /// The receiving end, until the first purge starts the deletion task with it.
+    purged_rows: Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
 }
 
 /// The Raft log, openraft's `RaftLogStorage`. Cheap to clone; clones share the connection.
@@ -94,11 +109,28 @@ pub struct StateMachineStore {
     events: Events,
 }
 
-/// Opens (creating and migrating if needed) the database at `path` for Raft.
+/// How fast [`open`] lets snapshot files be written: 32 MiB/s (see `--snapshot-rate-mib`).
+pub const SNAPSHOT_RATE_DEFAULT: u64 = 32 * 1024 * 1024;
+
+/// Opens (creating and migrating if needed) the database at `path` for Raft, writing
+/// snapshots at [`SNAPSHOT_RATE_DEFAULT`].
 ///
 /// # Errors
 /// The file or the snapshot folder cannot be created, or a migration fails.
 pub fn open(path: &Path, sync_mode: SyncMode) -> Result<(LogStore, StateMachineStore), NodeError> {
+    open_with(path, sync_mode, Some(SNAPSHOT_RATE_DEFAULT))
+}
+
+/// [`open`], writing snapshot files at most `snapshot_rate` bytes a second (`None`: as fast
+/// as the disk takes them).
+///
+/// # Errors
+/// As [`open`].
+pub fn open_with(
+    path: &Path,
+    sync_mode: SyncMode,
+    snapshot_rate: Option<u64>,
+) -> Result<(LogStore, StateMachineStore), NodeError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
@@ -112,16 +144,23 @@ pub fn open(path: &Path, sync_mode: SyncMode) -> Result<(LogStore, StateMachineS
     })?;
     conn.pragma_update(None, "synchronous", sync_mode.pragma())?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
     schema::migrate(&mut conn)?;
     let tail = Arc::new(Mutex::new(Tail::new(
         first_unwritten_index(&conn)?,
         TAIL_CAPACITY,
     )));
+    let current: Option<CurrentSnapshot> =
+        get_state(&conn, "current_snapshot").map_err(|e| NodeError::Raft(e.to_string()))?;
+    let snapshot_bytes = current
+        .and_then(|current| std::fs::metadata(current.file).ok())
+        .map_or(0, |metadata| metadata.len());
     let reader = Connection::open(path)?;
     reader.busy_timeout(std::time::Duration::from_secs(5))?;
     reader.set_prepared_statement_cache_capacity(crate::store::STATEMENT_CACHE_CAPACITY);
     reader.pragma_update(None, "query_only", true)?;
     let writer = Writer::start(conn, Arc::clone(&tail), sync_mode)?;
+    let (purged_upto, purged_rows) = tokio::sync::watch::channel(0);
     let shared = Arc::new(Shared {
         writer,
         tail,
@@ -130,6 +169,10 @@ pub fn open(path: &Path, sync_mode: SyncMode) -> Result<(LogStore, StateMachineS
         path: path.to_owned(),
         snapshot_dir,
         snapshot_counter: AtomicU64::new(0),
+        snapshot_rate,
+        gauge: Arc::new(SnapshotGauge::new(snapshot_bytes)),
+        purged_upto,
+        purged_rows: Mutex::new(Some(purged_rows)),
     });
     Ok((
         LogStore {
@@ -174,12 +217,64 @@ fn snapshot_failure(error: impl std::fmt::Display) -> Failure {
 fn first_unwritten_index(conn: &Connection) -> Result<u64, NodeError> {
     let last: Option<i64> =
         conn.query_row("SELECT MAX(log_index) FROM raft_log", [], |row| row.get(0))?;
-    if let Some(last) = last {
-        return Ok(u64::try_from(last).unwrap_or(0) + 1);
-    }
     let purged: Option<LogId<NodeId>> =
         get_state(conn, "last_purged").map_err(|e| NodeError::Raft(e.to_string()))?;
-    Ok(purged.map_or(0, |id| id.index + 1))
+    let after_rows = last.map_or(0, |last| u64::try_from(last).unwrap_or(0) + 1);
+    Ok(after_rows.max(first_live_index(purged)))
+}
+
+/// The first index above the last purged one: rows below it are dead (a purge records its
+/// id at once and deletes the rows in the background, so some may be left after a crash).
+fn first_live_index(last_purged: Option<LogId<NodeId>>) -> u64 {
+    last_purged.map_or(0, |id| id.index + 1)
+}
+
+/// How many log entries one background deletion job removes (entries are at most about
+/// 1 MiB, usually a few KiB).
+const PURGE_CHUNK_ENTRIES: i64 = 32;
+
+/// Deletes the log's rows up to the newest index `upto` holds, [`PURGE_CHUNK_ENTRIES`] per
+/// writer job, each job queued once the one before has run, so appends and applies queued
+/// meanwhile go first. Ends when the writer stops or the store is dropped.
+async fn delete_purged(writer: Writer, mut upto: tokio::sync::watch::Receiver<u64>) {
+    loop {
+        let target = to_sql_index(*upto.borrow_and_update());
+        loop {
+            let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let report = Arc::clone(&full);
+            let deleted = writer
+                .log(
+                    false,
+                    Box::new(move |tx| {
+                        let deleted = tx
+                            .prepare_cached(
+                                "DELETE FROM raft_log WHERE log_index <= ?1 \
+                                 AND log_index < (SELECT MIN(log_index) FROM raft_log) + ?2",
+                            )
+                            .and_then(|mut delete| {
+                                delete.execute(params![target, PURGE_CHUNK_ENTRIES])
+                            })
+                            .map_err(write_logs)?;
+                        report.store(
+                            i64::try_from(deleted).unwrap_or(i64::MAX) >= PURGE_CHUNK_ENTRIES,
+                            Ordering::Relaxed,
+                        );
+                        Ok(())
+                    }),
+                )
+                .await;
+            if let Err(error) = deleted {
+                tracing::warn!(%error, "purged log entries were not deleted; the next purge will");
+                return;
+            }
+            if !full.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        if upto.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 impl LogStore {
@@ -251,6 +346,20 @@ impl Shared {
             .expect("the value slot's mutex is never held across a panic")
             .take();
         produced.ok_or_else(|| write_logs("a log job committed without producing its value"))
+    }
+
+    /// Has the log's rows up to `index` deleted in the background (see [`delete_purged`]).
+    /// Called from the runtime (openraft's `purge`).
+    fn delete_purged_upto(&self, index: u64) {
+        self.purged_upto.send_replace(index);
+        let receiver = self
+            .purged_rows
+            .lock()
+            .expect("the purge receiver's mutex is never held across a panic")
+            .take();
+        if let Some(receiver) = receiver {
+            tokio::spawn(delete_purged(self.writer.clone(), receiver));
+        }
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
@@ -366,8 +475,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let last_purged: Option<LogId<NodeId>> = get_state(conn, "last_purged")?;
                 let last: Option<Vec<u8>> = conn
                     .query_row(
-                        "SELECT entry FROM raft_log ORDER BY log_index DESC LIMIT 1",
-                        [],
+                        "SELECT entry FROM raft_log WHERE log_index >= ?1 \
+                         ORDER BY log_index DESC LIMIT 1",
+                        [to_sql_index(first_live_index(last_purged))],
                         |row| row.get(0),
                     )
                     .optional()
@@ -502,18 +612,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Failure> {
+        // Recorded at once; the rows go a few at a time in the background (`delete_purged`):
+        // a purge after a snapshot of a large database can cover hundreds of megabytes of
+        // log, and one transaction deleting them all would hold every append and apply
+        // queued behind it (and openraft's core, which awaits this call) for seconds. Rows at
+        // or below `last_purged` are dead: nothing reads them.
         self.shared.tail().purge(log_id.index);
         self.shared
-            .in_log_group(true, move |tx| {
-                put_state(tx, "last_purged", &log_id)?;
-                tx.execute(
-                    "DELETE FROM raft_log WHERE log_index <= ?1",
-                    [to_sql_index(log_id.index)],
-                )
-                .map_err(write_logs)?;
-                Ok(())
-            })
-            .await
+            .in_log_group(true, move |tx| put_state(tx, "last_purged", &log_id))
+            .await?;
+        self.shared.delete_purged_upto(log_id.index);
+        Ok(())
     }
 }
 
@@ -602,6 +711,11 @@ impl StateMachineStore {
     pub fn events(&self) -> Events {
         self.events.clone()
     }
+
+    /// What [`super::snapshots::run`] reads to decide when a snapshot is due.
+    pub fn snapshot_gauge(&self) -> Arc<SnapshotGauge> {
+        Arc::clone(&self.shared.gauge)
+    }
 }
 
 /// A cluster's membership, as openraft stores it.
@@ -611,10 +725,13 @@ type ClusterMembership = Membership<NodeId, BasicNode>;
 fn newest_membership_in_log(
     conn: &Connection,
 ) -> Result<(Option<LogId<NodeId>>, Option<ClusterMembership>), Failure> {
+    let last_purged: Option<LogId<NodeId>> = get_state(conn, "last_purged")?;
     let mut statement = conn
-        .prepare("SELECT entry FROM raft_log ORDER BY log_index DESC")
+        .prepare("SELECT entry FROM raft_log WHERE log_index >= ?1 ORDER BY log_index DESC")
         .map_err(read_logs)?;
-    let mut rows = statement.query([]).map_err(read_logs)?;
+    let mut rows = statement
+        .query([to_sql_index(first_live_index(last_purged))])
+        .map_err(read_logs)?;
     let mut last = None;
     while let Some(row) = rows.next().map_err(read_logs)? {
         let entry = decode_entry(&row.get::<_, Vec<u8>>(0).map_err(read_logs)?)?;
@@ -624,6 +741,15 @@ fn newest_membership_in_log(
         }
     }
     Ok((last, None))
+}
+
+/// Removes the file of a snapshot that is no longer current, if any.
+async fn remove_replaced(file: Option<PathBuf>) {
+    if let Some(file) = file {
+        if let Err(error) = tokio::fs::remove_file(&file).await {
+            tracing::warn!(%error, file = %file.display(), "could not remove an old snapshot");
+        }
+    }
 }
 
 /// Where the current snapshot is and what it holds.
@@ -638,16 +764,17 @@ impl StateMachineStore {
         self.shared.snapshot_dir.join(format!("{name}.db"))
     }
 
-    /// Records `current` as the node's snapshot and removes the file of the one it replaces.
-    fn set_current_snapshot(conn: &Connection, current: &CurrentSnapshot) -> Result<(), Failure> {
+    /// Records `current` as the node's snapshot; returns the file of the one it replaces, for
+    /// [`remove_replaced`] (removing a large file takes a while: not on the writer's thread).
+    fn set_current_snapshot(
+        conn: &Connection,
+        current: &CurrentSnapshot,
+    ) -> Result<Option<PathBuf>, Failure> {
         let previous: Option<CurrentSnapshot> = get_state(conn, "current_snapshot")?;
         put_state(conn, "current_snapshot", current)?;
-        if let Some(previous) = previous.filter(|p| p.file != current.file) {
-            if let Err(error) = std::fs::remove_file(&previous.file) {
-                tracing::warn!(%error, file = %previous.file.display(), "could not remove an old snapshot");
-            }
-        }
-        Ok(())
+        Ok(previous
+            .filter(|p| p.file != current.file)
+            .map(|previous| previous.file))
     }
 }
 
@@ -658,25 +785,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let source = self.shared.path.clone();
         let shared = Arc::clone(&self.shared);
         let store = self.clone();
+        let rate = self.shared.snapshot_rate;
+        let build = self.shared.gauge.start_building();
+        let started = std::time::Instant::now();
         let current = tokio::task::spawn_blocking(move || -> Result<CurrentSnapshot, Failure> {
-            // 1. A consistent copy, made from a connection of its own so writes go on meanwhile.
-            let _ = std::fs::remove_file(&building);
-            let reader = Connection::open(&source).map_err(snapshot_failure)?;
-            reader
-                .execute("VACUUM INTO ?1", [building.to_string_lossy().as_ref()])
-                .map_err(snapshot_failure)?;
-            drop(reader);
+            // 1. A consistent copy of the state, paced, made from a connection of its own so
+            //    writes go on meanwhile.
+            copy_state(&source, &building, rate)?;
 
-            // 2. What the copy holds is what it says it applied; the log does not travel.
+            // 2. What the copy holds is what it says it applied.
             let copy = Connection::open(&building).map_err(snapshot_failure)?;
             let last_log_id: Option<LogId<NodeId>> = get_state(&copy, "last_applied")?;
             let last_membership: StoredMembership<NodeId, openraft::BasicNode> =
                 get_state(&copy, "last_membership")?.unwrap_or_default();
-            copy.execute_batch(
-                "DELETE FROM raft_log; \
-                 DELETE FROM raft_state WHERE name NOT IN ('last_applied', 'last_membership');",
-            )
-            .map_err(snapshot_failure)?;
             drop(copy);
 
             let snapshot_id = match last_log_id {
@@ -703,9 +824,18 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         .await
         .map_err(snapshot_failure)??;
         let recorded = current.clone();
-        shared
+        let replaced = shared
             .with_conn(move |conn| StateMachineStore::set_current_snapshot(conn, &recorded))
             .await?;
+        remove_replaced(replaced).await;
+        let file_bytes = std::fs::metadata(&current.file).map_or(0, |m| m.len());
+        build.made(file_bytes);
+        tracing::info!(
+            snapshot = %current.meta.snapshot_id,
+            bytes = file_bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         let file = tokio::fs::File::open(&current.file)
             .await
             .map_err(snapshot_failure)?;
@@ -744,6 +874,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let bytes: usize = entries.iter().map(entry_bytes).sum();
         let applied = self
             .shared
             .in_log_group(false, move |tx| {
@@ -783,6 +914,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })
             .await?;
         let (results, events) = applied;
+        self.shared.gauge.applied(bytes as u64);
         // Published only now that the transaction has committed.
         self.events.publish(events);
         Ok(results)
@@ -824,7 +956,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             file: file.clone(),
         };
-        self.shared
+        let file_bytes = tokio::fs::metadata(&file)
+            .await
+            .map_err(snapshot_failure)?
+            .len();
+        let replaced = self
+            .shared
             .with_conn(move |conn| {
                 // A zero-byte snapshot stands for the empty state (openraft treats snapshot data
                 // as opaque and may send one); every snapshot built here is a whole database.
@@ -866,6 +1003,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 installed
             })
             .await?;
+        remove_replaced(replaced).await;
+        self.shared.gauge.installed(file_bytes);
         self.events.publish([ChatEvent::Resync]);
         Ok(())
     }

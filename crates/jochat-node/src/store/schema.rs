@@ -105,6 +105,19 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 /// `NodeError::Schema` when the file is newer than this build, or a migration fails (the
 /// failed migration's transaction is rolled back).
 pub fn migrate(conn: &mut Connection) -> Result<(), NodeError> {
+    run_migrations(conn, true)
+}
+
+/// Gives a new, empty database (a snapshot file being written) this build's schema, without
+/// logging each step.
+///
+/// # Errors
+/// As [`migrate`].
+pub fn create(conn: &mut Connection) -> Result<(), NodeError> {
+    run_migrations(conn, false)
+}
+
+fn run_migrations(conn: &mut Connection, log: bool) -> Result<(), NodeError> {
     let version: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(NodeError::Schema(format!(
@@ -117,7 +130,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), NodeError> {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", index as u32 + 1)?;
         tx.commit()?;
-        tracing::info!(version = index + 1, "database schema migrated");
+        if log {
+            tracing::info!(version = index + 1, "database schema migrated");
+        }
     }
     Ok(())
 }
