@@ -57,12 +57,6 @@ type Failure = StorageError<NodeId>;
 /// (there are no foreign keys).
 const CHAT_TABLES: [&str; 5] = ["users", "sessions", "messages", "idempotency", "counters"];
 
-/// After how many WAL pages the writer copies the WAL back into the database file. SQLite's
-/// default is 1,000; each checkpoint writes every page changed since the last one once, and
-/// under load the same index pages change in many transactions, so fewer, larger checkpoints
-/// write fewer pages. The WAL file grows to about this many pages of 4 KiB.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 4_000;
-
 /// The size the WAL file is cut back to when a checkpoint restarts it. It can grow far past
 /// its usual ~16 MiB while a long read (a paced snapshot copy of a large database) keeps
 /// checkpoints from restarting it, or a snapshot install writes a whole database through it.
@@ -143,7 +137,6 @@ pub fn open_with(
         row.get::<_, String>(0)
     })?;
     conn.pragma_update(None, "synchronous", sync_mode.pragma())?;
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
     schema::migrate(&mut conn)?;
     let tail = Arc::new(Mutex::new(Tail::new(
