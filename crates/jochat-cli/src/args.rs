@@ -193,6 +193,11 @@ pub struct BenchArgs {
     /// scale).
     #[arg(long = "preload-messages", default_value_t = 0)]
     pub preload_messages: u64,
+    /// Accounts to make first, through the normal write path (each sign-up is one argon2
+    /// hash on the server), named like the benchmark's own, so the `accounts` search
+    /// (`bench*`) runs over all of them.
+    #[arg(long = "preload-accounts", default_value_t = 0)]
+    pub preload_accounts: u64,
     /// Pad the content of preloaded and sent messages to this many bytes (to fill a database
     /// to a given size); 0 keeps them short.
     #[arg(long = "content-bytes", default_value_t = 0)]

@@ -299,6 +299,37 @@ async fn preload(
     Ok(())
 }
 
+/// Makes `count` more accounts `<prefix>p<i>` (not logged in) through the normal write path,
+/// [`PRELOAD_CONCURRENCY`] at a time.
+async fn preload_accounts(
+    client: &ChatServerClient,
+    prefix: &str,
+    count: u64,
+) -> anyhow::Result<()> {
+    let bar = progress(count, "accounts");
+    let mut tasks = Vec::new();
+    for lane in 0..PRELOAD_CONCURRENCY as u64 {
+        let (client, prefix, bar) = (client.clone(), prefix.to_owned(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = lane;
+            while i < count {
+                match client.sign_up(&format!("{prefix}p{i}"), PASSWORD).await {
+                    Ok(_) | Err(ClientError::AlreadyExists(_)) => {}
+                    Err(error) => return Err(error),
+                }
+                bar.inc(1);
+                i += PRELOAD_CONCURRENCY as u64;
+            }
+            Ok::<(), ClientError>(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("a preload task failed")??;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
 /// What one slot measured.
 struct SlotResult {
     latencies: Histogram<u64>,
@@ -450,6 +481,9 @@ pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Outpu
     //    each log-in replaces the slot's session, which only login uses).
     let prefix = format!("bench{}x", std::process::id());
     let sessions = accounts(&client, &prefix, args.concurrency().max(2)).await?;
+    if args.preload_accounts > 0 {
+        preload_accounts(&client, &prefix, args.preload_accounts).await?;
+    }
     if args.preload_messages > 0 {
         preload(
             &client,

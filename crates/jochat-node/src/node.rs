@@ -373,7 +373,7 @@ impl Node {
         let snapshots = tokio::spawn(raft::snapshots::run(
             raft.clone(),
             snapshot_gauge,
-            config.snapshot_threshold,
+            raft::snapshots::SnapshotRule::for_node(config.server_id, config.snapshot_threshold),
         ));
         let proposer = Proposer::start(raft.clone(), quorum_deadline(&config));
         Ok(Self {

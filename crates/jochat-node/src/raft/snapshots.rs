@@ -7,12 +7,14 @@
 //! of 4.5 GB on a 250 MB/s disk held the followers' fsyncs past the election timeout (the term
 //! went from 1 to 49 during one load). Two rules bound that cost here:
 //!
-//! - **When** ([`snapshot_due`], [`run`]): a snapshot is made once at least
+//! - **When** ([`SnapshotRule`], [`run`]): a snapshot is made once at least
 //!   `--snapshot-threshold` entries have been applied since the last one *and* the commands
 //!   applied since then hold at least half as many bytes as the last snapshot file. Writing
 //!   snapshots then costs at most about twice the bytes the log itself brought, however large
 //!   the database grows, and the log kept between snapshots stays below about half the
-//!   database. openraft runs with `SnapshotPolicy::Never`; [`run`] triggers the builds.
+//!   database. Both thresholds are staggered by node id, so the nodes of a cluster do not
+//!   all copy at once. openraft runs with `SnapshotPolicy::Never`; [`run`] triggers the
+//!   builds.
 //! - **How fast** ([`copy_state`], [`Pace`]): the copy is paced to `--snapshot-rate-mib`
 //!   MiB/s and flushed every [`SYNC_EVERY_BYTES`], so the disk always has room for the log's
 //!   own small fsyncs and the kernel never holds gigabytes of dirty pages to write at once.
@@ -62,15 +64,36 @@ const TRIGGER_PATIENCE_TICKS: u32 = 20;
 /// The longest a copy that fell behind its pace may then run unpaced to catch up.
 const CATCH_UP_MAX: Duration = Duration::from_millis(250);
 
-/// Whether a snapshot is due: at least `min_entries` entries and at least half of the last
-/// snapshot's size in command bytes applied since it was made (see the module documentation).
-pub fn snapshot_due(
-    entries_since: u64,
+/// When one node's snapshots are due (see the module documentation): at least
+/// `--snapshot-threshold` entries and half of the last snapshot's size in command bytes
+/// applied since it was made, both raised by a quarter for each step of the node's stagger
+/// (its id less one, modulo 4). Every node applies the same log, so without the stagger all
+/// of them would copy their database, and then checkpoint what was written meanwhile, at the
+/// same moment; nodes sharing a disk (a cluster on one machine) then stalled each other's
+/// fsyncs long enough for an election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRule {
     min_entries: u64,
-    bytes_since: u64,
-    last_snapshot_bytes: u64,
-) -> bool {
-    entries_since >= min_entries && bytes_since.saturating_mul(2) >= last_snapshot_bytes
+    /// 0 to 3: how many quarters both thresholds are raised by.
+    stagger: u64,
+}
+
+impl SnapshotRule {
+    /// The rule for node `id` with `--snapshot-threshold` `min_entries`.
+    pub fn for_node(id: u64, min_entries: u64) -> Self {
+        Self {
+            min_entries,
+            stagger: id.saturating_sub(1) % 4,
+        }
+    }
+
+    /// Whether a snapshot is due, `entries_since` entries and `bytes_since` command bytes
+    /// after the last one, whose file holds `last_snapshot_bytes` (0: none yet).
+    pub fn due(&self, entries_since: u64, bytes_since: u64, last_snapshot_bytes: u64) -> bool {
+        let quarters = 4 + self.stagger;
+        entries_since.saturating_mul(4) >= self.min_entries.saturating_mul(quarters)
+            && bytes_since.saturating_mul(8) >= last_snapshot_bytes.saturating_mul(quarters)
+    }
 }
 
 /// What [`run`] needs to know about the storage's snapshots and applies. Shared by the state
@@ -172,8 +195,8 @@ impl Drop for BuildGuard {
     }
 }
 
-/// Triggers a snapshot each time [`snapshot_due`] says one is due. Runs until aborted.
-pub async fn run(raft: openraft::Raft<TypeConfig>, gauge: Arc<SnapshotGauge>, min_entries: u64) {
+/// Triggers a snapshot each time `rule` says one is due. Runs until aborted.
+pub async fn run(raft: openraft::Raft<TypeConfig>, gauge: Arc<SnapshotGauge>, rule: SnapshotRule) {
     let mut ticks = tokio::time::interval(CHECK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -190,7 +213,7 @@ pub async fn run(raft: openraft::Raft<TypeConfig>, gauge: Arc<SnapshotGauge>, mi
         };
         let bytes_since = gauge.bytes_since_snapshot();
         let last_bytes = gauge.snapshot_file_bytes();
-        if snapshot_due(entries_since, min_entries, bytes_since, last_bytes) {
+        if rule.due(entries_since, bytes_since, last_bytes) {
             tracing::info!(
                 entries_since,
                 bytes_since,
@@ -352,15 +375,35 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_due_after_enough_entries_and_half_the_last_snapshots_bytes() {
+        let node_1 = SnapshotRule::for_node(1, 5_000);
         // The first snapshot: only the entry count matters.
-        assert!(!snapshot_due(4_999, 5_000, 10_000_000, 0));
-        assert!(snapshot_due(5_000, 5_000, 0, 0));
+        assert!(!node_1.due(4_999, 10_000_000, 0));
+        assert!(node_1.due(5_000, 0, 0));
         // A 1 GB database: 5,000 entries are not enough until half a gigabyte came with them.
         let gigabyte = 1_000_000_000;
-        assert!(!snapshot_due(5_000, 5_000, 499_999_999, gigabyte));
-        assert!(snapshot_due(5_000, 5_000, 500_000_000, gigabyte));
-        assert!(!snapshot_due(4_999, 5_000, gigabyte, gigabyte));
-        assert!(snapshot_due(u64::MAX, 5_000, u64::MAX, u64::MAX));
+        assert!(!node_1.due(5_000, 499_999_999, gigabyte));
+        assert!(node_1.due(5_000, 500_000_000, gigabyte));
+        assert!(!node_1.due(4_999, gigabyte, gigabyte));
+        assert!(node_1.due(u64::MAX, u64::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn nodes_are_staggered_by_a_quarter_per_id_and_repeat_every_four() {
+        let gigabyte = 1_000_000_000;
+        let due_at = |id: u64| {
+            let rule = SnapshotRule::for_node(id, 4_000);
+            let entries = (0..=8_000).find(|&e| rule.due(e, u64::MAX, 0));
+            let bytes = (0..=gigabyte)
+                .step_by(1_000_000)
+                .find(|&b| rule.due(u64::MAX, b, gigabyte));
+            (entries, bytes)
+        };
+        assert_eq!(due_at(1), (Some(4_000), Some(500_000_000)));
+        assert_eq!(due_at(2), (Some(5_000), Some(625_000_000)));
+        assert_eq!(due_at(3), (Some(6_000), Some(750_000_000)));
+        assert_eq!(due_at(4), (Some(7_000), Some(875_000_000)));
+        assert_eq!(due_at(5), due_at(1));
+        assert_eq!(SnapshotRule::for_node(0, 1), SnapshotRule::for_node(1, 1));
     }
 
     #[test]
