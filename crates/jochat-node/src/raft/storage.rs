@@ -277,12 +277,16 @@ impl LogStore {
         self.shared.writer.batches_run()
     }
 
-    /// Lets SQLite give back the page caches of the writer and log-reader connections (they
-    /// refill from the file as needed). In order with the writes; for an idle node.
+    /// Lets go of the log tail's written entries and lets SQLite give back the page caches
+    /// of the writer and log-reader connections (they refill from the file as needed). In
+    /// order with the writes; for an idle node.
     ///
     /// # Errors
     /// The writer has stopped.
     pub async fn release_memory(&self) -> Result<(), Failure> {
+        // Written entries are kept for replication; an idle node replicates nothing, and
+        // SQLite answers for them.
+        self.shared.tail().forget_written();
         self.shared
             .with_conn(|conn| {
                 crate::store::shrink_memory(conn);

@@ -194,6 +194,19 @@ impl Tail {
     /// written entries beyond the capacity or the byte budget.
     pub fn written(&mut self, job: u64) {
         self.written_job = self.written_job.max(job);
+        self.keep_written(self.capacity, self.bytes_max);
+    }
+
+    /// Lets go of every written entry (SQLite answers for them) and of the memory the deque
+    /// kept for more: for an idle node, which replicates nothing.
+    pub fn forget_written(&mut self) {
+        self.keep_written(0, 0);
+        self.entries.shrink_to_fit();
+    }
+
+    /// Lets go of the oldest written entries until at most `entries` are held and the written
+    /// ones take at most `bytes`.
+    fn keep_written(&mut self, entries: usize, bytes: usize) {
         // Jobs grow along the deque, so the written entries are a prefix of it.
         let mut written_bytes: usize = self
             .entries
@@ -201,7 +214,7 @@ impl Tail {
             .take_while(|cached| cached.job <= self.written_job)
             .map(|cached| cached.bytes)
             .sum();
-        while (self.entries.len() > self.capacity || written_bytes > self.bytes_max)
+        while (self.entries.len() > entries || written_bytes > bytes)
             && self
                 .entries
                 .front()
@@ -320,6 +333,27 @@ mod tests {
         assert_eq!((tail.start(), tail.end()), (6, 9));
         assert_eq!(tail.bytes(), 3 * size);
         assert_eq!(tail.read(0, 100).len(), 3);
+    }
+
+    #[test]
+    fn forgetting_written_entries_keeps_the_unwritten_ones() {
+        let mut tail = Tail::new(1, 4096);
+        let entries: Vec<_> = (1..=6).map(|i| message(i, 100)).collect();
+        tail.append(&entries[..4], 1).unwrap();
+        tail.append(&entries[4..], 2).unwrap();
+        tail.written(1);
+        assert_eq!(
+            (tail.start(), tail.end()),
+            (1, 7),
+            "within budget, all are kept"
+        );
+        tail.forget_written();
+        assert_eq!((tail.start(), tail.end()), (5, 7));
+        assert_eq!(tail.bytes(), 2 * entry_bytes(&entries[4]));
+        assert_eq!(tail.read(0, 100).len(), 2);
+        tail.written(2);
+        tail.forget_written();
+        assert_eq!((tail.start(), tail.end(), tail.bytes()), (7, 7, 0));
     }
 
     #[test]
