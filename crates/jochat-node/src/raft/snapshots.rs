@@ -2,10 +2,13 @@
 //!
 //! A snapshot is a copy of the whole state, so making one costs as much disk writing as the
 //! database is large. openraft's own policy (every N log entries) makes that cost grow with
-//! the database: at 1.5 GB and the default 5,000 entries, each of the three nodes rewrote
-//! the whole file every half minute of a bulk load, all at the same moment, and the write-back
-//! of 4.5 GB on a 250 MB/s disk held the followers' fsyncs past the election timeout (the term
-//! went from 1 to 49 during one load). Two rules bound that cost here:
+//! the database: filling 1.5 GB with the default 5,000 entries, each of the three nodes
+//! rewrote its whole file about every half minute, all at the same moment, on one disk, and
+//! the term went from 1 to 49 during the fill. What a copy sets off stalled the followers'
+//! fsyncs past the leader's append deadline: the copy's own writes, the checkpoint of
+//! everything written during the copy's long read (now on a thread of its own,
+//! [`super::writer`]) and the purge of the log behind the snapshot (now deleted a little at
+//! a time, [`super::storage`]). Two rules bound the copies themselves:
 //!
 //! - **When** ([`SnapshotRule`], [`run`]): a snapshot is made once at least
 //!   `--snapshot-threshold` entries have been applied since the last one *and* the commands
