@@ -788,7 +788,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let current = tokio::task::spawn_blocking(move || -> Result<CurrentSnapshot, Failure> {
             // 1. A consistent copy of the state, paced, made from a connection of its own so
             //    writes go on meanwhile.
-            copy_state(&source, &building, rate)?;
+            if let Err(error) = copy_state(&source, &building, rate) {
+                // A half-written copy is never used: do not leave it behind.
+                let _ = std::fs::remove_file(&building);
+                return Err(error);
+            }
 
             // 2. What the copy holds is what it says it applied.
             let copy = Connection::open(&building).map_err(snapshot_failure)?;
