@@ -2,8 +2,8 @@
 # Scale runs on one three-node release cluster (ports 5301-5304, a temporary folder): fill it
 # through the normal write path, measure inbox pages and account searches at that size, then
 # time an empty fourth node's join (until the leader reports it a voter that has applied the
-# leader's commit index). Prints the term after the fill (1 + the elections it caused) and the
-# snapshots each node built. Needs `cargo build --release` first.
+# leader's commit index). Prints the term after the fill (1 + the elections it caused), the
+# snapshots each node built and how many replication calls timed out. Needs `cargo build --release` first.
 #
 # Usage: scripts/scale.sh MESSAGES CONTENT_BYTES      e.g. scripts/scale.sh 1000000 1000
 set -euo pipefail
@@ -36,6 +36,9 @@ sleep 2
 for n in 1 2 3; do
     echo "node $n snapshots:"
     grep -a "snapshot built" "$D/n$n.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^.*snapshot built/  built/' || true
+done
+for n in 1 2 3; do
+    echo "node $n replication timeouts: $(grep -ac 'timeout after\|Timeout expired' "$D/n$n.log" || true)"
 done
 "$B/jochat" --servers $S --json bench --op inbox --concurrency 8 --duration 10s | tail -1
 "$B/jochat" --servers $S --json bench --op accounts --concurrency 8 --duration 10s | tail -1
