@@ -460,39 +460,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
         entries.extend(cached);
         Ok(entries)
     }
-
-    /// What one replication call carries: the entries of `[start, end)`, cut after
-    /// [`REPLICATION_BYTES_MAX`] (at least one entry). openraft 0.9 gives each AppendEntries
-    /// call the heartbeat interval as its deadline and asks for up to 300 entries; 300
-    /// entries of 14 KiB (a batch of 1 KB messages) did not fit in 50 ms, and each timeout
-    /// stopped replication to that follower for 500 ms.
-    async fn limited_get_log_entries(
-        &mut self,
-        start: u64,
-        end: u64,
-    ) -> Result<Vec<Entry<TypeConfig>>, Failure> {
-        let mut entries = self.try_get_log_entries(start..end).await?;
-        entries.truncate(within_bytes(&entries, REPLICATION_BYTES_MAX));
-        Ok(entries)
-    }
-}
-
-/// The most bytes ([`entry_bytes`]) of entries one replication call carries, unless its first
-/// entry alone is larger.
-pub const REPLICATION_BYTES_MAX: usize = 512 * 1024;
-
-/// How many of `entries`, from the first, fit in `budget` bytes: at least one if there are
-/// any.
-fn within_bytes(entries: &[Entry<TypeConfig>], budget: usize) -> usize {
-    let mut used = 0;
-    let fitting = entries
-        .iter()
-        .take_while(|entry| {
-            used += entry_bytes(entry);
-            used <= budget
-        })
-        .count();
-    fitting.max(entries.len().min(1))
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -1058,48 +1025,5 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: current.meta,
             snapshot: Box::new(file),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use jochat_core::types::{Content, SessionToken, Username};
-    use jochat_core::{Action, Command};
-    use openraft::CommittedLeaderId;
-
-    /// An entry of ten messages of `content_bytes` each.
-    fn batch(index: u64, content_bytes: usize) -> Entry<TypeConfig> {
-        let command = Command {
-            at_ms: 1,
-            idempotency_key: None,
-            action: Action::SendMessage {
-                session: SessionToken::from_random_bytes([1; 32]).digest(),
-                recipient: Username::new("bob").expect("a valid name"),
-                content: Content::new("x".repeat(content_bytes), content_bytes)
-                    .expect("content within its own limit"),
-            },
-        };
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(super::super::Batch(vec![command; 10])),
-        }
-    }
-
-    #[test]
-    fn a_replication_call_carries_entries_up_to_its_byte_budget_and_at_least_one() {
-        let entries: Vec<_> = (1..=300).map(|i| batch(i, 1_000)).collect();
-        let size = entry_bytes(&entries[0]);
-        // About 12 KB each: 300 of them are 3.6 MB, 512 KiB holds 43.
-        let fitting = within_bytes(&entries, REPLICATION_BYTES_MAX);
-        assert_eq!(fitting, REPLICATION_BYTES_MAX / size);
-        assert!(fitting * size <= REPLICATION_BYTES_MAX);
-        // Entries of short messages (about 2 KB each): a hundred fit.
-        let small: Vec<_> = (1..=100).map(|i| batch(i, 10)).collect();
-        assert_eq!(within_bytes(&small, REPLICATION_BYTES_MAX), 100);
-        // One entry larger than the budget still travels, alone.
-        let huge = vec![batch(1, 60_000), batch(2, 10)];
-        assert_eq!(within_bytes(&huge, REPLICATION_BYTES_MAX), 1);
-        assert_eq!(within_bytes(&[], REPLICATION_BYTES_MAX), 0);
     }
 }
