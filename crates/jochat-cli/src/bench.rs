@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -266,28 +267,21 @@ fn padded(mut text: String, bytes: usize) -> String {
     text
 }
 
-/// Fills the cluster with `count` messages of `bytes` bytes (at least) through the normal
-/// write path.
-async fn preload(
-    client: &ChatServerClient,
-    sessions: &[(String, SessionToken)],
-    count: u64,
-    bytes: usize,
-) -> anyhow::Result<()> {
-    let bar = progress(count, "preload");
+/// Runs `call(i)` for every `i` in `0..count`, [`PRELOAD_CONCURRENCY`] at a time, with a
+/// progress bar labelled `what`; the first failure ends it.
+async fn preload_each<F, Fut>(count: u64, what: &str, call: F) -> anyhow::Result<()>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), ClientError>> + Send + 'static,
+{
+    let bar = progress(count, what);
     let mut tasks = Vec::new();
     for lane in 0..PRELOAD_CONCURRENCY as u64 {
-        let (client, sessions, bar) = (client.clone(), sessions.to_vec(), bar.clone());
+        let (call, bar) = (call.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
-            let mut i = lane;
-            while i < count {
-                let from = &sessions[i as usize % sessions.len()];
-                let to = &sessions[(i as usize + 1) % sessions.len()].0;
-                client
-                    .send_message(&from.1, to, &padded(format!("preloaded {i}"), bytes))
-                    .await?;
+            for i in (lane..count).step_by(PRELOAD_CONCURRENCY) {
+                call(i).await?;
                 bar.inc(1);
-                i += PRELOAD_CONCURRENCY as u64;
             }
             Ok::<(), ClientError>(())
         }));
@@ -299,6 +293,29 @@ async fn preload(
     Ok(())
 }
 
+/// Fills the cluster with `count` messages of `bytes` bytes (at least) through the normal
+/// write path.
+async fn preload(
+    client: &ChatServerClient,
+    sessions: &[(String, SessionToken)],
+    count: u64,
+    bytes: usize,
+) -> anyhow::Result<()> {
+    let (client, sessions) = (client.clone(), Arc::new(sessions.to_vec()));
+    preload_each(count, "preload", move |i| {
+        let (client, sessions) = (client.clone(), Arc::clone(&sessions));
+        async move {
+            let from = &sessions[i as usize % sessions.len()];
+            let to = &sessions[(i as usize + 1) % sessions.len()].0;
+            client
+                .send_message(&from.1, to, &padded(format!("preloaded {i}"), bytes))
+                .await
+                .map(drop)
+        }
+    })
+    .await
+}
+
 /// Makes `count` more accounts `<prefix>p<i>` (not logged in) through the normal write path,
 /// [`PRELOAD_CONCURRENCY`] at a time.
 async fn preload_accounts(
@@ -306,28 +323,17 @@ async fn preload_accounts(
     prefix: &str,
     count: u64,
 ) -> anyhow::Result<()> {
-    let bar = progress(count, "accounts");
-    let mut tasks = Vec::new();
-    for lane in 0..PRELOAD_CONCURRENCY as u64 {
-        let (client, prefix, bar) = (client.clone(), prefix.to_owned(), bar.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = lane;
-            while i < count {
-                match client.sign_up(&format!("{prefix}p{i}"), PASSWORD).await {
-                    Ok(_) | Err(ClientError::AlreadyExists(_)) => {}
-                    Err(error) => return Err(error),
-                }
-                bar.inc(1);
-                i += PRELOAD_CONCURRENCY as u64;
+    let (client, prefix) = (client.clone(), Arc::new(prefix.to_owned()));
+    preload_each(count, "accounts", move |i| {
+        let (client, prefix) = (client.clone(), Arc::clone(&prefix));
+        async move {
+            match client.sign_up(&format!("{prefix}p{i}"), PASSWORD).await {
+                Ok(_) | Err(ClientError::AlreadyExists(_)) => Ok(()),
+                Err(error) => Err(error),
             }
-            Ok::<(), ClientError>(())
-        }));
-    }
-    for task in tasks {
-        task.await.context("a preload task failed")??;
-    }
-    bar.finish_and_clear();
-    Ok(())
+        }
+    })
+    .await
 }
 
 /// What one slot measured.
@@ -734,7 +740,7 @@ pub async fn failover(args: &BenchArgs, failover: &FailoverArgs) -> anyhow::Resu
     // 1. The writers: each acknowledged write is recorded with when it was acknowledged. A
     //    write that fails is abandoned (its content is never used again), so every content
     //    names one attempt.
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Acked>::new()));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<Acked>::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for writer in 0..writers {
