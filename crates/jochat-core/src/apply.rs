@@ -119,7 +119,7 @@ fn sign_up<S: ChatStore + ?Sized>(
         password_hash: password_hash.to_owned(),
         created_at_ms: at_ms,
     })?;
-    store.set_last_ids(LastIds { user: id.0, ..last })?;
+    store.set_last_ids(last, LastIds { user: id.0, ..last })?;
     Ok(Outcome::SignedUp {
         user_id: id,
         username: username.clone(),
@@ -190,10 +190,13 @@ fn send_message<S: ChatStore + ?Sized>(
         timestamp_ms: at_ms,
         delivered,
     })?;
-    store.set_last_ids(LastIds {
-        message: id.0,
-        ..last
-    })?;
+    store.set_last_ids(
+        last,
+        LastIds {
+            message: id.0,
+            ..last
+        },
+    )?;
     Ok(Outcome::MessageSent {
         id,
         timestamp_ms: at_ms,

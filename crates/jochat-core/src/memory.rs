@@ -269,8 +269,8 @@ impl ChatStore for MemoryStore {
         Ok(())
     }
 
-    fn set_last_ids(&mut self, ids: LastIds) -> Result<(), StoreError> {
-        self.last_ids = ids;
+    fn set_last_ids(&mut self, _from: LastIds, to: LastIds) -> Result<(), StoreError> {
+        self.last_ids = to;
         Ok(())
     }
 

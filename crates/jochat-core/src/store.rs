@@ -185,8 +185,9 @@ pub trait ChatStore: ChatRead {
     /// Forgets outcomes first applied before `before_ms`, then the oldest ones until at most
     /// `keep_max` remain.
     fn forget_remembered(&mut self, before_ms: i64, keep_max: u64) -> Result<(), StoreError>;
-    /// Stores the id counters.
-    fn set_last_ids(&mut self, ids: LastIds) -> Result<(), StoreError>;
+    /// Moves the id counters from `from` (what [`ChatRead::last_ids`] returned in this
+    /// command) to `to`; a store may write only the counters that differ.
+    fn set_last_ids(&mut self, from: LastIds, to: LastIds) -> Result<(), StoreError>;
     /// Removes every user, session, message and remembered outcome; keeps the id counters.
     fn clear_chat_state(&mut self) -> Result<(), StoreError>;
 }

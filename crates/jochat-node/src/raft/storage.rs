@@ -46,9 +46,9 @@ use super::writer::{Done, Job, Writer};
 use super::{Applied, TypeConfig};
 use crate::error::NodeError;
 use crate::events::{ChatEvent, Events};
-use crate::store::{apply_in_savepoint, schema, SqliteChat, SyncMode};
+use crate::store::{apply_commands, schema, SqliteChat, SyncMode};
 use jochat_core::store::ChatRead;
-use jochat_core::Outcome;
+use jochat_core::{Command, Outcome};
 
 type NodeId = u64;
 type Failure = StorageError<NodeId>;
@@ -138,6 +138,11 @@ pub fn open_with(
     })?;
     conn.pragma_update(None, "synchronous", sync_mode.pragma())?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
+    // Commands share savepoints (`store::apply_commands`); SQLite keeps the copies of the
+    // pages a savepoint changed in memory up to 64 KiB and in a temporary file beyond: a new
+    // file for nearly every transaction under load. In memory they are bounded by
+    // `store::COMMANDS_PER_SAVEPOINT`.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     schema::migrate(&mut conn)?;
     let tail = Arc::new(Mutex::new(Tail::new(
         first_unwritten_index(&conn)?,
@@ -688,8 +693,51 @@ impl LogStore {
     }
 }
 
+/// Applies `entries` inside `tx` (their commands through [`apply_commands`]) and records the
+/// last applied id and membership; returns each entry's result and the events to publish
+/// once the transaction commits.
+fn apply_entries(
+    tx: &rusqlite::Transaction<'_>,
+    entries: &[Entry<TypeConfig>],
+) -> Result<(Vec<Applied>, Vec<ChatEvent>), Failure> {
+    let commands: Vec<&Command> = entries
+        .iter()
+        .filter_map(|entry| match &entry.payload {
+            EntryPayload::Normal(batch) => Some(batch.0.iter()),
+            EntryPayload::Blank | EntryPayload::Membership(_) => None,
+        })
+        .flatten()
+        .collect();
+    let (outcomes, events) = apply_commands(tx, &commands, write_state, event_of)?;
+    let mut outcomes = outcomes.into_iter();
+    let mut results = Vec::with_capacity(entries.len());
+    let mut membership: Option<StoredMembership<NodeId, openraft::BasicNode>> = None;
+    for entry in entries {
+        results.push(match &entry.payload {
+            EntryPayload::Blank => Applied::Internal,
+            EntryPayload::Normal(batch) => {
+                Applied::Commands(outcomes.by_ref().take(batch.0.len()).collect())
+            }
+            EntryPayload::Membership(config) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id), config.clone()));
+                Applied::Internal
+            }
+        });
+    }
+    if let Some(last) = entries.last() {
+        put_state(tx, "last_applied", &last.log_id)?;
+    }
+    if let Some(membership) = membership {
+        put_state(tx, "last_membership", &membership)?;
+    }
+    Ok((results, events))
+}
+
 /// What subscribers hear of an applied command's `outcome`.
-fn event_of(conn: &Connection, outcome: &Outcome) -> Result<Option<ChatEvent>, Failure> {
+fn event_of(
+    conn: &rusqlite::Transaction<'_>,
+    outcome: &Outcome,
+) -> Result<Option<ChatEvent>, Failure> {
     Ok(match outcome {
         Outcome::MessageSent { id, .. } => SqliteChat::new(conn)
             .message_by_id(*id)
@@ -878,41 +926,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let bytes: usize = entries.iter().map(entry_bytes).sum();
         let applied = self
             .shared
-            .in_log_group(false, move |tx| {
-                let mut results = Vec::with_capacity(entries.len());
-                let mut events = Vec::new();
-                let mut membership: Option<StoredMembership<NodeId, openraft::BasicNode>> = None;
-                let mut last_applied = None;
-                for entry in entries {
-                    last_applied = Some(entry.log_id);
-                    results.push(match entry.payload {
-                        EntryPayload::Blank => Applied::Internal,
-                        EntryPayload::Normal(batch) => {
-                            let mut outcomes = Vec::with_capacity(batch.0.len());
-                            for command in &batch.0 {
-                                let result =
-                                    apply_in_savepoint(tx, command).map_err(write_state)?;
-                                if let Ok(outcome) = &result {
-                                    events.extend(event_of(tx, outcome)?);
-                                }
-                                outcomes.push(result);
-                            }
-                            Applied::Commands(outcomes)
-                        }
-                        EntryPayload::Membership(config) => {
-                            membership = Some(StoredMembership::new(Some(entry.log_id), config));
-                            Applied::Internal
-                        }
-                    });
-                }
-                if let Some(last_applied) = last_applied {
-                    put_state(tx, "last_applied", &last_applied)?;
-                }
-                if let Some(membership) = membership {
-                    put_state(tx, "last_membership", &membership)?;
-                }
-                Ok((results, events))
-            })
+            .in_log_group(false, move |tx| apply_entries(tx, &entries))
             .await?;
         let (results, events) = applied;
         self.shared.gauge.applied(bytes as u64);

@@ -30,9 +30,26 @@ fn stored<T>(what: &str, parsed: Result<T, jochat_core::ChatError>) -> Result<T,
     parsed.map_err(|e| StoreError(format!("corrupt {what} in database: {e}")))
 }
 
-const USER_COLUMNS: &str = "id, username, password_hash, created_at_ms";
-const SESSION_COLUMNS: &str = "token_digest, user_id, created_at_ms, expires_at_ms";
-const MESSAGE_COLUMNS: &str = "id, sender, recipient, content, timestamp_ms, to_deliver";
+// The column lists as macros too, so that the statements every write runs are literals
+// (`concat!`) rather than a `format!` allocation per call.
+macro_rules! user_columns {
+    () => {
+        "id, username, password_hash, created_at_ms"
+    };
+}
+macro_rules! session_columns {
+    () => {
+        "token_digest, user_id, created_at_ms, expires_at_ms"
+    };
+}
+macro_rules! message_columns {
+    () => {
+        "id, sender, recipient, content, timestamp_ms, to_deliver"
+    };
+}
+const USER_COLUMNS: &str = user_columns!();
+const SESSION_COLUMNS: &str = session_columns!();
+const MESSAGE_COLUMNS: &str = message_columns!();
 
 type Raw<T> = Result<T, rusqlite::Error>;
 
@@ -142,8 +159,10 @@ impl ChatRead for SqliteChat<'_> {
     fn user_by_name(&self, name: &Username) -> Result<Option<UserRecord>, StoreError> {
         let mut statement = self
             .conn
-            .prepare_cached(&format!(
-                "SELECT {USER_COLUMNS} FROM users WHERE username = ?1"
+            .prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE username = ?1"
             ))
             .map_err(storage)?;
         let raw = statement
@@ -156,7 +175,11 @@ impl ChatRead for SqliteChat<'_> {
     fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         let mut statement = self
             .conn
-            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
+            .prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE id = ?1"
+            ))
             .map_err(storage)?;
         let raw = statement
             .query_row([id.0], user_row)
@@ -168,8 +191,10 @@ impl ChatRead for SqliteChat<'_> {
     fn session(&self, digest: &TokenDigest) -> Result<Option<SessionRecord>, StoreError> {
         let mut statement = self
             .conn
-            .prepare_cached(&format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_digest = ?1"
+            .prepare_cached(concat!(
+                "SELECT ",
+                session_columns!(),
+                " FROM sessions WHERE token_digest = ?1"
             ))
             .map_err(storage)?;
         statement
@@ -208,8 +233,12 @@ impl ChatRead for SqliteChat<'_> {
     }
 
     fn message_by_id(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1");
-        Ok(self.messages(&sql, [id.0])?.pop())
+        const SQL: &str = concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE id = ?1"
+        );
+        Ok(self.messages(SQL, [id.0])?.pop())
     }
 
     fn messages_after(
@@ -312,13 +341,17 @@ impl ChatRead for SqliteChat<'_> {
     }
 
     fn remembered_span(&self) -> Result<(u64, Option<i64>), StoreError> {
-        let count = self.counter("remembered_count")?;
         let mut statement = self
             .conn
-            .prepare_cached("SELECT min(at_ms) FROM idempotency")
+            .prepare_cached(
+                "SELECT (SELECT value FROM counters WHERE name = 'remembered_count'), \
+                        (SELECT min(at_ms) FROM idempotency)",
+            )
             .map_err(storage)?;
-        let oldest = statement
-            .query_row([], |row| row.get::<_, Option<i64>>(0))
+        let (count, oldest) = statement
+            .query_row([], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+            })
             .map_err(storage)?;
         Ok((count.max(0) as u64, oldest))
     }
@@ -353,10 +386,21 @@ impl ChatRead for SqliteChat<'_> {
     }
 
     fn last_ids(&self) -> Result<LastIds, StoreError> {
-        Ok(LastIds {
-            user: self.counter("last_user_id")?,
-            message: self.counter("last_message_id")?,
-        })
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT value FROM counters WHERE name = 'last_user_id'), \
+                        (SELECT value FROM counters WHERE name = 'last_message_id')",
+            )
+            .map_err(storage)?;
+        statement
+            .query_row([], |row| {
+                Ok(LastIds {
+                    user: row.get(0)?,
+                    message: row.get(1)?,
+                })
+            })
+            .map_err(storage)
     }
 
     fn dump(&self) -> Result<StateDump, StoreError> {
@@ -530,8 +574,11 @@ impl ChatStore for SqliteChat<'_> {
             "INSERT INTO idempotency (key, scope, kind, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![key.as_str(), entry.scope, entry.kind, outcome, entry.at_ms],
         )?;
-        let count = self.counter("remembered_count")?;
-        self.set_counter("remembered_count", count + 1)
+        self.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'remembered_count'",
+            [],
+        )
+        .map(drop)
     }
 
     fn forget_remembered(&mut self, before_ms: i64, keep_max: u64) -> Result<(), StoreError> {
@@ -548,9 +595,16 @@ impl ChatStore for SqliteChat<'_> {
         self.set_counter("remembered_count", count)
     }
 
-    fn set_last_ids(&mut self, ids: LastIds) -> Result<(), StoreError> {
-        self.set_counter("last_user_id", ids.user)?;
-        self.set_counter("last_message_id", ids.message)
+    fn set_last_ids(&mut self, from: LastIds, to: LastIds) -> Result<(), StoreError> {
+        // One statement per changed counter (a message moves only the message id); one
+        // statement for both would need a temporary table in SQLite.
+        if to.user != from.user {
+            self.set_counter("last_user_id", to.user)?;
+        }
+        if to.message != from.message {
+            self.set_counter("last_message_id", to.message)?;
+        }
+        Ok(())
     }
 
     fn clear_chat_state(&mut self) -> Result<(), StoreError> {
