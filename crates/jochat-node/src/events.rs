@@ -50,6 +50,11 @@ impl Events {
         }
     }
 
+    /// Whether anyone is subscribed now.
+    pub fn has_receivers(&self) -> bool {
+        self.0.receiver_count() > 0
+    }
+
     /// A receiver of every event published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChatEvent>> {
         self.0.subscribe()

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use jochat_core::store::ChatRead;
 use jochat_core::types::{Content, SessionToken, UserId, Username};
 use jochat_core::{Action, Command};
+use jochat_node::events::ChatEvent;
 use jochat_node::raft::storage::{self, LogStore, StateMachineStore};
 use jochat_node::raft::{Applied, Batch, TypeConfig};
 use jochat_node::store::{SqliteChat, SyncMode};
@@ -324,4 +325,34 @@ async fn rows_left_below_the_last_purged_id_are_dead_and_deleted_by_the_next_pur
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn stored_messages_are_published_to_subscribers_and_not_read_back_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut state_machine) =
+        storage::open(&dir.path().join("node.db"), SyncMode::Normal).unwrap();
+    let events = state_machine.events();
+
+    // 1. Nobody listens: messages 1 and 2 are stored, and no event waits for anyone.
+    state_machine.apply(chat_entries(1, 5)).await.unwrap();
+
+    // 2. A subscriber hears each message stored from then on, read back in full.
+    let mut live = events.subscribe();
+    state_machine.apply(chat_entries(6, 2)).await.unwrap();
+    for id in [3, 4] {
+        match live
+            .try_recv()
+            .expect("an event per stored message")
+            .as_ref()
+        {
+            ChatEvent::Message(message) => {
+                assert_eq!(message.id.0, id);
+                assert_eq!(message.recipient.as_str(), "bob");
+                assert_eq!(message.content.len(), 1000);
+            }
+            other => panic!("expected message {id}, got {other:?}"),
+        }
+    }
+    assert!(live.try_recv().is_err(), "nothing else was published");
 }

@@ -694,12 +694,14 @@ impl LogStore {
 }
 
 /// Applies `entries` inside `tx` (their commands through [`apply_commands`]) and records the
-/// last applied id and membership; returns each entry's result and the events to publish
-/// once the transaction commits.
+/// last applied id and membership; returns each entry's result, the events to publish once
+/// the transaction commits (stored messages only if `messages_read`), and whether a message
+/// was stored.
 fn apply_entries(
     tx: &rusqlite::Transaction<'_>,
     entries: &[Entry<TypeConfig>],
-) -> Result<(Vec<Applied>, Vec<ChatEvent>), Failure> {
+    messages_read: bool,
+) -> Result<(Vec<Applied>, Vec<ChatEvent>, bool), Failure> {
     let commands: Vec<&Command> = entries
         .iter()
         .filter_map(|entry| match &entry.payload {
@@ -708,7 +710,11 @@ fn apply_entries(
         })
         .flatten()
         .collect();
-    let (outcomes, events) = apply_commands(tx, &commands, write_state, event_of)?;
+    let mut stored = false;
+    let (outcomes, events) = apply_commands(tx, &commands, write_state, |tx, outcome| {
+        stored |= matches!(outcome, Outcome::MessageSent { .. });
+        event_of(tx, outcome, messages_read)
+    })?;
     let mut outcomes = outcomes.into_iter();
     let mut results = Vec::with_capacity(entries.len());
     let mut membership: Option<StoredMembership<NodeId, openraft::BasicNode>> = None;
@@ -730,15 +736,18 @@ fn apply_entries(
     if let Some(membership) = membership {
         put_state(tx, "last_membership", &membership)?;
     }
-    Ok((results, events))
+    Ok((results, events, stored))
 }
 
-/// What subscribers hear of an applied command's `outcome`.
+/// What subscribers hear of an applied command's `outcome` (a stored message, read back, only
+/// if `messages_read`).
 fn event_of(
     conn: &rusqlite::Transaction<'_>,
     outcome: &Outcome,
+    messages_read: bool,
 ) -> Result<Option<ChatEvent>, Failure> {
     Ok(match outcome {
+        Outcome::MessageSent { .. } if !messages_read => None,
         Outcome::MessageSent { id, .. } => SqliteChat::new(conn)
             .message_by_id(*id)
             .map_err(read_state)?
@@ -924,12 +933,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let bytes: usize = entries.iter().map(entry_bytes).sum();
+        // With nobody subscribed, stored messages are not read back for events. Anyone who
+        // subscribes meanwhile hears `Resync` once the transaction has committed, and reads
+        // what it missed from the database (it joined the channel before that read).
+        let messages_read = self.events.has_receivers();
         let applied = self
             .shared
-            .in_log_group(false, move |tx| apply_entries(tx, &entries))
+            .in_log_group(false, move |tx| apply_entries(tx, &entries, messages_read))
             .await?;
-        let (results, events) = applied;
+        let (results, mut events, stored) = applied;
         self.shared.gauge.applied(bytes as u64);
+        if stored && !messages_read {
+            events.push(ChatEvent::Resync);
+        }
         // Published only now that the transaction has committed.
         self.events.publish(events);
         Ok(results)
