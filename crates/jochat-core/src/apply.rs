@@ -2,7 +2,8 @@
 //!
 //! Every rule is checked before the first change, so a refused command changes nothing (a
 //! store relies on this: the SQLite store lets a group of commands share one savepoint and
-//! rolls a command back alone only after a storage failure part-way through it). Nothing here reads a clock or a random source: the command carries its time.
+//! rolls a command back alone only after a storage failure part-way through it). Nothing
+//! here reads a clock or a random source: the command carries its time.
 
 use crate::command::{Action, Command, Outcome};
 use crate::error::ChatError;

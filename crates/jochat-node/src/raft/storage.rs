@@ -6,8 +6,8 @@
 //! [`Tail`] (readable at once) and queues their write; the writer commits all the appends
 //! queued meanwhile in one transaction with one fsync, then reports them flushed (group
 //! commit). Each `apply` call applies its entries in one transaction (chat commands through
-//! `store::apply_commands`: a refused command changes nothing), and records the last applied log id and membership in that same
-//! transaction, so a crash never separates an entry's effect from the record that it was
+//! `store::apply_commands`: a refused command changes nothing), and records the last
+//! applied log id and membership in that same transaction, so a crash never separates an entry's effect from the record that it was
 //! applied. Log reads below the tail use a connection of their own.
 //!
 //! Snapshots are files: [`super::snapshots::copy_state`] copies the chat tables and the
