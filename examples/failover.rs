@@ -7,8 +7,8 @@
 //! cargo run --release --example failover
 //! ```
 //!
-//! It needs nothing running and leaves nothing behind. Typical output ends with
-//! `slowest send (the failover pause): 3xx ms` and `all 300 messages stored once`.
+//! It needs nothing running and leaves nothing behind. Its output ends with
+//! `slowest send (the failover pause): N ms` and `all 300 messages stored once`.
 
 #![forbid(unsafe_code)]
 

@@ -26,6 +26,9 @@ const WRITERS: usize = 4;
 const ROUND_LENGTH: Duration = Duration::from_millis(900);
 /// How long one logical write keeps retrying before it is given up (unacknowledged).
 const WRITE_PATIENCE: Duration = Duration::from_secs(4);
+/// Acknowledged writes, at least: ten per writer per round. Every round heals at its end, and
+/// a write may wait out a whole fault; a healthy round acknowledges hundreds.
+const ACKNOWLEDGED_MIN: usize = WRITERS * ROUNDS * 10;
 
 /// splitmix64: a small, well-mixed generator; enough to draw a schedule from a seed.
 struct Schedule(u64);
@@ -289,6 +292,13 @@ async fn random_faults_lose_nothing_acknowledged_and_apply_nothing_twice() {
         ledger.attempted.len(),
         ledger.acknowledged.len(),
         stored.len() - 1
+    );
+    // 6. Enough writes were acknowledged for the checks above to mean anything: they would
+    //    pass if every write had failed.
+    assert!(
+        ledger.acknowledged.len() >= ACKNOWLEDGED_MIN,
+        "seed {seed}: only {} writes were acknowledged (at least {ACKNOWLEDGED_MIN} needed)",
+        ledger.acknowledged.len()
     );
     stop_all(nodes).await;
 }

@@ -55,10 +55,15 @@ const INBOXES: usize = 2;
 const WRITERS_PER_INBOX: usize = 2;
 /// The pause between one client's calls.
 const PACE: Duration = Duration::from_millis(150);
+/// Completed reads per inbox (of `CALLS`), at least: the faults cover part of the run only.
+const COMPLETED_READS_MIN: usize = CALLS / 3;
+/// Completed sends per inbox (of `CALLS * WRITERS_PER_INBOX`), at least.
+const COMPLETED_SENDS_MIN: usize = CALLS / 2;
 
 /// One client's calls against one inbox: `reader` reads the inbox's size as its owner,
 /// otherwise sends to it. Thread ids are `client * 1000 + generation`; a failed call leaves
-/// its thread in flight and the client moves to the next generation.
+/// its thread in flight and the client moves to the next generation. Returns how many of its
+/// calls completed.
 async fn client(
     client: u64,
     reader: bool,
@@ -66,9 +71,10 @@ async fn client(
     inbox: String,
     addresses: Vec<String>,
     history: History,
-) {
+) -> Completed {
     let mut router = Router::new(addresses);
     let mut generation = 0;
+    let mut completed = Completed::default();
     let wait = Duration::from_secs(2);
     for call in 0..CALLS {
         let thread = client * 1000 + generation;
@@ -86,12 +92,25 @@ async fn client(
         match result {
             Ok(ret) => {
                 history.lock().unwrap().on_return(thread, ret).unwrap();
+                if reader {
+                    completed.reads += 1;
+                } else {
+                    completed.sends += 1;
+                }
             }
             Err(_) => generation += 1,
         }
         // Paced so that the calls span the whole fault schedule.
         tokio::time::sleep(PACE).await;
     }
+    completed
+}
+
+/// Calls that returned, by kind.
+#[derive(Debug, Default, Clone, Copy)]
+struct Completed {
+    reads: usize,
+    sends: usize,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,6 +140,7 @@ async fn sends_and_linearizable_reads_stay_linearizable_through_partitions_and_l
         .map(|_| Arc::new(Mutex::new(LinearizabilityTester::new(InboxSize::default()))))
         .collect();
     let mut clients = Vec::new();
+    let mut inboxes_of_clients = Vec::new();
     let mut id = 0;
     for (inbox, history) in histories.iter().enumerate() {
         let owner = format!("inbox{inbox}");
@@ -134,6 +154,7 @@ async fn sends_and_linearizable_reads_stay_linearizable_through_partitions_and_l
             addresses.clone(),
             Arc::clone(history),
         )));
+        inboxes_of_clients.push(inbox);
         for writer in 0..WRITERS_PER_INBOX {
             let token = session(format!("sender{inbox}x{writer}")).await;
             id += 1;
@@ -145,6 +166,7 @@ async fn sends_and_linearizable_reads_stay_linearizable_through_partitions_and_l
                 addresses.clone(),
                 Arc::clone(history),
             )));
+            inboxes_of_clients.push(inbox);
         }
     }
 
@@ -176,14 +198,30 @@ async fn sends_and_linearizable_reads_stay_linearizable_through_partitions_and_l
         })
         .collect();
     nodes.push(start_node(dir.path(), leader, listener, peers, &setup));
-    for client in clients {
-        client.await.unwrap();
+    let mut completed = [Completed::default(); INBOXES];
+    for (client, inbox) in clients.into_iter().zip(inboxes_of_clients) {
+        let done = client.await.unwrap();
+        completed[inbox].reads += done.reads;
+        completed[inbox].sends += done.sends;
     }
 
-    // 3. Each inbox's history is linearizable.
+    // 3. Each inbox's history is linearizable, and holds enough completed calls of both
+    //    kinds to say so: a history in which every call failed would be trivially
+    //    linearizable.
     for (inbox, history) in histories.iter().enumerate() {
         let history = history.lock().unwrap();
-        eprintln!("inbox {inbox}: {} operations recorded", history.len());
+        let done = completed[inbox];
+        eprintln!(
+            "inbox {inbox}: {} operations recorded; {} reads and {} sends completed",
+            history.len(),
+            done.reads,
+            done.sends
+        );
+        assert!(
+            done.reads >= COMPLETED_READS_MIN && done.sends >= COMPLETED_SENDS_MIN,
+            "inbox {inbox}: only {done:?} calls completed (at least {COMPLETED_READS_MIN} \
+             reads and {COMPLETED_SENDS_MIN} sends are needed for the check to mean anything)"
+        );
         assert!(
             history.serialized_history().is_some(),
             "inbox {inbox}: the history is not linearizable: {history:?}"

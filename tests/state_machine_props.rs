@@ -6,6 +6,10 @@
 use std::collections::BTreeMap;
 
 use jochat_core::command::{Action, Command, Outcome};
+use jochat_core::ops::{
+    CreateSession, DeleteAccount, DeleteMessages, MarkDelivered, ResetAll, RevokeSession,
+    SendMessage, SignUp,
+};
 use jochat_core::query;
 use jochat_core::store::{ChatRead, StateDump};
 use jochat_core::types::*;
@@ -37,40 +41,40 @@ fn digest(seed: u8) -> TokenDigest {
 fn action() -> impl Strategy<Value = Action> {
     let user = (0..NAMES.len(), any::<bool>());
     prop_oneof![
-        10 => user.clone().prop_map(|(i, upper)| Action::SignUp {
+        10 => user.clone().prop_map(|(i, upper)| Action::SignUp(SignUp {
             username: name(i, upper),
             password_hash: format!("$argon2id$fake${i}"),
-        }),
-        10 => (1..6i64, 0..SEEDS, 1..50i64).prop_map(|(user, seed, ttl)| Action::CreateSession {
+        })),
+        10 => (1..6i64, 0..SEEDS, 1..50i64).prop_map(|(user, seed, ttl)| Action::CreateSession(CreateSession {
             user_id: UserId(user),
             token_digest: digest(seed),
             expires_at_ms: ttl,
-        }),
-        10 => (0..SEEDS).prop_map(|seed| Action::RevokeSession {
+        })),
+        10 => (0..SEEDS).prop_map(|seed| Action::RevokeSession(RevokeSession {
             session: digest(seed)
-        }),
+        })),
         10 => (0..SEEDS, user.clone(), "[a-z ]{1,12}").prop_map(|(seed, (i, upper), text)| {
-            Action::SendMessage {
+            Action::SendMessage(SendMessage {
                 session: digest(seed),
                 recipient: name(i, upper),
                 content: Content::new(text, 64).expect("generated content fits"),
-            }
+            })
         }),
-        10 => (0..SEEDS, 0..4i64).prop_map(|(seed, limit)| Action::MarkDelivered {
+        10 => (0..SEEDS, 0..4i64).prop_map(|(seed, limit)| Action::MarkDelivered(MarkDelivered {
             session: digest(seed),
             limit: FetchLimit::new(limit).expect("small limits are valid"),
-        }),
+        })),
         10 => (0..SEEDS, proptest::collection::vec(1..20i64, 1..5)).prop_map(|(seed, ids)| {
-            Action::DeleteMessages {
+            Action::DeleteMessages(DeleteMessages {
                 session: digest(seed),
                 ids: MessageIds::new(&ids).expect("generated ids are valid"),
-            }
+            })
         }),
-        10 => (0..SEEDS).prop_map(|seed| Action::DeleteAccount {
+        10 => (0..SEEDS).prop_map(|seed| Action::DeleteAccount(DeleteAccount {
             session: digest(seed)
-        }),
+        })),
         // Rare, or it would empty most sequences.
-        1 => (0..SEEDS).prop_map(|seed| Action::ResetAll { session: digest(seed) }),
+        1 => (0..SEEDS).prop_map(|seed| Action::ResetAll(ResetAll { session: digest(seed) })),
     ]
 }
 
@@ -89,15 +93,15 @@ fn commands() -> impl Strategy<Value = Vec<Command>> {
                 at_ms += advance;
                 // Session lifetimes are generated relative to "now".
                 let action = match action {
-                    Action::CreateSession {
+                    Action::CreateSession(CreateSession {
                         user_id,
                         token_digest,
                         expires_at_ms,
-                    } => Action::CreateSession {
+                    }) => Action::CreateSession(CreateSession {
                         user_id,
                         token_digest,
                         expires_at_ms: at_ms + expires_at_ms,
-                    },
+                    }),
                     other => other,
                 };
                 Command {
@@ -159,7 +163,7 @@ impl Model {
             }
         }
         let ok = match &command.action {
-            Action::SignUp { username, .. } => {
+            Action::SignUp(SignUp { username, .. }) => {
                 if self.user_named(username.as_str()).is_some() {
                     false
                 } else {
@@ -169,11 +173,11 @@ impl Model {
                     true
                 }
             }
-            Action::CreateSession {
+            Action::CreateSession(CreateSession {
                 user_id,
                 token_digest,
                 expires_at_ms,
-            } => {
+            }) => {
                 if !self.users.contains_key(&user_id.0)
                     || *expires_at_ms <= at
                     || self.sessions.contains_key(token_digest.as_str())
@@ -188,16 +192,18 @@ impl Model {
                     true
                 }
             }
-            Action::RevokeSession { session } => match self.session_user(session, at) {
-                Some(_) => {
-                    self.sessions.remove(session.as_str());
-                    true
+            Action::RevokeSession(RevokeSession { session }) => {
+                match self.session_user(session, at) {
+                    Some(_) => {
+                        self.sessions.remove(session.as_str());
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            },
-            Action::SendMessage {
+            }
+            Action::SendMessage(SendMessage {
                 session, recipient, ..
-            } => {
+            }) => {
                 match (
                     self.session_user(session, at),
                     self.user_named(recipient.as_str()),
@@ -212,34 +218,38 @@ impl Model {
                     _ => false,
                 }
             }
-            Action::MarkDelivered { session, limit } => match self.session_user(session, at) {
-                Some((_, me)) => {
-                    let ids: Vec<i64> = self
-                        .messages
-                        .iter()
-                        .filter(|(_, (_, r, d))| *r == me && !*d)
-                        .map(|(id, _)| *id)
-                        .take(limit.get() as usize)
-                        .collect();
-                    for id in ids {
-                        self.messages.get_mut(&id).expect("id was just found").2 = true;
-                    }
-                    true
-                }
-                None => false,
-            },
-            Action::DeleteMessages { session, ids } => match self.session_user(session, at) {
-                Some((_, me)) => {
-                    for id in ids.as_slice() {
-                        if self.messages.get(&id.0).is_some_and(|(_, r, _)| *r == me) {
-                            self.messages.remove(&id.0);
+            Action::MarkDelivered(MarkDelivered { session, limit }) => {
+                match self.session_user(session, at) {
+                    Some((_, me)) => {
+                        let ids: Vec<i64> = self
+                            .messages
+                            .iter()
+                            .filter(|(_, (_, r, d))| *r == me && !*d)
+                            .map(|(id, _)| *id)
+                            .take(limit.get() as usize)
+                            .collect();
+                        for id in ids {
+                            self.messages.get_mut(&id).expect("id was just found").2 = true;
                         }
+                        true
                     }
-                    true
+                    None => false,
                 }
-                None => false,
-            },
-            Action::ResetAll { session } => match self.session_user(session, at) {
+            }
+            Action::DeleteMessages(DeleteMessages { session, ids }) => {
+                match self.session_user(session, at) {
+                    Some((_, me)) => {
+                        for id in ids.as_slice() {
+                            if self.messages.get(&id.0).is_some_and(|(_, r, _)| *r == me) {
+                                self.messages.remove(&id.0);
+                            }
+                        }
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Action::ResetAll(ResetAll { session }) => match self.session_user(session, at) {
                 Some(_) => {
                     self.users.clear();
                     self.sessions.clear();
@@ -249,15 +259,17 @@ impl Model {
                 }
                 None => false,
             },
-            Action::DeleteAccount { session } => match self.session_user(session, at) {
-                Some((id, me)) => {
-                    self.messages.retain(|_, (s, r, _)| *s != me && *r != me);
-                    self.sessions.retain(|_, (u, _)| *u != id);
-                    self.users.remove(&id);
-                    true
+            Action::DeleteAccount(DeleteAccount { session }) => {
+                match self.session_user(session, at) {
+                    Some((id, me)) => {
+                        self.messages.retain(|_, (s, r, _)| *s != me && *r != me);
+                        self.sessions.retain(|_, (u, _)| *u != id);
+                        self.users.remove(&id);
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            },
+            }
         };
         if ok {
             if let (Some(key), Some(scope)) = (&command.idempotency_key, scope) {
@@ -377,36 +389,36 @@ fn sqlite_rows_are_readable_with_the_documented_columns() {
         Command {
             at_ms: 1,
             idempotency_key: None,
-            action: Action::SignUp {
+            action: Action::SignUp(SignUp {
                 username: name(0, false),
                 password_hash: "h".into(),
-            },
+            }),
         },
         Command {
             at_ms: 1,
             idempotency_key: None,
-            action: Action::SignUp {
+            action: Action::SignUp(SignUp {
                 username: name(1, false),
                 password_hash: "h".into(),
-            },
+            }),
         },
         Command {
             at_ms: 2,
             idempotency_key: None,
-            action: Action::CreateSession {
+            action: Action::CreateSession(CreateSession {
                 user_id: UserId(1),
                 token_digest: a.clone(),
                 expires_at_ms: 100,
-            },
+            }),
         },
         Command {
             at_ms: 3,
             idempotency_key: None,
-            action: Action::SendMessage {
+            action: Action::SendMessage(SendMessage {
                 session: a,
                 recipient: name(1, true),
                 content: Content::new("hi".into(), 10).unwrap(),
-            },
+            }),
         },
     ];
     let refs: Vec<&Command> = commands.iter().collect();

@@ -9,8 +9,9 @@ use jochat_proto::internal::v1::{JoinRequest, LeaveRequest};
 use tonic::transport::Endpoint;
 use tonic::{Request, Status};
 
-use crate::client::{jittered, parse_address, ChatServerClient, BACKOFF_INITIAL, BACKOFF_MAX};
+use crate::client::{ChatServerClient, BACKOFF_INITIAL, BACKOFF_MAX};
 use crate::error::ClientError;
+use crate::routing::{jittered, parse_address};
 
 /// The metadata key the cluster secret travels in.
 const CLUSTER_SECRET_HEADER: &str = "jochat-cluster-secret";

@@ -1,17 +1,13 @@
 //! [`ChatServerClient`] and its builder.
 
-use std::future::Future;
-use std::net::Ipv6Addr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use jochat_proto::v1;
-use jochat_proto::v1::chat_client::ChatClient;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
 
 use crate::error::ClientError;
+use crate::routing::{Inner, Server};
 use crate::types::*;
 use crate::{hash_password, idempotency_key};
 
@@ -24,11 +20,6 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
 /// Longest pause between retries: short, because the usual reason to wait is a leader
 /// election, which takes a few hundred milliseconds.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(100);
-/// How many NOT-LEADER hints in a row are followed at once, before the client pauses (a
-/// follower can still name a leader that just died, for up to an election timeout).
-const HINTS_FOLLOWED_AT_ONCE: u32 = 2;
-/// The metadata key naming the leader's address on a NOT-LEADER answer.
-const LEADER_ADDRESS_HEADER: &str = "jochat-leader-addr";
 /// Largest reply accepted, in bytes. Servers cap the content of one reply at 4 MiB.
 pub const REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
@@ -148,239 +139,6 @@ impl ChatServerClientBuilder {
     }
 }
 
-/// Checks a server address, `host:port` with an optional `http://` prefix, and returns it as
-/// `host:port`. Anything else (another scheme, a path, a missing or zero port) is refused here
-/// rather than failing on every call later.
-pub(crate) fn parse_address(raw: &str) -> Result<String, ClientError> {
-    let invalid = |reason: &str| ClientError::InvalidAddress {
-        address: raw.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let trimmed = raw.trim();
-    let without_scheme = trimmed.strip_prefix("http://").unwrap_or(trimmed);
-    let host_port = without_scheme.strip_suffix('/').unwrap_or(without_scheme);
-    if host_port.contains("://") {
-        return Err(invalid(
-            "only plain http:// servers are supported: expected HOST:PORT",
-        ));
-    }
-    let (host, port) = host_port
-        .rsplit_once(':')
-        .ok_or_else(|| invalid("expected HOST:PORT"))?;
-    let host_is_valid = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(ipv6) => ipv6.parse::<Ipv6Addr>().is_ok(),
-        None if host.contains(':') => {
-            return Err(invalid(
-                "an IPv6 host must be in brackets, as in [::1]:5001",
-            ))
-        }
-        None => {
-            !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        }
-    };
-    if !host_is_valid {
-        return Err(invalid("expected HOST:PORT"));
-    }
-    match port.parse::<u16>() {
-        Ok(port) if port > 0 => Ok(host_port.to_owned()),
-        _ => Err(invalid("the port must be a number from 1 to 65535")),
-    }
-}
-
-/// One server the client may call.
-struct Server {
-    /// `host:port`, as checked by [`parse_address`].
-    address: String,
-    /// How to reach it: its URI, the connect timeout, TCP options.
-    endpoint: Endpoint,
-    /// The one HTTP/2 channel to it, shared by every clone of the client and made on first
-    /// use. Making a channel spawns its connection task, which needs a Tokio runtime that
-    /// `build` may not run in. A `OnceLock` suffices: making the channel does no I/O, so the
-    /// lock is held for microseconds and never across an `.await`.
-    channel: OnceLock<Channel>,
-}
-
-impl Server {
-    /// A server at `address` (checked by [`parse_address`]); nothing is connected yet.
-    fn new(address: &str, connect_timeout: Duration) -> Result<Self, ClientError> {
-        let host_port = parse_address(address)?;
-        let endpoint = Endpoint::from_shared(format!("http://{host_port}"))
-            .map_err(|e| ClientError::InvalidAddress {
-                address: address.to_owned(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true);
-        Ok(Self {
-            address: host_port,
-            endpoint,
-            channel: OnceLock::new(),
-        })
-    }
-
-    /// The channel to this server, made on the first call.
-    fn channel(&self) -> Channel {
-        self.channel
-            .get_or_init(|| self.endpoint.connect_lazy())
-            .clone()
-    }
-}
-
-/// What every clone of a [`ChatServerClient`] shares. The std locks are held for
-/// microseconds and never across an `.await`.
-struct Inner {
-    /// Every server known: those given to the builder, in that order, then those learned
-    /// from NOT-LEADER hints and ClusterInfo. Never empty; servers are never removed (one
-    /// that is gone is skipped when it fails).
-    servers: RwLock<Vec<Arc<Server>>>,
-    /// The address of the server believed to lead, if any.
-    leader: Mutex<Option<String>>,
-    /// Which server to try next when no leader is known.
-    cursor: AtomicUsize,
-    /// Whether to learn members from ClusterInfo at all.
-    discover: bool,
-    /// Whether the cluster's members have been asked for once (the first call does).
-    discovered: AtomicBool,
-    /// The time one call may take, retries included.
-    deadline: Duration,
-    connect_timeout: Duration,
-    backoff_initial: Duration,
-    backoff_max: Duration,
-}
-
-impl Inner {
-    /// The known server at `address`, added if new.
-    fn server(&self, address: &str) -> Option<Arc<Server>> {
-        let address = parse_address(address).ok()?;
-        if let Some(known) = self
-            .servers
-            .read()
-            .expect("the server list's lock is never held across a panic")
-            .iter()
-            .find(|s| s.address == address)
-        {
-            return Some(Arc::clone(known));
-        }
-        let server = Arc::new(Server::new(&address, self.connect_timeout).ok()?);
-        let mut servers = self
-            .servers
-            .write()
-            .expect("the server list's lock is never held across a panic");
-        if let Some(known) = servers.iter().find(|s| s.address == address) {
-            return Some(Arc::clone(known));
-        }
-        tracing::debug!(server = %address, "learned a server");
-        servers.push(Arc::clone(&server));
-        Some(server)
-    }
-
-    /// Where the next attempt goes: the leader if one is believed, else the next server in
-    /// turn.
-    fn pick(&self) -> Arc<Server> {
-        let leader = self
-            .leader
-            .lock()
-            .expect("the leader's lock is never held across a panic")
-            .clone();
-        if let Some(server) = leader.and_then(|address| self.server(&address)) {
-            return server;
-        }
-        let servers = self
-            .servers
-            .read()
-            .expect("the server list's lock is never held across a panic");
-        let index = self.cursor.load(Ordering::Relaxed) % servers.len();
-        Arc::clone(&servers[index])
-    }
-
-    /// After a failure on `server` without a usable hint: stop believing it leads, and move
-    /// on to the next server.
-    fn passed_over(&self, server: &Server) {
-        let mut leader = self
-            .leader
-            .lock()
-            .expect("the leader's lock is never held across a panic");
-        if leader.as_deref() == Some(server.address.as_str()) {
-            *leader = None;
-        }
-        drop(leader);
-        let servers = self
-            .servers
-            .read()
-            .expect("the server list's lock is never held across a panic");
-        let position = servers
-            .iter()
-            .position(|s| s.address == server.address)
-            .unwrap_or(0);
-        self.cursor.store(position + 1, Ordering::Relaxed);
-    }
-
-    /// Believes `address` leads (from a NOT-LEADER hint).
-    fn follow(&self, address: &str) -> bool {
-        if self.server(address).is_none() {
-            return false;
-        }
-        *self
-            .leader
-            .lock()
-            .expect("the leader's lock is never held across a panic") = Some(address.to_owned());
-        true
-    }
-
-    fn server_count(&self) -> usize {
-        self.servers
-            .read()
-            .expect("the server list's lock is never held across a panic")
-            .len()
-    }
-}
-
-/// The leader's address a NOT-LEADER status names, if any.
-fn leader_hint(status: &Status) -> Option<&str> {
-    status
-        .metadata()
-        .get(LEADER_ADDRESS_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .filter(|address| !address.is_empty())
-}
-
-/// What every attempt of a call carries: the session token and the time left.
-#[derive(Clone, Copy)]
-struct Attempt<'a> {
-    token: Option<&'a SessionToken>,
-    remaining: Duration,
-}
-
-impl Attempt<'_> {
-    /// Wraps `message` with the `authorization` metadata and the `grpc-timeout` header.
-    fn request<M>(self, message: M) -> Result<Request<M>, Status> {
-        let mut request = Request::new(message);
-        request.set_timeout(self.remaining);
-        if let Some(token) = self.token {
-            let value = format!("Bearer {}", token.as_str())
-                .parse()
-                .map_err(|_| Status::unauthenticated("session token is malformed"))?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        Ok(request)
-    }
-}
-
-/// A pause of about `base`, drawn uniformly from `[base/2, base]` so that many clients
-/// retrying at once spread out.
-pub(crate) fn jittered(base: Duration) -> Duration {
-    let mut bytes = [0u8; 8];
-    // Without randomness the pause is simply `base`; jitter is an optimisation.
-    let fraction = match getrandom::fill(&mut bytes) {
-        Ok(()) => (u64::from_le_bytes(bytes) % 1000) as u32,
-        Err(_) => 1000,
-    };
-    base / 2 + base / 2 * fraction / 1000
-}
-
 /// The JoChat client: one typed async method per chat operation.
 ///
 /// Cheap to clone and safe to share between tasks (`Clone + Send + Sync`); clones share the
@@ -419,7 +177,7 @@ pub(crate) fn jittered(base: Duration) -> Duration {
 /// ```
 #[derive(Clone)]
 pub struct ChatServerClient {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for ChatServerClient {
@@ -464,19 +222,6 @@ impl ChatServerClient {
             .collect()
     }
 
-    /// The server the next call would go to, as its address and channel.
-    pub(crate) fn pick_server(&self) -> (String, Channel) {
-        let server = self.inner.pick();
-        (server.address.clone(), server.channel())
-    }
-
-    /// Moves past the server at `address` after it failed.
-    pub(crate) fn server_failed(&self, address: &str) {
-        if let Some(server) = self.inner.server(address) {
-            self.inner.passed_over(&server);
-        }
-    }
-
     pub(crate) fn backoff_initial(&self) -> Duration {
         self.inner.backoff_initial
     }
@@ -507,127 +252,6 @@ impl ChatServerClient {
             .lock()
             .expect("the leader's lock is never held across a panic")
             .clone()
-    }
-
-    /// Asks one server for the cluster's members and leader, and learns them. Runs in the
-    /// background: after the first call, and after a round of failures.
-    fn discover(&self) {
-        if !self.inner.discover {
-            return;
-        }
-        let client = self.clone();
-        tokio::spawn(async move {
-            let server = client.inner.pick();
-            let mut chat = ChatClient::new(server.channel());
-            let mut request = Request::new(v1::ClusterInfoRequest {});
-            request.set_timeout(client.inner.connect_timeout);
-            let asked =
-                tokio::time::timeout(client.inner.connect_timeout, chat.cluster_info(request));
-            let info = match asked.await {
-                Ok(Ok(info)) => info.into_inner(),
-                Ok(Err(status)) => {
-                    tracing::debug!(server = %server.address, %status, "could not learn the members");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(server = %server.address, "could not learn the members in time");
-                    return;
-                }
-            };
-            for member in &info.members {
-                client.inner.server(&member.address);
-            }
-            if info.leader_id != 0 && !info.leader_address.is_empty() {
-                client.inner.follow(&info.leader_address);
-            }
-        });
-    }
-
-    /// The one path every call takes: it applies the deadline (a Tokio timeout around each
-    /// attempt, and `grpc-timeout` so the server gives up too), attaches the session token,
-    /// maps the status to a [`ClientError`], and handles failover:
-    ///
-    /// - each attempt goes to the server believed to lead, else to the next server in turn;
-    /// - a NOT-LEADER answer naming the leader is followed at once (its address is learned
-    ///   if new);
-    /// - any other retryable failure (a transport error, no quorum, no leader known) moves on
-    ///   to the next server, and after a round of every server the client pauses with
-    ///   jittered exponential backoff and asks the cluster for its members again;
-    /// - a final error (bad input, wrong password, not found...) is returned at once.
-    ///
-    /// `attempt` makes one attempt on the given server's client; it builds its request from
-    /// values fixed before the first attempt (so every retry of a write reuses its idempotency
-    /// key, and the state machine answers a retry of a write that did commit with its first
-    /// outcome).
-    ///
-    /// When the next pause would pass the deadline, the last retryable error is returned (it
-    /// says why no server answered, which a bare "deadline exceeded" would hide).
-    async fn call<T, F, Fut>(
-        &self,
-        operation: &'static str,
-        token: Option<&SessionToken>,
-        mut attempt: F,
-    ) -> Result<T, ClientError>
-    where
-        F: FnMut(ChatClient<Channel>, Attempt<'_>) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
-    {
-        let deadline = self.inner.deadline;
-        let exceeded = ClientError::DeadlineExceeded {
-            operation,
-            deadline,
-        };
-        if !self.inner.discovered.swap(true, Ordering::Relaxed) {
-            self.discover();
-        }
-        let started = Instant::now();
-        let mut backoff = self.inner.backoff_initial;
-        let mut hints_followed = 0;
-        let mut failed_in_round = 0;
-        loop {
-            let Some(remaining) = deadline.checked_sub(started.elapsed()) else {
-                return Err(exceeded);
-            };
-            let server = self.inner.pick();
-            let client =
-                ChatClient::new(server.channel()).max_decoding_message_size(REPLY_BYTES_MAX);
-            let outcome =
-                tokio::time::timeout(remaining, attempt(client, Attempt { token, remaining }))
-                    .await;
-            let status = match outcome {
-                Err(_elapsed) => return Err(exceeded),
-                Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => status,
-            };
-            let error = ClientError::from_status(&status, operation, deadline, &server.address);
-            if !error.is_retryable() {
-                return Err(error);
-            }
-            let hint = leader_hint(&status).filter(|hint| *hint != server.address);
-            if let Some(hint) = hint.filter(|_| hints_followed < HINTS_FOLLOWED_AT_ONCE) {
-                if self.inner.follow(hint) {
-                    tracing::debug!(operation, from = %server.address, leader = hint, "following the leader hint");
-                    hints_followed += 1;
-                    continue;
-                }
-            }
-            tracing::debug!(operation, server = %server.address, %error, "trying another server");
-            self.inner.passed_over(&server);
-            failed_in_round += 1;
-            if failed_in_round < self.inner.server_count() {
-                continue;
-            }
-            // Every server failed once: pause, and ask the cluster who is in it now.
-            failed_in_round = 0;
-            hints_followed = 0;
-            let pause = jittered(backoff);
-            if started.elapsed() + pause >= deadline {
-                return Err(error);
-            }
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(self.inner.backoff_max);
-            self.discover();
-        }
     }
 
     /// Creates an account. The password is sent as its SHA-256 ([`hash_password`]).
@@ -1136,10 +760,13 @@ impl ChatServerClient {
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
+    use std::time::Instant;
+
+    use tonic::{Code, Status};
 
     use super::*;
     use crate::mock::{MockChat, MockServer};
+    use crate::routing::{jittered, parse_address, LEADER_ADDRESS_HEADER};
 
     /// A client of `server` with a short deadline.
     fn client_of(server: &MockServer, deadline: Duration) -> ChatServerClient {

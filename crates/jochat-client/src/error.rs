@@ -21,6 +21,7 @@ const NOT_READY_PREFIX: &str = "Service was not ready";
 /// client has already retried it with backoff until the deadline before returning it; every
 /// other variant is final for this request: retrying the same request gets the same answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The request broke a rule (`INVALID_ARGUMENT`): fix the input, do not retry.
     #[error("{0}")]

@@ -21,8 +21,12 @@
 //!
 //! # Layout
 //!
-//! - `client`: [`ChatServerClient`], its builder, and the one call path every method takes
-//!   (deadline, session metadata, retries with backoff).
+//! - `client`: [`ChatServerClient`], its builder, and one typed method per operation.
+//! - `routing`: the one call path every method takes: the servers known and the leader
+//!   believed, NOT-LEADER hints, moving on from a failed server, deadline, backoff with
+//!   jitter, learning the members.
+//! - `admin`: membership changes (`add_member`, `remove_member`) through the leader.
+//! - `subscribe`: [`MessageStream`], the live stream that resumes on another server.
 //! - `types`: the values methods take and return ([`SessionToken`], [`Message`], queries...).
 //! - `error`: [`ClientError`], and the mapping from gRPC statuses and transport failures.
 //! - this file: [`hash_password`] and the idempotency keys every write carries.
@@ -35,6 +39,7 @@ mod client;
 mod error;
 #[cfg(test)]
 mod mock;
+mod routing;
 mod subscribe;
 mod types;
 
@@ -46,6 +51,9 @@ pub use client::{
 };
 pub use error::ClientError;
 pub use subscribe::MessageStream;
+/// The gRPC status code [`ClientError::code`] reports, re-exported so callers need not
+/// depend on `tonic` themselves.
+pub use tonic::Code;
 pub use types::{
     Account, AccountPage, AccountQuery, AwayMessages, ClusterInfo, InboxQuery, LoggedIn, Member,
     MemberRole, Message, MessagePage, MessageStatus, ReadConsistency, SentMessage, SessionToken,

@@ -12,8 +12,9 @@ use jochat_proto::v1::chat_client::ChatClient;
 use tokio::sync::mpsc;
 use tonic::{Request, Status};
 
-use crate::client::{jittered, ChatServerClient, REPLY_BYTES_MAX};
+use crate::client::{ChatServerClient, REPLY_BYTES_MAX};
 use crate::error::ClientError;
+use crate::routing::jittered;
 use crate::types::{Message, SessionToken};
 
 /// Messages handed over but not yet taken by the application.

@@ -56,6 +56,7 @@ pub struct LoggedIn {
 
 /// Whether a message has reached its recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MessageStatus {
     /// The recipient had a live session, or has fetched it.
     Delivered,
@@ -179,6 +180,7 @@ pub struct AccountPage {
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReadConsistency {
     /// Up to date with every acknowledged write (served by the leader).
     #[default]
@@ -305,6 +307,7 @@ pub struct Member {
 
 /// A member's part in consensus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MemberRole {
     /// Votes and counts toward the majority.
     Voter,

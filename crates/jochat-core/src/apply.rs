@@ -1,19 +1,19 @@
 //! The state machine: [`apply`] turns a [`Command`] into changes of a [`ChatStore`].
 //!
-//! Every rule is checked before the first change, so a refused command changes nothing (a
-//! store relies on this: the SQLite store lets a group of commands share one savepoint and
-//! rolls a command back alone only after a storage failure part-way through it). Nothing
-//! here reads a clock or a random source: the command carries its time.
+//! It answers retries from remembered outcomes, hands each kind of write to its
+//! [`Operation`](crate::ops::Operation) (one file each in [`crate::ops`], where the rules
+//! are), and remembers the outcome under the command's idempotency key. A refused command
+//! changes nothing; nothing here reads a clock or a random source: the command carries its
+//! time.
 
 use crate::command::{Action, Command, Outcome};
 use crate::error::ChatError;
 use crate::limits::{
     IDEMPOTENCY_ENTRIES_MAX, IDEMPOTENCY_FORGET_CHUNK, IDEMPOTENCY_FORGET_SLACK_MS,
-    IDEMPOTENCY_TTL_MS, REPLY_CONTENT_BYTES_MAX,
+    IDEMPOTENCY_TTL_MS,
 };
-use crate::query::authenticate_digest;
-use crate::store::{ChatStore, LastIds, MessageRecord, Remembered, SessionRecord, UserRecord};
-use crate::types::{Content, FetchLimit, MessageId, MessageIds, TokenDigest, UserId, Username};
+use crate::ops::run;
+use crate::store::{ChatStore, Remembered};
 
 /// Whether remembered outcomes are forgotten before a new one is remembered at `at_ms`, given
 /// how many there are and the oldest one's time: when the store is full
@@ -50,33 +50,14 @@ pub fn apply<S: ChatStore + ?Sized>(
 
     let at_ms = command.at_ms;
     let outcome = match &command.action {
-        Action::SignUp {
-            username,
-            password_hash,
-        } => sign_up(store, username, password_hash, at_ms)?,
-        Action::CreateSession {
-            user_id,
-            token_digest,
-            expires_at_ms,
-        } => create_session(store, *user_id, token_digest, *expires_at_ms, at_ms)?,
-        Action::RevokeSession { session } => {
-            authenticate_digest(store, session, at_ms)?;
-            store.delete_session(session)?;
-            Outcome::SessionRevoked
-        }
-        Action::SendMessage {
-            session,
-            recipient,
-            content,
-        } => send_message(store, session, recipient, content, at_ms)?,
-        Action::MarkDelivered { session, limit } => mark_delivered(store, session, *limit, at_ms)?,
-        Action::DeleteMessages { session, ids } => delete_messages(store, session, ids, at_ms)?,
-        Action::DeleteAccount { session } => delete_account(store, session, at_ms)?,
-        Action::ResetAll { session } => {
-            authenticate_digest(store, session, at_ms)?;
-            store.clear_chat_state()?;
-            Outcome::Reset
-        }
+        Action::SignUp(op) => run(op, store, at_ms)?,
+        Action::CreateSession(op) => run(op, store, at_ms)?,
+        Action::RevokeSession(op) => run(op, store, at_ms)?,
+        Action::SendMessage(op) => run(op, store, at_ms)?,
+        Action::MarkDelivered(op) => run(op, store, at_ms)?,
+        Action::DeleteMessages(op) => run(op, store, at_ms)?,
+        Action::DeleteAccount(op) => run(op, store, at_ms)?,
+        Action::ResetAll(op) => run(op, store, at_ms)?,
     };
 
     if let (Some(key), Some(scope)) = (&command.idempotency_key, scope) {
@@ -100,167 +81,18 @@ pub fn apply<S: ChatStore + ?Sized>(
     Ok(outcome)
 }
 
-fn sign_up<S: ChatStore + ?Sized>(
-    store: &mut S,
-    username: &Username,
-    password_hash: &str,
-    at_ms: i64,
-) -> Result<Outcome, ChatError> {
-    if let Some(existing) = store.user_by_name(username)? {
-        return Err(ChatError::AlreadyExists {
-            field: "username".into(),
-            value: existing.username.as_str().to_owned(),
-        });
-    }
-    let last = store.last_ids()?;
-    let id = UserId(last.user + 1);
-    store.insert_user(&UserRecord {
-        id,
-        username: username.clone(),
-        password_hash: password_hash.to_owned(),
-        created_at_ms: at_ms,
-    })?;
-    store.set_last_ids(last, LastIds { user: id.0, ..last })?;
-    Ok(Outcome::SignedUp {
-        user_id: id,
-        username: username.clone(),
-    })
-}
-
-fn create_session<S: ChatStore + ?Sized>(
-    store: &mut S,
-    user_id: UserId,
-    token_digest: &TokenDigest,
-    expires_at_ms: i64,
-    at_ms: i64,
-) -> Result<Outcome, ChatError> {
-    // The account may have been deleted between the password check and this command.
-    let Some(user) = store.user_by_id(user_id)? else {
-        return Err(ChatError::WrongCredentials);
-    };
-    if expires_at_ms <= at_ms {
-        return Err(ChatError::invalid(
-            "expires_at_ms",
-            "must be after the command's time",
-        ));
-    }
-    // Tokens carry 256 random bits, so a digest collision means a replayed or forged command;
-    // refusing it keeps every replica's answer the same whatever the store's key rules.
-    if store.session(token_digest)?.is_some() {
-        return Err(ChatError::invalid("token_digest", "is already in use"));
-    }
-    // One session per account: a new login ends the others. Expired sessions of everyone are
-    // swept here too, so the table does not grow with abandoned logins.
-    store.delete_expired_sessions(at_ms)?;
-    store.delete_sessions_of(user_id)?;
-    store.insert_session(&SessionRecord {
-        token_digest: token_digest.clone(),
-        user_id,
-        created_at_ms: at_ms,
-        expires_at_ms,
-    })?;
-    Ok(Outcome::SessionCreated {
-        user_id,
-        username: user.username,
-        expires_at_ms,
-    })
-}
-
-fn send_message<S: ChatStore + ?Sized>(
-    store: &mut S,
-    session: &TokenDigest,
-    recipient: &Username,
-    content: &Content,
-    at_ms: i64,
-) -> Result<Outcome, ChatError> {
-    let sender = authenticate_digest(store, session, at_ms)?;
-    let Some(recipient) = store.user_by_name(recipient)? else {
-        return Err(ChatError::NotFound {
-            field: "recipient".into(),
-            value: recipient.as_str().to_owned(),
-        });
-    };
-    let delivered = store.has_live_session(recipient.id, at_ms)?;
-    let last = store.last_ids()?;
-    let id = MessageId(last.message + 1);
-    store.insert_message(&MessageRecord {
-        id,
-        sender: sender.username,
-        recipient: recipient.username,
-        content: content.as_str().to_owned(),
-        timestamp_ms: at_ms,
-        delivered,
-    })?;
-    store.set_last_ids(
-        last,
-        LastIds {
-            message: id.0,
-            ..last
-        },
-    )?;
-    Ok(Outcome::MessageSent {
-        id,
-        timestamp_ms: at_ms,
-        delivered,
-    })
-}
-
-fn mark_delivered<S: ChatStore + ?Sized>(
-    store: &mut S,
-    session: &TokenDigest,
-    limit: FetchLimit,
-    at_ms: i64,
-) -> Result<Outcome, ChatError> {
-    let user = authenticate_digest(store, session, at_ms)?;
-    let away = store.away_messages(&user.username, limit.get())?;
-    let ids: Vec<MessageId> = within_reply_budget(&away).iter().map(|m| m.id).collect();
-    store.mark_delivered(&ids)?;
-    let remaining = store.away_count(&user.username)?;
-    Ok(Outcome::Delivered { ids, remaining })
-}
-
-fn delete_messages<S: ChatStore + ?Sized>(
-    store: &mut S,
-    session: &TokenDigest,
-    ids: &MessageIds,
-    at_ms: i64,
-) -> Result<Outcome, ChatError> {
-    let user = authenticate_digest(store, session, at_ms)?;
-    let count = store.delete_inbox_messages(&user.username, ids.as_slice())?;
-    Ok(Outcome::MessagesDeleted { count })
-}
-
-fn delete_account<S: ChatStore + ?Sized>(
-    store: &mut S,
-    session: &TokenDigest,
-    at_ms: i64,
-) -> Result<Outcome, ChatError> {
-    let user = authenticate_digest(store, session, at_ms)?;
-    let messages_deleted = store.delete_messages_of(&user.username)?;
-    store.delete_sessions_of(user.id)?;
-    store.delete_user(user.id)?;
-    Ok(Outcome::AccountDeleted { messages_deleted })
-}
-
-/// The longest prefix of `messages` whose contents fit in one reply, and never less than one
-/// message, so that a reader always makes progress.
-pub fn within_reply_budget(messages: &[MessageRecord]) -> &[MessageRecord] {
-    let mut bytes = 0usize;
-    for (index, message) in messages.iter().enumerate() {
-        bytes += message.content.len();
-        if bytes > REPLY_CONTENT_BYTES_MAX && index > 0 {
-            return &messages[..index];
-        }
-    }
-    messages
-}
+pub use crate::ops::within_reply_budget;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::memory::MemoryStore;
+    use crate::ops::*;
     use crate::store::ChatRead;
-    use crate::types::{IdempotencyKey, SessionToken};
+    use crate::types::{
+        Content, FetchLimit, IdempotencyKey, MessageId, MessageIds, SessionToken, TokenDigest,
+        UserId, Username,
+    };
 
     const HOUR_MS: i64 = 3_600_000;
 
@@ -281,15 +113,15 @@ mod tests {
             store,
             &command(
                 1,
-                Action::SignUp {
+                Action::SignUp(SignUp {
                     username: name(raw),
                     password_hash: format!("hash-of-{raw}"),
-                },
+                }),
             ),
         )
         .expect("sign-up succeeds");
         match outcome {
-            Outcome::SignedUp { user_id, .. } => user_id,
+            Outcome::SignedUp(SignedUp { user_id, .. }) => user_id,
             other => panic!("unexpected outcome {other:?}"),
         }
     }
@@ -300,11 +132,11 @@ mod tests {
             store,
             &command(
                 at_ms,
-                Action::CreateSession {
+                Action::CreateSession(CreateSession {
                     user_id,
                     token_digest: digest.clone(),
                     expires_at_ms: at_ms + HOUR_MS,
-                },
+                }),
             ),
         )
         .expect("log-in succeeds");
@@ -321,11 +153,11 @@ mod tests {
             store,
             &command(
                 at_ms,
-                Action::SendMessage {
+                Action::SendMessage(SendMessage {
                     session: session.clone(),
                     recipient: name(to),
                     content: Content::new("hello".into(), 100).expect("valid content"),
-                },
+                }),
             ),
         )
     }
@@ -339,10 +171,10 @@ mod tests {
             &mut store,
             &command(
                 2,
-                Action::SignUp {
+                Action::SignUp(SignUp {
                     username: name("ALICE"),
                     password_hash: "h".into(),
-                },
+                }),
             ),
         );
         assert_eq!(
@@ -363,11 +195,11 @@ mod tests {
         let away = send(&mut store, &alice_session, "BOB", 20).unwrap();
         assert_eq!(
             away,
-            Outcome::MessageSent {
+            Outcome::MessageSent(MessageSent {
                 id: MessageId(1),
                 timestamp_ms: 20,
                 delivered: false
-            }
+            })
         );
         assert_eq!(store.away_count(&name("bob")).unwrap(), 1);
 
@@ -376,10 +208,10 @@ mod tests {
         let delivered = send(&mut store, &alice_session, "bob", 40).unwrap();
         assert!(matches!(
             delivered,
-            Outcome::MessageSent {
+            Outcome::MessageSent(MessageSent {
                 delivered: true,
                 ..
-            }
+            })
         ));
 
         // 3. Fetching marks the away one delivered.
@@ -387,19 +219,19 @@ mod tests {
             &mut store,
             &command(
                 50,
-                Action::MarkDelivered {
+                Action::MarkDelivered(MarkDelivered {
                     session: bob_session.clone(),
                     limit: FetchLimit::new(0).unwrap(),
-                },
+                }),
             ),
         )
         .unwrap();
         assert_eq!(
             fetched,
-            Outcome::Delivered {
+            Outcome::Delivered(Delivered {
                 ids: vec![MessageId(1)],
                 remaining: 0
-            }
+            })
         );
 
         // 4. After the session expires, messages are away again and the session is refused.
@@ -437,14 +269,17 @@ mod tests {
             &mut store,
             &command(
                 13,
-                Action::DeleteMessages {
+                Action::DeleteMessages(DeleteMessages {
                     session: b.clone(),
                     ids: MessageIds::new(&[1, 2, 99]).unwrap(),
-                },
+                }),
             ),
         )
         .unwrap();
-        assert_eq!(outcome, Outcome::MessagesDeleted { count: 1 });
+        assert_eq!(
+            outcome,
+            Outcome::MessagesDeleted(MessagesDeleted { count: 1 })
+        );
         assert_eq!(
             crate::query::messages_by_ids(&store, &[MessageId(1), MessageId(2)])
                 .unwrap()
@@ -466,14 +301,17 @@ mod tests {
         send(&mut store, &b, "carol", 13).unwrap();
         let outcome = apply(
             &mut store,
-            &command(14, Action::DeleteAccount { session: a.clone() }),
+            &command(
+                14,
+                Action::DeleteAccount(DeleteAccount { session: a.clone() }),
+            ),
         )
         .unwrap();
         assert_eq!(
             outcome,
-            Outcome::AccountDeleted {
+            Outcome::AccountDeleted(AccountDeleted {
                 messages_deleted: 2
-            }
+            })
         );
         let dump = store.dump().unwrap();
         assert_eq!(dump.users.len(), 2);
@@ -492,11 +330,11 @@ mod tests {
         let key = IdempotencyKey::optional("retry-1").unwrap();
         let mut first = command(
             20,
-            Action::SendMessage {
+            Action::SendMessage(SendMessage {
                 session: a.clone(),
                 recipient: name("bob"),
                 content: Content::new("once".into(), 100).unwrap(),
-            },
+            }),
         );
         first.idempotency_key = key.clone();
         let outcome = apply(&mut store, &first).unwrap();
@@ -506,7 +344,7 @@ mod tests {
         assert_eq!(store.dump().unwrap().messages.len(), 1);
 
         // The same key for another kind of write is refused.
-        let mut other = command(30, Action::RevokeSession { session: a });
+        let mut other = command(30, Action::RevokeSession(RevokeSession { session: a }));
         other.idempotency_key = key;
         assert_eq!(
             apply(&mut store, &other).unwrap_err(),
@@ -543,11 +381,11 @@ mod tests {
         let keyed = |at_ms: i64, key: &str, session: &TokenDigest| Command {
             at_ms,
             idempotency_key: IdempotencyKey::optional(key).expect("test keys are valid"),
-            action: Action::SendMessage {
+            action: Action::SendMessage(SendMessage {
                 session: session.clone(),
                 recipient: name("bob"),
                 content: Content::new("hello".into(), 100).expect("valid content"),
-            },
+            }),
         };
         let day = IDEMPOTENCY_TTL_MS;
         let session = log_in(&mut store, alice, 1, 0);

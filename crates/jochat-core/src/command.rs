@@ -7,9 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{
-    Content, FetchLimit, IdempotencyKey, MessageId, MessageIds, TokenDigest, UserId, Username,
+use crate::ops::{
+    AccountDeleted, CreateSession, DeleteAccount, DeleteMessages, Delivered, MarkDelivered,
+    MessageSent, MessagesDeleted, ResetAll, RevokeSession, SendMessage, SessionCreated, SignUp,
+    SignedUp,
 };
+use crate::types::{IdempotencyKey, TokenDigest};
 
 /// One replicated write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,108 +33,71 @@ impl Command {
     pub fn approximate_bytes(&self) -> usize {
         const FIXED: usize = 192;
         let variable = match &self.action {
-            Action::SignUp { password_hash, .. } => password_hash.len(),
-            Action::SendMessage { content, .. } => content.as_str().len(),
-            Action::DeleteMessages { ids, .. } => std::mem::size_of_val(ids.as_slice()),
-            Action::CreateSession { .. }
-            | Action::RevokeSession { .. }
-            | Action::MarkDelivered { .. }
-            | Action::DeleteAccount { .. }
-            | Action::ResetAll { .. } => 0,
+            Action::SignUp(op) => op.password_hash.len(),
+            Action::SendMessage(op) => op.content.as_str().len(),
+            Action::DeleteMessages(op) => std::mem::size_of_val(op.ids.as_slice()),
+            Action::CreateSession(_)
+            | Action::RevokeSession(_)
+            | Action::MarkDelivered(_)
+            | Action::DeleteAccount(_)
+            | Action::ResetAll(_) => 0,
         };
         FIXED + variable
     }
 }
 
-/// The kinds of write. Actions that act for a user carry the digest of that user's session
-/// token; the state machine checks the session at [`Command::at_ms`].
+/// The kinds of write, one variant per [`Operation`](crate::ops::Operation) (the structs
+/// live in [`crate::ops`], one file each). Actions that act for a user carry the digest of
+/// that user's session token; the state machine checks the session at [`Command::at_ms`].
+///
+/// Encoded as serde's externally tagged form, `{"SendMessage": {"session": …}}`, the same
+/// bytes as when the variants held their fields inline, so logs and remembered outcomes
+/// written by earlier builds decode unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
-    /// Create an account. `password_hash` is the finished argon2id PHC string.
-    SignUp {
-        /// The name, unique ignoring case.
-        username: Username,
-        /// argon2id PHC string of the credential the client sent.
-        password_hash: String,
-    },
-    /// Open a session after the accepting node checked the password; revokes the user's
-    /// other sessions.
-    CreateSession {
-        /// Whose session.
-        user_id: UserId,
-        /// SHA-256 of the token handed to the client.
-        token_digest: TokenDigest,
-        /// When the session stops being valid.
-        expires_at_ms: i64,
-    },
+    /// Create an account.
+    SignUp(SignUp),
+    /// Open a session after the accepting node checked the password.
+    CreateSession(CreateSession),
     /// Revoke a session (log out).
-    RevokeSession {
-        /// The session to revoke.
-        session: TokenDigest,
-    },
+    RevokeSession(RevokeSession),
     /// Send a message to another account.
-    SendMessage {
-        /// The sender's session.
-        session: TokenDigest,
-        /// The recipient, resolved ignoring case.
-        recipient: Username,
-        /// The text.
-        content: Content,
-    },
+    SendMessage(SendMessage),
     /// Mark the caller's oldest away messages delivered (fetching them).
-    MarkDelivered {
-        /// The caller's session.
-        session: TokenDigest,
-        /// How many at most.
-        limit: FetchLimit,
-    },
-    /// Delete messages from the caller's inbox; ids that are not the caller's are ignored.
-    DeleteMessages {
-        /// The caller's session.
-        session: TokenDigest,
-        /// The messages.
-        ids: MessageIds,
-    },
-    /// Delete the caller's account, sessions, and every message it sent or received. The
-    /// accepting node checked the password again before building this.
-    DeleteAccount {
-        /// The caller's session.
-        session: TokenDigest,
-    },
-    /// Delete every account, session and message (the prototype's `ResetDB`). The accepting
-    /// node checked that the session belongs to its configured administrator. Id counters are
-    /// kept, so ids are still never reused.
-    ResetAll {
-        /// The administrator's session.
-        session: TokenDigest,
-    },
+    MarkDelivered(MarkDelivered),
+    /// Delete messages from the caller's inbox.
+    DeleteMessages(DeleteMessages),
+    /// Delete the caller's account and everything of it.
+    DeleteAccount(DeleteAccount),
+    /// Delete every account, session and message (the prototype's `ResetDB`).
+    ResetAll(ResetAll),
 }
 
 impl Action {
     /// A stable name for logs and for the idempotency record.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::SignUp { .. } => "sign_up",
-            Self::CreateSession { .. } => "create_session",
-            Self::RevokeSession { .. } => "revoke_session",
-            Self::SendMessage { .. } => "send_message",
-            Self::MarkDelivered { .. } => "mark_delivered",
-            Self::DeleteMessages { .. } => "delete_messages",
-            Self::DeleteAccount { .. } => "delete_account",
-            Self::ResetAll { .. } => "reset_all",
+            Self::SignUp(_) => "sign_up",
+            Self::CreateSession(_) => "create_session",
+            Self::RevokeSession(_) => "revoke_session",
+            Self::SendMessage(_) => "send_message",
+            Self::MarkDelivered(_) => "mark_delivered",
+            Self::DeleteMessages(_) => "delete_messages",
+            Self::DeleteAccount(_) => "delete_account",
+            Self::ResetAll(_) => "reset_all",
         }
     }
 
     /// The session this action acts through, if any.
     pub fn session(&self) -> Option<&TokenDigest> {
         match self {
-            Self::SignUp { .. } | Self::CreateSession { .. } => None,
-            Self::RevokeSession { session }
-            | Self::SendMessage { session, .. }
-            | Self::MarkDelivered { session, .. }
-            | Self::DeleteMessages { session, .. }
-            | Self::DeleteAccount { session }
-            | Self::ResetAll { session } => Some(session),
+            Self::SignUp(_) | Self::CreateSession(_) => None,
+            Self::RevokeSession(RevokeSession { session })
+            | Self::SendMessage(SendMessage { session, .. })
+            | Self::MarkDelivered(MarkDelivered { session, .. })
+            | Self::DeleteMessages(DeleteMessages { session, .. })
+            | Self::DeleteAccount(DeleteAccount { session })
+            | Self::ResetAll(ResetAll { session }) => Some(session),
         }
     }
 
@@ -140,63 +106,40 @@ impl Action {
     /// not remembered: a repeated log-in opens a fresh session, because the token of the
     /// first one was never stored and cannot be handed out again.
     pub fn idempotency_scope(&self) -> Option<String> {
+        let by_session = |session: &TokenDigest| Some(format!("session:{}", session.as_str()));
         match self {
-            Self::SignUp { username, .. } => Some(format!("sign_up:{}", username.folded())),
-            Self::CreateSession { .. } => None,
-            _ => self
-                .session()
-                .map(|digest| format!("session:{}", digest.as_str())),
+            Self::SignUp(op) => Some(format!("sign_up:{}", op.username.folded())),
+            Self::CreateSession(_) => None,
+            Self::RevokeSession(RevokeSession { session })
+            | Self::SendMessage(SendMessage { session, .. })
+            | Self::MarkDelivered(MarkDelivered { session, .. })
+            | Self::DeleteMessages(DeleteMessages { session, .. })
+            | Self::DeleteAccount(DeleteAccount { session })
+            | Self::ResetAll(ResetAll { session }) => by_session(session),
         }
     }
 }
 
-/// What an applied command did. Small on purpose: outcomes are remembered for retries.
+/// What an applied command did: one variant per kind of write, holding that kind's
+/// [`Operation::Output`](crate::ops::Operation::Output) (none for the two that answer
+/// nothing). Small on purpose: outcomes are remembered for retries. Encoded like
+/// [`Action`], the same bytes as when the variants held their fields inline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// An account was created.
-    SignedUp {
-        /// The new account's id.
-        user_id: UserId,
-        /// Its name as given.
-        username: Username,
-    },
+    SignedUp(SignedUp),
     /// A session was opened.
-    SessionCreated {
-        /// Whose.
-        user_id: UserId,
-        /// The account's name as given at sign-up.
-        username: Username,
-        /// When it expires.
-        expires_at_ms: i64,
-    },
+    SessionCreated(SessionCreated),
     /// A session was revoked.
     SessionRevoked,
     /// A message was stored.
-    MessageSent {
-        /// Its id.
-        id: MessageId,
-        /// Its timestamp (the command's time).
-        timestamp_ms: i64,
-        /// Whether the recipient had a live session (delivered) or not (away).
-        delivered: bool,
-    },
+    MessageSent(MessageSent),
     /// Away messages were marked delivered.
-    Delivered {
-        /// Which, oldest first.
-        ids: Vec<MessageId>,
-        /// Away messages left.
-        remaining: u64,
-    },
+    Delivered(Delivered),
     /// Messages were deleted from an inbox.
-    MessagesDeleted {
-        /// How many.
-        count: u64,
-    },
+    MessagesDeleted(MessagesDeleted),
     /// An account was deleted.
-    AccountDeleted {
-        /// How many messages went with it.
-        messages_deleted: u64,
-    },
+    AccountDeleted(AccountDeleted),
     /// All chat state was cleared.
     Reset,
 }
@@ -206,7 +149,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::types::SessionToken;
+    use crate::types::{
+        Content, FetchLimit, MessageId, MessageIds, SessionToken, UserId, Username,
+    };
 
     fn digest() -> impl Strategy<Value = TokenDigest> {
         any::<[u8; 32]>().prop_map(|bytes| SessionToken::from_random_bytes(bytes).digest())
@@ -219,20 +164,20 @@ mod tests {
 
     fn action() -> impl Strategy<Value = Action> {
         prop_oneof![
-            (username(), ".{0,100}").prop_map(|(username, password_hash)| Action::SignUp {
+            (username(), ".{0,100}").prop_map(|(username, password_hash)| Action::SignUp(SignUp {
                 username,
                 password_hash
-            }),
+            })),
             (any::<i64>(), digest(), any::<i64>()).prop_map(
                 |(user, token_digest, expires_at_ms)| {
-                    Action::CreateSession {
+                    Action::CreateSession(CreateSession {
                         user_id: UserId(user),
                         token_digest,
                         expires_at_ms,
-                    }
+                    })
                 }
             ),
-            digest().prop_map(|session| Action::RevokeSession { session }),
+            digest().prop_map(|session| Action::RevokeSession(RevokeSession { session })),
             // Any Unicode text, quotes and control characters included.
             (
                 digest(),
@@ -240,24 +185,26 @@ mod tests {
                 "\\PC{1,200}|[\"\\\\\u{0}-\u{1f}]{1,20}"
             )
                 .prop_map(|(session, recipient, text)| {
-                    Action::SendMessage {
+                    Action::SendMessage(SendMessage {
                         session,
                         recipient,
                         content: Content::new(text, usize::MAX).expect("non-empty"),
-                    }
+                    })
                 }),
-            (digest(), 0..=1000i64).prop_map(|(session, limit)| Action::MarkDelivered {
-                session,
-                limit: FetchLimit::new(limit).expect("in range"),
-            }),
+            (digest(), 0..=1000i64).prop_map(|(session, limit)| Action::MarkDelivered(
+                MarkDelivered {
+                    session,
+                    limit: FetchLimit::new(limit).expect("in range"),
+                }
+            )),
             (digest(), proptest::collection::vec(1..i64::MAX, 1..50)).prop_map(|(session, ids)| {
-                Action::DeleteMessages {
+                Action::DeleteMessages(DeleteMessages {
                     session,
                     ids: MessageIds::new(&ids).expect("valid ids"),
-                }
+                })
             }),
-            digest().prop_map(|session| Action::DeleteAccount { session }),
-            digest().prop_map(|session| Action::ResetAll { session }),
+            digest().prop_map(|session| Action::DeleteAccount(DeleteAccount { session })),
+            digest().prop_map(|session| Action::ResetAll(ResetAll { session })),
         ]
     }
 
@@ -284,15 +231,60 @@ mod tests {
         #[test]
         fn outcomes_survive_encoding(id in any::<i64>(), ids in proptest::collection::vec(any::<i64>(), 0..20), count in any::<u64>()) {
             for outcome in [
-                Outcome::MessageSent { id: MessageId(id), timestamp_ms: id, delivered: count % 2 == 0 },
-                Outcome::Delivered { ids: ids.iter().copied().map(MessageId).collect(), remaining: count },
-                Outcome::MessagesDeleted { count },
-                Outcome::AccountDeleted { messages_deleted: count },
+                Outcome::MessageSent(MessageSent { id: MessageId(id), timestamp_ms: id, delivered: count % 2 == 0 }),
+                Outcome::Delivered(Delivered { ids: ids.iter().copied().map(MessageId).collect(), remaining: count }),
+                Outcome::MessagesDeleted(MessagesDeleted { count }),
+                Outcome::AccountDeleted(AccountDeleted { messages_deleted: count }),
                 Outcome::Reset,
             ] {
                 let decoded: Outcome = serde_json::from_str(&serde_json::to_string(&outcome).unwrap()).unwrap();
                 prop_assert_eq!(decoded, outcome);
             }
+        }
+    }
+
+    /// Logs and remembered outcomes written by earlier builds, whose variants held their
+    /// fields inline, decode to the same values, and new ones encode to the same bytes.
+    #[test]
+    fn the_encoding_is_the_one_earlier_builds_wrote() {
+        let session = SessionToken::from_random_bytes([7; 32]).digest();
+        let command = Command {
+            at_ms: 5,
+            idempotency_key: IdempotencyKey::optional("k-1").unwrap(),
+            action: Action::SendMessage(SendMessage {
+                session: session.clone(),
+                recipient: Username::new("bob").unwrap(),
+                content: Content::new("hi".into(), 100).unwrap(),
+            }),
+        };
+        let earlier = format!(
+            r#"{{"at_ms":5,"idempotency_key":"k-1","action":{{"SendMessage":{{"session":"{}","recipient":"bob","content":"hi"}}}}}}"#,
+            session.as_str()
+        );
+        assert_eq!(serde_json::to_string(&command).unwrap(), earlier);
+        assert_eq!(serde_json::from_str::<Command>(&earlier).unwrap(), command);
+        let outcomes = [
+            (
+                Outcome::MessageSent(MessageSent {
+                    id: MessageId(3),
+                    timestamp_ms: 9,
+                    delivered: true,
+                }),
+                r#"{"MessageSent":{"id":3,"timestamp_ms":9,"delivered":true}}"#,
+            ),
+            (Outcome::SessionRevoked, r#""SessionRevoked""#),
+            (Outcome::Reset, r#""Reset""#),
+            (
+                Outcome::Delivered(Delivered {
+                    ids: vec![MessageId(1)],
+                    remaining: 2,
+                }),
+                r#"{"Delivered":{"ids":[1],"remaining":2}}"#,
+            ),
+        ];
+        for (outcome, earlier) in outcomes {
+            assert_eq!(serde_json::to_string(&outcome).unwrap(), earlier);
+            assert_eq!(serde_json::from_str::<Outcome>(earlier).unwrap(), outcome);
         }
     }
 }

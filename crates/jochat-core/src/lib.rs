@@ -13,8 +13,10 @@
 //! - [`types`]: validated values; constructors name the field and rule they check.
 //! - [`pattern`]: account search patterns (`*`, `?`, substring) and their SQL `LIKE` form.
 //! - [`command`]: [`Command`], [`Action`] and [`Outcome`], the replicated write and its result.
+//! - [`ops`]: one file per kind of write (the [`Operation`] trait): its command struct, its
+//!   output, and the rules applying it checks.
 //! - [`store`]: the storage traits and the rows they exchange.
-//! - [`apply`](mod@apply): the state machine.
+//! - [`apply`](mod@apply): the state machine: retries, dispatch to [`ops`], remembering.
 //! - [`query`]: authentication and the read queries.
 //! - [`memory`]: the in-memory store, [`MemoryStore`].
 //! - [`error`]: the error type, [`ChatError`].
@@ -27,6 +29,7 @@ pub mod command;
 pub mod error;
 pub mod limits;
 pub mod memory;
+pub mod ops;
 pub mod pattern;
 pub mod query;
 pub mod store;
@@ -36,5 +39,6 @@ pub use apply::apply;
 pub use command::{Action, Command, Outcome};
 pub use error::{ChatError, StoreError};
 pub use memory::MemoryStore;
+pub use ops::Operation;
 pub use pattern::Pattern;
 pub use store::{ChatRead, ChatStore};

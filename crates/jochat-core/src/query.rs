@@ -1,7 +1,7 @@
 //! The read queries, written once against [`ChatRead`].
 
-use crate::apply::within_reply_budget;
 use crate::error::ChatError;
+use crate::ops::within_reply_budget;
 use crate::pattern::Pattern;
 use crate::store::{AccountRecord, ChatRead, MessageRecord, UserRecord};
 use crate::types::{MessageId, Page, SessionToken, TokenDigest, Username};

@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use jochat_core::ops::{CreateSession, SendMessage, SignUp};
 use jochat_core::types::{Content, IdempotencyKey, SessionToken, UserId, Username};
 use jochat_core::{Action, Command};
 use jochat_node::store::{apply_batch, schema, STATEMENT_CACHE_CAPACITY};
@@ -38,19 +39,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         setup.push(Command {
             at_ms: 1,
             idempotency_key: None,
-            action: Action::SignUp {
+            action: Action::SignUp(SignUp {
                 username: name(slot),
                 password_hash: "$argon2id$not-a-real-hash".into(),
-            },
+            }),
         });
         setup.push(Command {
             at_ms: 1,
             idempotency_key: None,
-            action: Action::CreateSession {
+            action: Action::CreateSession(CreateSession {
                 user_id: UserId(slot as i64 + 1),
                 token_digest: token(slot).digest(),
                 expires_at_ms: i64::MAX / 2,
-            },
+            }),
         });
     }
     let refs: Vec<&Command> = setup.iter().collect();
@@ -64,11 +65,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 at_ms,
                 idempotency_key: IdempotencyKey::optional(&format!("{at_ms:012x}{n:020x}"))
                     .expect("valid key"),
-                action: Action::SendMessage {
+                action: Action::SendMessage(SendMessage {
                     session: token(slot).digest(),
                     recipient: name((slot + 1) % SLOTS),
                     content: Content::new(format!("bench {slot}-{n}"), 4096).expect("valid"),
-                },
+                }),
             }
         })
         .collect();

@@ -1,14 +1,14 @@
 //! Password hashing, session tokens, and the failed-log-in limiter.
 //!
-//! argon2id is deliberately slow and memory-hungry (19 MiB, a few tens of milliseconds per
-//! hash), so it runs on [`HASHES_CONCURRENT_MAX`] dedicated threads, never on an async worker
+//! argon2id is deliberately slow and memory-hungry (19 MiB per hash), so it runs on [`HASHES_CONCURRENT_MAX`] dedicated threads, never on an async worker
 //! nor on Tokio's blocking pool, with working memory this module manages itself
 //! ([`hash_into`]): each hashing thread keeps one reservation larger than the C allocator's
 //! largest dynamic mmap threshold, so it is a mapping of its own; the thread reuses it while
 //! log-ins keep coming (no page faults per hash) and unmaps it after
 //! [`WORKING_MEMORY_IDLE`] without work. With argon2's own 19 MiB allocation per hash, glibc
-//! raised its threshold above it after the first free and kept every later one in its heaps:
-//! a leader that had served a few hundred log-ins stayed at about 500 MiB resident.
+//! raises its threshold above it after the first free and keeps every later one in its
+//! heaps, so a node that had served log-ins would stay large (docs/performance.md,
+//! "History").
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};

@@ -71,6 +71,10 @@ pub enum NodeError {
         /// The last message id queued to it.
         last_id: i64,
     },
+    /// A bounded queue of this node is full: the request was refused before anything was
+    /// done. Retry after a pause (the failover client does).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// The node is stopping and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -122,7 +126,10 @@ impl NodeError {
             Self::RateLimited { .. } | Self::SubscriberTooSlow { .. } => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Config { .. } => Code::InvalidArgument,
-            Self::ShuttingDown | Self::NotLeader { .. } | Self::NoQuorum(_) => Code::Unavailable,
+            Self::ShuttingDown
+            | Self::Overloaded(_)
+            | Self::NotLeader { .. }
+            | Self::NoQuorum(_) => Code::Unavailable,
             Self::Raft(_) => Code::Internal,
             Self::Sqlite(_)
             | Self::Pool(_)

@@ -1,9 +1,9 @@
 //! Gathers concurrent writes into shared Raft entries.
 //!
 //! openraft 0.9's core writes each entry it is handed and waits until that write is durable
-//! before it takes the next client write. One entry per command therefore meant one fsync per
-//! command, one after the other, on the leader and again on each follower: about 1,600 sends/s
-//! on three nodes however many clients wrote at once. The proposer keeps at most
+//! before it takes the next client write. One entry per command therefore means one fsync per
+//! command, one after the other, on the leader and again on each follower, however many
+//! clients write at once (docs/performance.md, "History"). The proposer keeps at most
 //! [`IN_FLIGHT`] entries in Raft at a time; commands that arrive meanwhile wait in its queue,
 //! and the next entry carries all of them (up to [`MAX_BATCH_COMMANDS`] commands or
 //! [`MAX_BATCH_BYTES`]). A lone write waits for nothing and travels alone; under load the
@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jochat_core::{Action, ChatError, Command, Outcome};
+use jochat_core::{ChatError, Command, Outcome};
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::BasicNode;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -32,6 +32,10 @@ pub const MAX_BATCH_COMMANDS: usize = 512;
 /// The approximate size of one entry's commands, at most (a single larger command still goes
 /// alone).
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Commands waiting for an entry, at most: eight full entries. A write that finds the queue
+/// full is refused at once with UNAVAILABLE "overloaded" (nothing was submitted; the
+/// failover client retries after its backoff) instead of queueing without bound.
+pub const QUEUE_COMMANDS_MAX: usize = 8 * MAX_BATCH_COMMANDS;
 
 /// One command waiting for its entry.
 struct Pending {
@@ -41,7 +45,7 @@ struct Pending {
 
 /// Hands commands to Raft in batches; see the module documentation.
 pub struct Proposer {
-    queue: mpsc::UnboundedSender<Pending>,
+    queue: mpsc::Sender<Pending>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -49,7 +53,7 @@ impl Proposer {
     /// Starts proposing to `raft`; a batch not applied within `deadline` is answered "no
     /// quorum" (it is applied only if a majority returns while this node still leads).
     pub fn start(raft: openraft::Raft<TypeConfig>, deadline: Duration) -> Self {
-        let (queue, pending) = mpsc::unbounded_channel();
+        let (queue, pending) = mpsc::channel(QUEUE_COMMANDS_MAX);
         let task = tokio::spawn(run(raft, deadline, pending));
         Self { queue, task }
     }
@@ -58,12 +62,19 @@ impl Proposer {
     ///
     /// # Errors
     /// The rule the command broke; `NotLeader`; `NoQuorum` after the deadline; `Raft` when
-    /// the core failed; `ShuttingDown` once the proposer stopped.
+    /// the core failed; `ShuttingDown` once the proposer stopped; `Overloaded` when
+    /// [`QUEUE_COMMANDS_MAX`] commands are waiting already.
     pub async fn submit(&self, command: Command) -> Result<Outcome, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Pending { command, reply })
-            .map_err(|_| NodeError::ShuttingDown)?;
+            .try_send(Pending { command, reply })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => NodeError::Overloaded(format!(
+                    "{QUEUE_COMMANDS_MAX} writes are already waiting to be proposed; the write \
+                     was not made"
+                )),
+                mpsc::error::TrySendError::Closed(_) => NodeError::ShuttingDown,
+            })?;
         answer.await.map_err(|_| NodeError::ShuttingDown)?
     }
 
@@ -73,22 +84,10 @@ impl Proposer {
     }
 }
 
-/// About how many bytes `command` adds to an entry.
-fn approximate_size(command: &Command) -> usize {
-    const FIXED: usize = 192;
-    FIXED
-        + match &command.action {
-            Action::SendMessage { content, .. } => content.as_str().len(),
-            Action::SignUp { password_hash, .. } => password_hash.len(),
-            Action::DeleteMessages { ids, .. } => ids.as_slice().len() * 12,
-            _ => 0,
-        }
-}
-
 async fn run(
     raft: openraft::Raft<TypeConfig>,
     deadline: Duration,
-    mut queue: mpsc::UnboundedReceiver<Pending>,
+    mut queue: mpsc::Receiver<Pending>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut next: Option<Pending> = None;
@@ -104,13 +103,13 @@ async fn run(
                 None => return,
             },
         };
-        let mut bytes = approximate_size(&first.command);
+        let mut bytes = first.command.approximate_bytes();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_COMMANDS {
             let Ok(pending) = queue.try_recv() else {
                 break;
             };
-            let size = approximate_size(&pending.command);
+            let size = pending.command.approximate_bytes();
             if bytes + size > MAX_BATCH_BYTES {
                 next = Some(pending);
                 break;

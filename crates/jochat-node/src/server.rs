@@ -102,7 +102,7 @@ async fn run(
         .add_service(legacy)
         .add_service(raft)
         // Replies are small and many streams share a connection: without TCP_NODELAY, Nagle's
-        // algorithm held each reply until the client's delayed ACK (about 40 ms per call).
+        // algorithm would hold each reply until the client's delayed ACK.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {
             let node = Arc::clone(&node);
             async move {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jochat_core::ops::{CreateSession, RevokeSession, SendMessage, SignUp};
 use jochat_core::store::ChatRead;
 use jochat_core::types::{SessionToken, UserId, Username};
 use jochat_core::{Action, Command, Outcome};
@@ -118,24 +119,24 @@ async fn three_nodes_replicate_chat_commands_into_identical_files() {
     let token = SessionToken::from_random_bytes([3; 32]).digest();
     let mut last_index = 0;
     for action in [
-        Action::SignUp {
+        Action::SignUp(SignUp {
             username: name("alice"),
             password_hash: "h".into(),
-        },
-        Action::SignUp {
+        }),
+        Action::SignUp(SignUp {
             username: name("bob"),
             password_hash: "h".into(),
-        },
-        Action::CreateSession {
+        }),
+        Action::CreateSession(CreateSession {
             user_id: UserId(1),
             token_digest: token.clone(),
             expires_at_ms: 10_000,
-        },
-        Action::SendMessage {
+        }),
+        Action::SendMessage(SendMessage {
             session: token.clone(),
             recipient: name("bob"),
             content: jochat_core::types::Content::new("replicated".into(), 100).unwrap(),
-        },
+        }),
     ] {
         let written = leader.raft.client_write(command(action)).await.unwrap();
         assert!(
@@ -147,10 +148,10 @@ async fn three_nodes_replicate_chat_commands_into_identical_files() {
     }
     let refused = leader
         .raft
-        .client_write(command(Action::SignUp {
+        .client_write(command(Action::SignUp(SignUp {
             username: name("ALICE"),
             password_hash: "h".into(),
-        }))
+        })))
         .await
         .unwrap();
     assert!(
@@ -176,7 +177,7 @@ async fn three_nodes_replicate_chat_commands_into_identical_files() {
     assert!(matches!(
         leader
             .raft
-            .client_write(command(Action::RevokeSession { session: token }))
+            .client_write(command(Action::RevokeSession(RevokeSession { session: token })))
             .await
             .unwrap()
             .data,

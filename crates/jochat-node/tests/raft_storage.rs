@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use jochat_core::ops::{CreateSession, MessageSent, RevokeSession, SendMessage, SignUp};
 use jochat_core::store::ChatRead;
 use jochat_core::types::{Content, SessionToken, UserId, Username};
 use jochat_core::{Action, Command};
@@ -73,46 +74,46 @@ async fn a_snapshot_carries_the_chat_state_to_an_empty_node() {
             command(
                 2,
                 10,
-                Action::SignUp {
+                Action::SignUp(SignUp {
                     username: name("alice"),
                     password_hash: "h".into(),
-                },
+                }),
             ),
             command(
                 3,
                 11,
-                Action::SignUp {
+                Action::SignUp(SignUp {
                     username: name("bob"),
                     password_hash: "h".into(),
-                },
+                }),
             ),
             command(
                 4,
                 12,
-                Action::CreateSession {
+                Action::CreateSession(CreateSession {
                     user_id: UserId(1),
                     token_digest: token.clone(),
                     expires_at_ms: 1_000,
-                },
+                }),
             ),
             command(
                 5,
                 13,
-                Action::SendMessage {
+                Action::SendMessage(SendMessage {
                     session: token.clone(),
                     recipient: name("bob"),
                     content: Content::new("hi".into(), 10).unwrap(),
-                },
+                }),
             ),
             // Refused (unknown recipient): it must change nothing, yet count as applied.
             command(
                 6,
                 14,
-                Action::SendMessage {
+                Action::SendMessage(SendMessage {
                     session: token.clone(),
                     recipient: name("zed"),
                     content: Content::new("x".into(), 10).unwrap(),
-                },
+                }),
             ),
         ])
         .await
@@ -160,16 +161,16 @@ async fn a_snapshot_carries_the_chat_state_to_an_empty_node() {
         .apply([command(
             7,
             15,
-            Action::SendMessage {
+            Action::SendMessage(SendMessage {
                 session: token,
                 recipient: name("alice"),
                 content: Content::new("back".into(), 10).unwrap(),
-            },
+            }),
         )])
         .await
         .unwrap();
     assert!(
-        matches!(&applied[0], Applied::Commands(r) if matches!(r[..], [Ok(jochat_core::Outcome::MessageSent { id, .. })] if id.0 == 2))
+        matches!(&applied[0], Applied::Commands(r) if matches!(r[..], [Ok(jochat_core::Outcome::MessageSent(MessageSent { id, .. }))] if id.0 == 2))
     );
 }
 
@@ -182,24 +183,24 @@ fn chat_entries(first: u64, count: u64) -> Vec<Entry<TypeConfig>> {
         .map(|index| {
             let at = i64::try_from(index).unwrap();
             let action = match index {
-                1 => Action::SignUp {
+                1 => Action::SignUp(SignUp {
                     username: name("alice"),
                     password_hash: "h".into(),
-                },
-                2 => Action::SignUp {
+                }),
+                2 => Action::SignUp(SignUp {
                     username: name("bob"),
                     password_hash: "h".into(),
-                },
-                3 => Action::CreateSession {
+                }),
+                3 => Action::CreateSession(CreateSession {
                     user_id: UserId(1),
                     token_digest: token.clone(),
                     expires_at_ms: i64::MAX,
-                },
-                _ => Action::SendMessage {
+                }),
+                _ => Action::SendMessage(SendMessage {
                     session: token.clone(),
                     recipient: name("bob"),
                     content: Content::new(format!("{index:0>1000}"), 1000).unwrap(),
-                },
+                }),
             };
             command(index, at, action)
         })
@@ -283,9 +284,9 @@ async fn rows_left_below_the_last_purged_id_are_dead_and_deleted_by_the_next_pur
             let entry = command(
                 index,
                 1,
-                Action::RevokeSession {
+                Action::RevokeSession(RevokeSession {
                     session: SessionToken::from_random_bytes([1; 32]).digest(),
-                },
+                }),
             );
             conn.execute(
                 "INSERT INTO raft_log (log_index, term, entry) VALUES (?1, 1, ?2)",

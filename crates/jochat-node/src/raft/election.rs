@@ -3,7 +3,8 @@
 //! openraft 0.9 waits `election_timeout_max` (its leader lease) *plus* a random election
 //! timeout after the last heartbeat before a follower stands, and its followers refuse votes
 //! for a lease measured in their own timeout, so with timeouts staggered by id the highest ids
-//! kept refusing the lowest surviving one and failover took 0.6–0.9 s. Here openraft's timer is
+//! would keep refusing the lowest surviving one and make failovers slow
+//! (docs/performance.md, "History"). Here openraft's timer is
 //! off (`enable_elect = false`) and [`run`] triggers elections itself:
 //!
 //! - every node shares one lease, `--election-timeout-ms`: a follower refuses to vote for that

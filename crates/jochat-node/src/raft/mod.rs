@@ -85,6 +85,7 @@ pub enum Applied {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jochat_core::ops::SignUp;
     use jochat_core::types::Username;
     use jochat_core::Action;
 
@@ -93,10 +94,10 @@ mod tests {
         let command = Command {
             at_ms: 7,
             idempotency_key: None,
-            action: Action::SignUp {
+            action: Action::SignUp(SignUp {
                 username: Username::new("alice").unwrap(),
                 password_hash: "$argon2id$stand-in".into(),
-            },
+            }),
         };
         let one = serde_json::to_vec(&command).unwrap();
         let read: Batch = serde_json::from_slice(&one).unwrap();

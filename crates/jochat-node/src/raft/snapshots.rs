@@ -2,9 +2,9 @@
 //!
 //! A snapshot is a copy of the whole state, so making one costs as much disk writing as the
 //! database is large. openraft's own policy (every N log entries) makes that cost grow with
-//! the database: filling 1.5 GB with the default 5,000 entries, each of the three nodes
-//! rewrote its whole file about every half minute, all at the same moment, on one disk, and
-//! the term went from 1 to 49 during the fill. What a copy sets off stalled the followers'
+//! the database: on a large database every node rewrites its whole file every few thousand
+//! entries, all at the same moment, and on a shared disk that caused elections during large
+//! fills (docs/performance.md, "History"). What a copy sets off can stall the followers'
 //! fsyncs past the leader's append deadline: the copy's own writes, the checkpoint of
 //! everything written during the copy's long read (now on a thread of its own,
 //! [`super::writer`]) and the purge of the log behind the snapshot (now deleted a little at

@@ -294,17 +294,18 @@ mod tests {
     }
 
     fn message(index: u64, content_bytes: usize) -> Entry<TypeConfig> {
+        use jochat_core::ops::SendMessage;
         use jochat_core::types::{Content, SessionToken, Username};
         use jochat_core::{Action, Command};
         let command = Command {
             at_ms: 1,
             idempotency_key: None,
-            action: Action::SendMessage {
+            action: Action::SendMessage(SendMessage {
                 session: SessionToken::from_random_bytes([1; 32]).digest(),
                 recipient: Username::new("bob").expect("a valid name"),
                 content: Content::new("x".repeat(content_bytes), content_bytes)
                     .expect("content within its own limit"),
-            },
+            }),
         };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),

@@ -35,7 +35,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,11 +52,17 @@ type Failure = StorageError<u64>;
 /// The most jobs one batch takes, so callers waiting on the first are not held too long.
 const MAX_BATCH: usize = 4096;
 
+/// The most jobs queued for the writer and not yet taken. A caller that finds the queue full
+/// waits for room (openraft awaits its storage calls, so it slows down instead of queueing
+/// without bound). In practice openraft keeps only a few jobs in flight: one append at a
+/// time, applies in order, votes and the occasional purge.
+pub const WRITER_QUEUE_JOBS_MAX: usize = 2 * MAX_BATCH;
+
 /// How many pages the WAL may hold before the checkpointer copies it back into the database
 /// file. SQLite's default is 1,000; each checkpoint writes every page changed since the last
 /// one once, and under load the same index pages change in many transactions, so fewer,
-/// larger checkpoints write fewer pages (64 clients: 3,270-3,550 sends/s at 1,000 pages,
-/// 4,040-4,050/s at 4,000). The WAL file grows to about this many pages of 4 KiB.
+/// larger checkpoints write fewer pages (docs/performance.md, "History"). The WAL file grows
+/// to about this many pages of 4 KiB.
 pub const CHECKPOINT_AT_PAGES: i32 = 4_000;
 
 /// How long the checkpointer pauses after a checkpoint that could not copy the whole WAL (a
@@ -165,7 +171,7 @@ pub enum Job {
 /// Queues jobs for the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    jobs: Sender<Job>,
+    jobs: tokio::sync::mpsc::Sender<Job>,
     /// How many batches the thread has run: grows while the node writes.
     batches: Arc<AtomicU64>,
 }
@@ -188,12 +194,12 @@ impl Writer {
             .to_owned();
         let checkpoints = start_checkpointer(&path, sync_mode)?;
         conn.wal_hook(Some(note_wal_pages));
-        let (jobs, queue) = std::sync::mpsc::channel();
+        let (jobs, queue) = tokio::sync::mpsc::channel(WRITER_QUEUE_JOBS_MAX);
         let batches = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&batches);
         std::thread::Builder::new()
             .name("jochat-log-writer".into())
-            .spawn(move || run(&mut conn, &tail, sync_mode, &queue, &counter, &checkpoints))?;
+            .spawn(move || run(&mut conn, &tail, sync_mode, queue, &counter, &checkpoints))?;
         Ok(Self { jobs, batches })
     }
 
@@ -202,10 +208,12 @@ impl Writer {
         self.batches.load(Ordering::Relaxed)
     }
 
-    /// Queues `job`. When the writer has stopped (the node is shutting down), the job is
-    /// reported failed.
-    pub fn send(&self, job: Job) {
-        if let Err(std::sync::mpsc::SendError(Job::Log { done, .. })) = self.jobs.send(job) {
+    /// Queues `job`, waiting for room while [`WRITER_QUEUE_JOBS_MAX`] jobs wait. When the
+    /// writer has stopped (the node is shutting down), the job is reported failed.
+    pub async fn send(&self, job: Job) {
+        if let Err(tokio::sync::mpsc::error::SendError(Job::Log { done, .. })) =
+            self.jobs.send(job).await
+        {
             done.report(Err(stopped()));
         }
     }
@@ -221,7 +229,8 @@ impl Writer {
             durable,
             append_job: None,
             done: Done::Reply(reply),
-        });
+        })
+        .await;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -238,7 +247,8 @@ impl Writer {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.send(Job::Own(Box::new(move |conn| {
             let _ = reply.send(work(conn));
-        })));
+        })))
+        .await;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -265,7 +275,7 @@ fn run(
     conn: &mut Connection,
     tail: &Mutex<Tail>,
     sync_mode: SyncMode,
-    queue: &Receiver<Job>,
+    mut queue: tokio::sync::mpsc::Receiver<Job>,
     batches: &AtomicU64,
     checkpoints: &SyncSender<()>,
 ) {
@@ -274,15 +284,12 @@ fn run(
         tracing::error!(%error, "could not set the writer connection to lazy commits");
     }
     let mut batch = Vec::new();
-    while let Ok(first) = queue.recv() {
+    while let Some(first) = queue.blocking_recv() {
         batch.push(first);
-        loop {
-            if batch.len() >= MAX_BATCH {
-                break;
-            }
+        while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(job) => batch.push(job),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                Err(_empty_or_closed) => break,
             }
         }
         run_batch(conn, tail, sync_mode, lazy, &mut batch);
@@ -401,7 +408,7 @@ mod tests {
     /// Queues a job writing `bytes` into `blobs` and waits for it.
     fn write_blob(writer: &Writer, bytes: i64) {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        writer.send(Job::Log {
+        let queued = writer.jobs.blocking_send(Job::Log {
             work: Box::new(move |tx| {
                 tx.execute("INSERT INTO blobs (data) VALUES (zeroblob(?1))", [bytes])
                     .map_err(commit_failure)?;
@@ -411,6 +418,7 @@ mod tests {
             append_job: None,
             done: Done::Reply(reply),
         });
+        assert!(queued.is_ok(), "the writer thread runs");
         answer
             .blocking_recv()
             .expect("the writer reports every job")

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::observe;
 use crate::error::NodeError;
-use crate::node::Node;
+use crate::node::{Consistency, Node};
 
 /// The `jochat.v1.Chat` service over one [`Node`].
 #[derive(Clone)]
@@ -43,12 +43,14 @@ fn bearer(metadata: &MetadataMap) -> String {
         .unwrap_or_default()
 }
 
-/// Checks the `consistency` field: LINEARIZABLE (the default) reads go through
-/// [`Node::ensure_fresh`] on the leader; STALE reads are served by any node from what it has
-/// applied.
-fn check_consistency(raw: i32) -> Result<v1::ReadConsistency, NodeError> {
-    v1::ReadConsistency::try_from(raw)
-        .map_err(|_| ChatError::invalid("consistency", format!("unknown value {raw}")).into())
+/// Checks the `consistency` field: LINEARIZABLE (the default) reads are served by the leader
+/// after it confirms its leadership; STALE reads by any node from what it has applied.
+fn check_consistency(raw: i32) -> Result<Consistency, NodeError> {
+    match v1::ReadConsistency::try_from(raw) {
+        Ok(v1::ReadConsistency::Linearizable) => Ok(Consistency::Linearizable),
+        Ok(v1::ReadConsistency::Stale) => Ok(Consistency::Stale),
+        Err(_) => Err(ChatError::invalid("consistency", format!("unknown value {raw}")).into()),
+    }
 }
 
 fn message(record: MessageRecord) -> v1::Message {
@@ -89,7 +91,7 @@ impl Chat for ChatApi {
         let node = &self.node;
         let request = request.into_inner();
         observe(node.id(), "sign_up", async move {
-            let (user_id, username) = node
+            let signed_up = node
                 .sign_up(
                     &request.username,
                     &request.password,
@@ -97,8 +99,8 @@ impl Chat for ChatApi {
                 )
                 .await?;
             Ok(v1::SignUpResponse {
-                user_id: user_id.0,
-                username: username.to_string(),
+                user_id: signed_up.user_id.0,
+                username: signed_up.username.to_string(),
             })
         })
         .await
@@ -176,9 +178,7 @@ impl Chat for ChatApi {
         let request = request.into_inner();
         observe(node.id(), "unread_count", async move {
             let consistency = check_consistency(request.consistency)?;
-            node.ensure_fresh(consistency == v1::ReadConsistency::Stale)
-                .await?;
-            let unread = node.unread_count(&token).await?;
+            let unread = node.unread_count(&token, consistency).await?;
             Ok(v1::UnreadCountResponse {
                 unread_count: count(unread),
             })
@@ -214,10 +214,14 @@ impl Chat for ChatApi {
         let request = request.into_inner();
         observe(node.id(), "list_messages", async move {
             let consistency = check_consistency(request.consistency)?;
-            node.ensure_fresh(consistency == v1::ReadConsistency::Stale)
-                .await?;
             let page = node
-                .list_messages(&token, request.offset, request.limit, &request.with_user)
+                .list_messages(
+                    &token,
+                    request.offset,
+                    request.limit,
+                    &request.with_user,
+                    consistency,
+                )
                 .await?;
             Ok(v1::ListMessagesResponse {
                 messages: page.messages.into_iter().map(message).collect(),
@@ -254,10 +258,14 @@ impl Chat for ChatApi {
         let request = request.into_inner();
         observe(node.id(), "list_accounts", async move {
             let consistency = check_consistency(request.consistency)?;
-            node.ensure_fresh(consistency == v1::ReadConsistency::Stale)
-                .await?;
             let page = node
-                .list_accounts(&token, &request.pattern, request.offset, request.limit)
+                .list_accounts(
+                    &token,
+                    &request.pattern,
+                    request.offset,
+                    request.limit,
+                    consistency,
+                )
                 .await?;
             Ok(v1::ListAccountsResponse {
                 accounts: page.accounts.into_iter().map(account).collect(),

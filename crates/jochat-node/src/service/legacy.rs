@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::observe;
 use crate::error::NodeError;
-use crate::node::Node;
+use crate::node::{Consistency, Node};
 
 const OK: &str = "ok";
 const ERROR: &str = "error";
@@ -128,9 +128,9 @@ impl ChatService for LegacyApi {
         let request = request.into_inner();
         observe(node.id(), "legacy.signup", async move {
             let result = node.sign_up(&request.username, &request.password, "").await;
-            Ok(generic(
-                result.map(|(_, name)| format!("signed up as {name}")),
-            ))
+            Ok(generic(result.map(|signed_up| {
+                format!("signed up as {}", signed_up.username)
+            })))
         })
         .await
     }
@@ -185,8 +185,8 @@ impl ChatService for LegacyApi {
         let request = request.into_inner();
         observe(node.id(), "legacy.count_unread", async move {
             let unread = async {
-                node.ensure_fresh(false).await?;
-                node.unread_count(&request.auth_token).await
+                node.unread_count(&request.auth_token, Consistency::Linearizable)
+                    .await
             };
             Ok(match unread.await {
                 Ok(unread) => pb::CountUnreadResponse {
@@ -230,9 +230,14 @@ impl ChatService for LegacyApi {
         observe(node.id(), "legacy.list_messages", async move {
             let result = async {
                 let (offset, limit) = legacy_page(request.start, request.count)?;
-                node.ensure_fresh(false).await?;
                 let page = node
-                    .list_messages(&request.auth_token, offset, limit, "")
+                    .list_messages(
+                        &request.auth_token,
+                        offset,
+                        limit,
+                        "",
+                        Consistency::Linearizable,
+                    )
                     .await?;
                 Ok::<_, NodeError>((chat_messages(page.messages)?, page.total_count))
             }
@@ -298,9 +303,14 @@ impl ChatService for LegacyApi {
             let result = async {
                 let (offset, limit) = legacy_page(request.start, request.count)?;
                 let pattern = Pattern::substring(&request.pattern)?;
-                node.ensure_fresh(false).await?;
-                node.list_accounts_matching(&request.auth_token, pattern, offset, limit)
-                    .await
+                node.list_accounts_matching(
+                    &request.auth_token,
+                    pattern,
+                    offset,
+                    limit,
+                    Consistency::Linearizable,
+                )
+                .await
             }
             .await;
             Ok(match result {

@@ -177,8 +177,8 @@ impl Database {
 /// Applies one command inside `tx`, in its own savepoint: a refused command is rolled back
 /// alone and the transaction goes on. The outer `Err` is a failure of SQLite itself.
 ///
-/// The savepoint statements are prepared once per connection (rusqlite's `Savepoint` parses
-/// them anew for every command, which showed in profiles of large batches).
+/// The savepoint statements are prepared once per connection: rusqlite's `Savepoint` parses
+/// them anew for every command.
 ///
 /// # Errors
 /// SQLite could not create, release or roll back the savepoint.
@@ -214,8 +214,7 @@ pub const COMMANDS_PER_SAVEPOINT: usize = 64;
 /// a storage failure can stop a command part-way. If one did, the group is rolled back and
 /// applied again with each command in a savepoint of its own, which gives the failed command
 /// alone its storage error. (A savepoint per command costs two statements and a copy of
-/// every page the command changes; the copies alone were 14% of the instructions of
-/// applying a send, by callgrind on `examples/apply_cost.rs`.)
+/// every page the command changes: docs/performance.md, "History".)
 ///
 /// # Errors
 /// What `on_applied` returned, or SQLite's failure with a savepoint (converted by
@@ -293,6 +292,7 @@ pub fn apply_batch(conn: &mut Connection, commands: &[&Command]) -> Vec<CommandR
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jochat_core::ops::{CreateSession, MessageSent, SendMessage, SignUp};
     use jochat_core::types::{Content, IdempotencyKey, SessionToken, UserId, Username};
     use jochat_core::{Action, ChatRead};
 
@@ -304,11 +304,11 @@ mod tests {
         Command {
             at_ms: 10 + n as i64,
             idempotency_key: IdempotencyKey::optional(&format!("key-{n}")).expect("valid key"),
-            action: Action::SendMessage {
+            action: Action::SendMessage(SendMessage {
                 session: token.digest(),
                 recipient: name(to),
                 content: Content::new(content.into(), 100).expect("valid content"),
-            },
+            }),
         }
     }
 
@@ -321,19 +321,19 @@ mod tests {
         schema::migrate(&mut conn).expect("schema applies");
         let alice = SessionToken::from_random_bytes([1; 32]);
         let setup = [
-            Action::SignUp {
+            Action::SignUp(SignUp {
                 username: name("alice"),
                 password_hash: "h".into(),
-            },
-            Action::SignUp {
+            }),
+            Action::SignUp(SignUp {
                 username: name("bob"),
                 password_hash: "h".into(),
-            },
-            Action::CreateSession {
+            }),
+            Action::CreateSession(CreateSession {
                 user_id: UserId(1),
                 token_digest: alice.digest(),
                 expires_at_ms: 1_000_000,
-            },
+            }),
         ]
         .map(|action| Command {
             at_ms: 1,
@@ -371,7 +371,7 @@ mod tests {
         let ids: Vec<i64> = results
             .iter()
             .filter_map(|result| match result {
-                Ok(Outcome::MessageSent { id, .. }) => Some(id.0),
+                Ok(Outcome::MessageSent(MessageSent { id, .. })) => Some(id.0),
                 _ => None,
             })
             .collect();

@@ -85,7 +85,7 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     "#,
     // 3: each inbox's size, kept as messages come and go, so that a page's total is one row
-    // read rather than a count over the whole inbox (25 ms for an inbox of 500,000).
+    // read rather than a count over the whole inbox, which grows with the inbox.
     r#"
     CREATE TABLE inbox_counts (
         recipient TEXT    PRIMARY KEY,

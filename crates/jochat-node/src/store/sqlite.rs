@@ -328,8 +328,8 @@ impl ChatRead for SqliteChat<'_> {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let total = if pattern.matches_all() {
-            // SQLite counts a whole table's rows page by page, without reading each name:
-            // about 0.7 ms instead of 5.5 ms for 100,000 accounts.
+            // SQLite counts a whole table's rows page by page, without reading each name, far
+            // faster than counting the matches of a pattern.
             self.count("SELECT count(*) FROM users", [])?
         } else {
             self.count(

@@ -1,0 +1,404 @@
+//! [`Node`]: the chat operations as a node performs them.
+//!
+//! Each operation lives in a file of its own under [`ops`]: it checks its raw inputs into
+//! `jochat-core`'s validated types, decides everything random or time-dependent (the time,
+//! the argon2id hash, the session token), and then either submits one
+//! [`Operation`](jochat_core::Operation) through [`Node::write`], which returns that
+//! operation's own output type, or runs a query through [`Node::read`], which decides the
+//! read's consistency in one place. The gRPC services are thin adapters over these methods;
+//! no operation is implemented twice.
+//!
+//! # Layout
+//!
+//! - `mod.rs` (here): [`Node`], its start and stop, and the two paths every operation takes
+//!   ([`Node::write`], [`Node::read`]).
+//! - [`cluster`]: forming or joining a cluster at start-up, and [`ClusterView`].
+//! - [`ops`]: one file per operation.
+
+pub mod cluster;
+pub mod ops;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jochat_core::command::Command;
+use jochat_core::store::{ChatRead, UserRecord};
+use jochat_core::types::*;
+use jochat_core::{ChatError, Operation};
+
+use crate::auth::{Hasher, LoginLimiter};
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::events::Events;
+use crate::proposer::Proposer;
+use crate::raft::election::{self, ElectionSettings, LeaderContact};
+use crate::raft::faults::Faults;
+use crate::raft::network::NetworkFactory;
+use crate::raft::{self, TypeConfig};
+use crate::reads::ReadRounds;
+use crate::store::{Database, SqliteChat};
+
+pub use cluster::{leader_seen_by, ClusterView, MemberView};
+pub use ops::{Fetched, LoggedIn};
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began: served by the leader after
+    /// it confirms its leadership with a majority (a follower answers NOT-LEADER).
+    Linearizable,
+    /// Whatever this node has applied, on any node; may miss recent writes.
+    Stale,
+}
+
+/// One node's chat operations.
+pub struct Node {
+    config: NodeConfig,
+    address: SocketAddr,
+    db: Arc<Database>,
+    raft: openraft::Raft<TypeConfig>,
+    /// The background join, while this node is joining a cluster. A std mutex: only taken to
+    /// abort the task at shutdown.
+    joining: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The election timer, stopped at shutdown.
+    elections: tokio::task::JoinHandle<()>,
+    /// Gives memory back when the node goes quiet (`crate::idle`), stopped at shutdown.
+    idle: tokio::task::JoinHandle<()>,
+    /// Asks Raft for a snapshot when one is due (`raft::snapshots`), stopped at shutdown.
+    snapshots: tokio::task::JoinHandle<()>,
+    /// Gathers concurrent writes into shared log entries.
+    proposer: Proposer,
+    /// When this node last heard a leader; the peer-side Raft service touches it.
+    contact: LeaderContact,
+    /// What the state machine applies, for subscribers.
+    events: Events,
+    /// Set once the node starts stopping: subscriptions end so the server can drain.
+    stopping: tokio::sync::watch::Sender<bool>,
+    hasher: Hasher,
+    limiter: LoginLimiter,
+    /// Shares leadership confirmations among concurrent linearizable reads.
+    read_rounds: ReadRounds,
+}
+
+/// Gives the SQLite caches and the allocator's free memory back each time the node goes
+/// quiet: no write run and no read started for a while (`crate::idle`).
+async fn release_when_idle(log: raft::storage::LogStore, db: Arc<Database>) {
+    let activity = {
+        let (log, db) = (log.clone(), Arc::clone(&db));
+        move || log.write_activity().wrapping_add(db.read_activity())
+    };
+    crate::idle::run(activity, move || {
+        let (log, db) = (log.clone(), Arc::clone(&db));
+        async move {
+            if let Err(error) = log.release_memory().await {
+                tracing::debug!(%error, "the log's caches were not released");
+            }
+            if let Err(error) = db.release_memory().await {
+                tracing::debug!(%error, "the read pool's caches were not released");
+            }
+            crate::idle::trim_heap();
+        }
+    })
+    .await;
+}
+
+/// How long a write or a linearizable read may wait for a majority before it is answered
+/// "no quorum": four election timeouts, at least two seconds.
+fn quorum_deadline(config: &NodeConfig) -> std::time::Duration {
+    std::time::Duration::from_millis((config.election_timeout_ms * 4).max(2_000))
+}
+
+fn session_digest(token: &str) -> Result<TokenDigest, NodeError> {
+    if token.is_empty() {
+        return Err(ChatError::unauthenticated(
+            "missing session token: send `authorization: Bearer <token>`",
+        )
+        .into());
+    }
+    Ok(SessionToken::parse(token)?.digest())
+}
+
+impl Node {
+    /// Opens the node's database and starts Raft. `address` is where clients reach it;
+    /// `faults` is the fault layer its peer calls obey ([`Faults::none`] outside tests).
+    ///
+    /// # Errors
+    /// The database cannot be opened or migrated, or Raft cannot start.
+    pub async fn start(
+        config: NodeConfig,
+        address: SocketAddr,
+        faults: Faults,
+    ) -> Result<Self, NodeError> {
+        // Raft's storage opens (and migrates) the file first; the read pool then joins it.
+        let (log, state_machine) =
+            raft::storage::open_with(&config.db_path(), config.sync_mode, config.snapshot_rate())?;
+        let events = state_machine.events();
+        let snapshot_gauge = state_machine.snapshot_gauge();
+        if config.force_new_cluster {
+            let changed = log
+                .force_sole_member(config.server_id, address.to_string())
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            if changed {
+                tracing::warn!(
+                    "--force-new-cluster: this node is now the only member of its cluster, \
+                     with the data in its file; never restart the old members on their old \
+                     files, and remove the flag"
+                );
+            } else {
+                tracing::warn!(
+                    "--force-new-cluster: nothing to do (no state, or already the only member)"
+                );
+            }
+        }
+        let db = Arc::new(Database::open(&config.store())?);
+        let idle = tokio::spawn(release_when_idle(log.clone(), Arc::clone(&db)));
+        let raft = openraft::Raft::new(
+            config.server_id,
+            Arc::new(config.raft_config()?),
+            NetworkFactory::new(
+                config.server_id,
+                config.cluster_secret.as_deref(),
+                faults.clone(),
+            ),
+            log,
+            state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let joining = cluster::bootstrap_or_join(&config, address, &raft).await?;
+        let limiter = LoginLimiter::new(
+            config.login_failures_max,
+            std::time::Duration::from_secs(config.login_lockout_secs),
+        );
+        let contact = LeaderContact::new();
+        let elections = tokio::spawn(election::run(
+            raft.clone(),
+            contact.clone(),
+            ElectionSettings {
+                id: config.server_id,
+                election_timeout_ms: config.election_timeout_ms,
+                heartbeat_ms: config.heartbeat_ms,
+                secret: config.cluster_secret.clone(),
+                faults,
+            },
+        ));
+        let snapshots = tokio::spawn(raft::snapshots::run(
+            raft.clone(),
+            snapshot_gauge,
+            raft::snapshots::SnapshotRule::for_node(config.server_id, config.snapshot_threshold),
+        ));
+        let proposer = Proposer::start(raft.clone(), quorum_deadline(&config));
+        Ok(Self {
+            config,
+            address,
+            db,
+            raft,
+            joining: std::sync::Mutex::new(joining),
+            elections,
+            idle,
+            snapshots,
+            proposer,
+            contact,
+            events,
+            stopping: tokio::sync::watch::Sender::new(false),
+            hasher: Hasher::new(),
+            limiter,
+            read_rounds: ReadRounds::default(),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.config.server_id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The node's Raft instance.
+    pub fn raft(&self) -> &openraft::Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// When this node last heard a leader (the election timer's clock).
+    pub fn leader_contact(&self) -> &LeaderContact {
+        &self.contact
+    }
+
+    /// Whether this node leads its cluster now, as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.current_leader == Some(metrics.id)
+    }
+
+    /// Tells long-lived calls (subscriptions) that the node is stopping, so that they end
+    /// and the server can finish.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Becomes true once the node starts stopping.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// The channel the state machine publishes applied messages and session changes on.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The node's database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Replicates `operation` through Raft (in an entry shared with the commands submitted
+    /// at the same time, see [`crate::proposer`]) and returns its output once it is
+    /// committed and applied here. The command's time is read here, once.
+    ///
+    /// # Errors
+    /// The rule the operation broke; `NoQuorum`, `NotLeader`, `ShuttingDown`, `Raft`.
+    pub(crate) async fn write<O: Operation>(
+        &self,
+        idempotency_key: Option<IdempotencyKey>,
+        operation: O,
+    ) -> Result<O::Output, NodeError> {
+        self.check_quorum()?;
+        let outcome = self
+            .proposer
+            .submit(Command {
+                at_ms: now_ms(),
+                idempotency_key,
+                action: operation.into(),
+            })
+            .await?;
+        // Applying a command always yields its own kind's outcome (`jochat_core::apply`
+        // dispatches each action to its operation), and a retry replays an outcome only
+        // for the same kind; another kind here would be a bug in that dispatch.
+        O::from_outcome(outcome).map_err(|other| {
+            NodeError::Task(format!(
+                "the state machine answered a command with another kind's outcome: {other:?}"
+            ))
+        })
+    }
+
+    /// Runs `query` on a pooled read connection, inside one read transaction, after making
+    /// the read as fresh as `consistency` asks: for [`Consistency::Linearizable`], this node
+    /// confirms with a majority that it still leads and waits until everything committed
+    /// before is applied here (concurrent reads share confirmations, [`ReadRounds`]).
+    ///
+    /// # Errors
+    /// `NotLeader` on a follower and `NoQuorum` when no majority confirms in time (both for
+    /// linearizable reads only); what `query` returns.
+    pub(crate) async fn read<T, F>(
+        &self,
+        consistency: Consistency,
+        query: F,
+    ) -> Result<T, NodeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SqliteChat<'_>) -> Result<T, ChatError> + Send + 'static,
+    {
+        match consistency {
+            Consistency::Stale => {}
+            Consistency::Linearizable => {
+                self.check_quorum()?;
+                self.read_rounds
+                    .confirm(&self.raft, self.quorum_deadline())
+                    .await?;
+            }
+        }
+        self.db.read(query).await
+    }
+
+    fn quorum_deadline(&self) -> std::time::Duration {
+        quorum_deadline(&self.config)
+    }
+
+    /// Refuses at once, before anything is submitted, when this node leads but has not heard
+    /// from a majority for longer than an election timeout.
+    fn check_quorum(&self) -> Result<(), NodeError> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let silent_ms = metrics.millis_since_quorum_ack.unwrap_or(0);
+        let limit_ms = self.config.election_timeout_ms * 2;
+        if metrics.current_leader == Some(metrics.id) && silent_ms > limit_ms {
+            return Err(NodeError::NoQuorum(format!(
+                "no majority of the cluster has answered for {silent_ms} ms; the write was not made"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether an outcome is remembered under `key` here: the request is then a retry, and
+    /// its command will replay that outcome (to the same caller only) instead of applying
+    /// again. A local read: the state machine decides authoritatively.
+    async fn is_remembered(&self, key: &Option<IdempotencyKey>) -> Result<bool, NodeError> {
+        let Some(key) = key.clone() else {
+            return Ok(false);
+        };
+        self.read(Consistency::Stale, move |store| {
+            Ok(store.remembered(&key)?.is_some())
+        })
+        .await
+    }
+
+    /// The account behind `token`, now, as this node has applied it.
+    ///
+    /// # Errors
+    /// `Unauthenticated` for a missing, malformed, unknown, revoked or expired token.
+    pub async fn authenticate(&self, token: &str) -> Result<UserRecord, NodeError> {
+        let digest = session_digest(token)?;
+        let now = now_ms();
+        self.read(Consistency::Stale, move |store| {
+            jochat_core::query::authenticate_digest(store, &digest, now)
+        })
+        .await
+    }
+
+    /// Stops taking writes and waits until every accepted one is committed.
+    pub async fn close(&self) {
+        self.stop_background_tasks();
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::error!(%error, "raft did not shut down cleanly");
+        }
+    }
+
+    /// Stops the join and election tasks, which hold clones of the Raft handle and would
+    /// otherwise keep its core (and its heartbeats) alive, and the idle watcher and snapshot
+    /// trigger, which hold the storage and Raft.
+    fn stop_background_tasks(&self) {
+        let joining = self
+            .joining
+            .lock()
+            .expect("the join handle's mutex is never held across a panic")
+            .take();
+        if let Some(joining) = joining {
+            joining.abort();
+        }
+        self.elections.abort();
+        self.idle.abort();
+        self.snapshots.abort();
+        self.proposer.stop();
+    }
+}
+
+impl Drop for Node {
+    /// A node dropped without [`Node::close`] (its server failed before serving) still stops
+    /// its background tasks, so its Raft core does not live on.
+    fn drop(&mut self) {
+        self.stop_background_tasks();
+    }
+}

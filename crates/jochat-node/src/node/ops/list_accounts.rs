@@ -1,0 +1,50 @@
+//! Account search: a page of the accounts matching a pattern.
+
+use jochat_core::query::{self, AccountPage};
+use jochat_core::types::Page;
+use jochat_core::Pattern;
+
+use crate::error::NodeError;
+use crate::node::{now_ms, session_digest, Consistency, Node};
+
+impl Node {
+    /// A page of the accounts matching `pattern` (`*`, `?`, else a substring).
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `pattern`, `offset` or `limit`; `Unauthenticated`; `NotLeader`
+    /// or `NoQuorum` for a linearizable read.
+    pub async fn list_accounts(
+        &self,
+        token: &str,
+        pattern: &str,
+        offset: i64,
+        limit: i64,
+        consistency: Consistency,
+    ) -> Result<AccountPage, NodeError> {
+        self.list_accounts_matching(token, Pattern::new(pattern)?, offset, limit, consistency)
+            .await
+    }
+
+    /// A page of the accounts matching an already parsed `pattern` (the prototype's service
+    /// parses with its own rules, [`Pattern::substring`]).
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `offset` or `limit`; `Unauthenticated`; `NotLeader` or
+    /// `NoQuorum` for a linearizable read.
+    pub async fn list_accounts_matching(
+        &self,
+        token: &str,
+        pattern: Pattern,
+        offset: i64,
+        limit: i64,
+        consistency: Consistency,
+    ) -> Result<AccountPage, NodeError> {
+        let page = Page::new(offset, limit)?;
+        let digest = session_digest(token)?;
+        self.read(consistency, move |store| {
+            query::authenticate_digest(store, &digest, now_ms())?;
+            query::list_accounts(store, &pattern, page)
+        })
+        .await
+    }
+}

@@ -1,0 +1,352 @@
+//! openraft's storage traits on the node's SQLite file.
+//!
+//! The log (`raft_log`), Raft's own state (`raft_state`) and the chat tables share one file
+//! and one writer connection, owned by the log writer's thread ([`super::writer`]): every
+//! write is a job it runs in queue order. `append` puts its entries in the in-memory
+//! [`Tail`] (readable at once) and queues their write; the writer commits all the appends
+//! queued meanwhile in one transaction with one fsync, then reports them flushed (group
+//! commit). Each `apply` call applies its entries in one transaction (chat commands through
+//! `store::apply_commands`: a refused command changes nothing), and records the last
+//! applied log id and membership in that same transaction, so a crash never separates an
+//! entry's effect from the record that it was applied. Log reads below the tail use a
+//! connection of their own.
+//!
+//! Snapshots are files: [`super::snapshots::copy_state`] copies the chat tables and the
+//! applied log id from a separate connection in one read transaction (the writer is not held
+//! during the copy), at a bounded rate, and the file is what openraft streams to a lagging
+//! node in chunks. Installing one attaches the file and replaces the chat tables from it in
+//! one transaction. Memory use does not grow with the size of the database. When snapshots
+//! are made is [`super::snapshots::run`]'s decision.
+//!
+//! # Layout
+//!
+//! - this module: opening the file (connection settings, migration, the writer thread), the
+//!   state [`LogStore`] and [`StateMachineStore`] share, and the `raft_state` helpers.
+//! - [`log_store`]: openraft's `RaftLogReader` / `RaftLogStorage` on the tail and the
+//!   `raft_log` table; purging in the background; `--force-new-cluster`.
+//! - [`state_machine`]: openraft's `RaftStateMachine`: applying entries and publishing
+//!   their events; installing a received snapshot.
+//! - [`snapshot_files`]: building snapshots and keeping track of the current snapshot file.
+
+// openraft's traits return its own `StorageError` (a large type) by value; the helpers here
+// return the same type so that `?` carries it unchanged.
+#![allow(clippy::result_large_err)]
+
+mod log_store;
+mod snapshot_files;
+mod state_machine;
+
+use log_store::delete_purged;
+use snapshot_files::{remove_replaced, CurrentSnapshot};
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, LogState, Membership, OptionalSend,
+    RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership, Vote,
+};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::snapshots::{copy_state, SnapshotGauge};
+use super::tail::{entry_bytes, Tail, TAIL_CAPACITY};
+use super::writer::{Done, Job, Writer};
+use super::{Applied, TypeConfig};
+use crate::error::NodeError;
+use crate::events::{ChatEvent, Events};
+use crate::store::{apply_commands, schema, SqliteChat, SyncMode};
+use jochat_core::store::ChatRead;
+use jochat_core::{Command, Outcome};
+
+type NodeId = u64;
+type Failure = StorageError<NodeId>;
+
+/// The chat tables a snapshot carries, in an order that respects nothing but readability
+/// (there are no foreign keys).
+const CHAT_TABLES: [&str; 5] = ["users", "sessions", "messages", "idempotency", "counters"];
+
+/// The size the WAL file is cut back to when a checkpoint restarts it. It can grow far past
+/// its usual ~16 MiB while a long read (a paced snapshot copy of a large database) keeps
+/// checkpoints from restarting it, or a snapshot install writes a whole database through it.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
+/// The storage shared by the log store and the state machine.
+struct Shared {
+    /// Runs every write, in order, on the one writer connection.
+    writer: Writer,
+    /// The newest entries, readable before they are written.
+    tail: Arc<Mutex<Tail>>,
+    /// Numbers the append jobs, so the tail knows which of its entries are written.
+    append_jobs: AtomicU64,
+    /// Reads log entries below the tail (a lagging follower's catch-up). A std mutex: only
+    /// locked on the blocking pool.
+    reader: Mutex<Connection>,
+    /// The database file.
+    path: PathBuf,
+    /// Where snapshot files live: `<db>.snapshots/`.
+    snapshot_dir: PathBuf,
+    /// Makes snapshot file names unique within this process.
+    snapshot_counter: AtomicU64,
+    /// How fast snapshot files are written, in bytes a second (`None`: unbounded).
+    snapshot_rate: Option<u64>,
+    /// What decides when the next snapshot is due.
+    gauge: Arc<SnapshotGauge>,
+    /// The newest purged index, for the background deletion of the purged rows.
+    purged_upto: tokio::sync::watch::Sender<u64>,
+    /// The receiving end, until the first purge starts the deletion task with it.
+    purged_rows: Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
+}
+
+/// The Raft log, openraft's `RaftLogStorage`. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+/// The state machine, openraft's `RaftStateMachine`: the chat tables. Cheap to clone.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+    /// Where applied messages and session changes are published for subscribers.
+    events: Events,
+}
+
+/// How fast [`open`] lets snapshot files be written: 32 MiB/s (see `--snapshot-rate-mib`).
+pub const SNAPSHOT_RATE_DEFAULT: u64 = 32 * 1024 * 1024;
+
+/// Opens (creating and migrating if needed) the database at `path` for Raft, writing
+/// snapshots at [`SNAPSHOT_RATE_DEFAULT`].
+///
+/// # Errors
+/// The file or the snapshot folder cannot be created, or a migration fails.
+pub fn open(path: &Path, sync_mode: SyncMode) -> Result<(LogStore, StateMachineStore), NodeError> {
+    open_with(path, sync_mode, Some(SNAPSHOT_RATE_DEFAULT))
+}
+
+/// [`open`], writing snapshot files at most `snapshot_rate` bytes a second (`None`: as fast
+/// as the disk takes them).
+///
+/// # Errors
+/// As [`open`].
+pub fn open_with(
+    path: &Path,
+    sync_mode: SyncMode,
+    snapshot_rate: Option<u64>,
+) -> Result<(LogStore, StateMachineStore), NodeError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let snapshot_dir = PathBuf::from(format!("{}.snapshots", path.display()));
+    std::fs::create_dir_all(&snapshot_dir)?;
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(crate::store::STATEMENT_CACHE_CAPACITY);
+    conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+        row.get::<_, String>(0)
+    })?;
+    conn.pragma_update(None, "synchronous", sync_mode.pragma())?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
+    // Commands share savepoints (`store::apply_commands`); SQLite keeps the copies of the
+    // pages a savepoint changed in memory up to 64 KiB and in a temporary file beyond: a new
+    // file for nearly every transaction under load. In memory they are bounded by
+    // `store::COMMANDS_PER_SAVEPOINT`.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    schema::migrate(&mut conn)?;
+    let tail = Arc::new(Mutex::new(Tail::new(
+        first_unwritten_index(&conn)?,
+        TAIL_CAPACITY,
+    )));
+    let current: Option<CurrentSnapshot> =
+        get_state(&conn, "current_snapshot").map_err(|e| NodeError::Raft(e.to_string()))?;
+    let snapshot_bytes = current
+        .and_then(|current| std::fs::metadata(current.file).ok())
+        .map_or(0, |metadata| metadata.len());
+    let reader = Connection::open(path)?;
+    reader.busy_timeout(std::time::Duration::from_secs(5))?;
+    reader.set_prepared_statement_cache_capacity(crate::store::STATEMENT_CACHE_CAPACITY);
+    reader.pragma_update(None, "query_only", true)?;
+    let writer = Writer::start(conn, Arc::clone(&tail), sync_mode)?;
+    let (purged_upto, purged_rows) = tokio::sync::watch::channel(0);
+    let shared = Arc::new(Shared {
+        writer,
+        tail,
+        append_jobs: AtomicU64::new(0),
+        reader: Mutex::new(reader),
+        path: path.to_owned(),
+        snapshot_dir,
+        snapshot_counter: AtomicU64::new(0),
+        snapshot_rate,
+        gauge: Arc::new(SnapshotGauge::new(snapshot_bytes)),
+        purged_upto,
+        purged_rows: Mutex::new(Some(purged_rows)),
+    });
+    Ok((
+        LogStore {
+            shared: Arc::clone(&shared),
+        },
+        StateMachineStore {
+            shared,
+            events: Events::new(),
+        },
+    ))
+}
+
+fn io_failure(
+    make: fn(AnyError) -> StorageIOError<NodeId>,
+    error: impl std::fmt::Display,
+) -> Failure {
+    make(AnyError::error(error)).into()
+}
+
+fn read_logs(error: impl std::fmt::Display) -> Failure {
+    io_failure(StorageIOError::read_logs, error)
+}
+
+fn write_logs(error: impl std::fmt::Display) -> Failure {
+    io_failure(StorageIOError::write_logs, error)
+}
+
+fn read_state(error: impl std::fmt::Display) -> Failure {
+    io_failure(StorageIOError::read_state_machine, error)
+}
+
+fn write_state(error: impl std::fmt::Display) -> Failure {
+    io_failure(StorageIOError::write_state_machine, error)
+}
+
+fn snapshot_failure(error: impl std::fmt::Display) -> Failure {
+    StorageIOError::write_snapshot(None, AnyError::error(error)).into()
+}
+
+/// The index after the last entry in the file's log (after the last purged one if the log
+/// is empty; 0 for a new file).
+fn first_unwritten_index(conn: &Connection) -> Result<u64, NodeError> {
+    let last: Option<i64> =
+        conn.query_row("SELECT MAX(log_index) FROM raft_log", [], |row| row.get(0))?;
+    let purged: Option<LogId<NodeId>> =
+        get_state(conn, "last_purged").map_err(|e| NodeError::Raft(e.to_string()))?;
+    let after_rows = last.map_or(0, |last| u64::try_from(last).unwrap_or(0) + 1);
+    Ok(after_rows.max(first_live_index(purged)))
+}
+
+/// The first index above the last purged one: rows below it are dead (a purge records its
+/// id at once and deletes the rows in the background, so some may be left after a crash).
+fn first_live_index(last_purged: Option<LogId<NodeId>>) -> u64 {
+    last_purged.map_or(0, |id| id.index + 1)
+}
+
+impl Shared {
+    /// Runs `work` on the writer connection, in order with every other write.
+    async fn with_conn<T, F>(&self, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    {
+        self.writer.own(work).await
+    }
+
+    /// Runs `work` inside a log group's transaction, in order with the log writes queued
+    /// before it, and returns its value once the group committed (durably if `durable`).
+    async fn in_log_group<T, F>(&self, durable: bool, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
+    {
+        let value = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&value);
+        self.writer
+            .log(
+                durable,
+                Box::new(move |tx| {
+                    let produced = work(tx)?;
+                    *slot
+                        .lock()
+                        .expect("the value slot's mutex is never held across a panic") =
+                        Some(produced);
+                    Ok(())
+                }),
+            )
+            .await?;
+        let produced = value
+            .lock()
+            .expect("the value slot's mutex is never held across a panic")
+            .take();
+        produced.ok_or_else(|| write_logs("a log job committed without producing its value"))
+    }
+
+    /// Has the log's rows up to `index` deleted in the background (see [`delete_purged`]).
+    /// Called from the runtime (openraft's `purge`).
+    fn delete_purged_upto(&self, index: u64) {
+        self.purged_upto.send_replace(index);
+        let receiver = self
+            .purged_rows
+            .lock()
+            .expect("the purge receiver's mutex is never held across a panic")
+            .take();
+        if let Some(receiver) = receiver {
+            tokio::spawn(delete_purged(self.writer.clone(), receiver));
+        }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail
+            .lock()
+            .expect("the log tail's mutex is never held across a panic")
+    }
+}
+
+fn get_state<T: DeserializeOwned>(conn: &Connection, name: &str) -> Result<Option<T>, Failure> {
+    let raw: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM raft_state WHERE name = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(read_state)?;
+    raw.map(|bytes| serde_json::from_slice(&bytes).map_err(read_state))
+        .transpose()
+}
+
+fn put_state<T: Serialize>(conn: &Connection, name: &str, value: &T) -> Result<(), Failure> {
+    let bytes = serde_json::to_vec(value).map_err(write_state)?;
+    conn.prepare_cached(
+        "INSERT INTO raft_state (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut statement| statement.execute(params![name, bytes]))
+    .map_err(write_state)?;
+    Ok(())
+}
+
+/// Runs `work` in one immediate transaction and commits it (durably, with `--sync-mode full`).
+fn in_transaction<T>(
+    conn: &mut Connection,
+    fail: fn(rusqlite::Error) -> Failure,
+    work: impl FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail)?;
+    let value = work(&mut tx)?;
+    tx.commit().map_err(fail)?;
+    Ok(value)
+}
+
+fn to_sql_index(index: u64) -> i64 {
+    i64::try_from(index).unwrap_or(i64::MAX)
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, Failure> {
+    serde_json::from_slice(bytes).map_err(read_logs)
+}

@@ -1,0 +1,241 @@
+//! The state machine: openraft's `RaftStateMachine` on the chat tables: applying committed
+//! entries (and publishing what subscribers hear once the transaction commits), and
+//! installing a snapshot received from the leader.
+
+// openraft's traits return its own `StorageError` (a large type) by value.
+#![allow(clippy::result_large_err)]
+
+use super::*;
+
+/// Applies `entries` inside `tx` (their commands through [`apply_commands`]) and records the
+/// last applied id and membership; returns each entry's result, the events to publish once
+/// the transaction commits (stored messages only if `messages_read`), and whether a message
+/// was stored.
+fn apply_entries(
+    tx: &rusqlite::Transaction<'_>,
+    entries: &[Entry<TypeConfig>],
+    messages_read: bool,
+) -> Result<(Vec<Applied>, Vec<ChatEvent>, bool), Failure> {
+    let commands: Vec<&Command> = entries
+        .iter()
+        .filter_map(|entry| match &entry.payload {
+            EntryPayload::Normal(batch) => Some(batch.0.iter()),
+            EntryPayload::Blank | EntryPayload::Membership(_) => None,
+        })
+        .flatten()
+        .collect();
+    let mut stored = false;
+    let (outcomes, events) = apply_commands(tx, &commands, write_state, |tx, outcome| {
+        stored |= matches!(outcome, Outcome::MessageSent(_));
+        event_of(tx, outcome, messages_read)
+    })?;
+    let mut outcomes = outcomes.into_iter();
+    let mut results = Vec::with_capacity(entries.len());
+    let mut membership: Option<StoredMembership<NodeId, openraft::BasicNode>> = None;
+    for entry in entries {
+        results.push(match &entry.payload {
+            EntryPayload::Blank => Applied::Internal,
+            EntryPayload::Normal(batch) => {
+                Applied::Commands(outcomes.by_ref().take(batch.0.len()).collect())
+            }
+            EntryPayload::Membership(config) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id), config.clone()));
+                Applied::Internal
+            }
+        });
+    }
+    if let Some(last) = entries.last() {
+        put_state(tx, "last_applied", &last.log_id)?;
+    }
+    if let Some(membership) = membership {
+        put_state(tx, "last_membership", &membership)?;
+    }
+    Ok((results, events, stored))
+}
+
+/// What subscribers hear of an applied command's `outcome` (a stored message, read back, only
+/// if `messages_read`).
+fn event_of(
+    conn: &rusqlite::Transaction<'_>,
+    outcome: &Outcome,
+    messages_read: bool,
+) -> Result<Option<ChatEvent>, Failure> {
+    Ok(match outcome {
+        Outcome::MessageSent(_) if !messages_read => None,
+        Outcome::MessageSent(sent) => SqliteChat::new(conn)
+            .message_by_id(sent.id)
+            .map_err(read_state)?
+            .map(ChatEvent::Message),
+        Outcome::SessionCreated(created) => Some(ChatEvent::SessionsChanged(Some(created.user_id))),
+        Outcome::SessionRevoked | Outcome::AccountDeleted(_) | Outcome::Reset => {
+            Some(ChatEvent::SessionsChanged(None))
+        }
+        Outcome::SignedUp(_) | Outcome::Delivered(_) | Outcome::MessagesDeleted(_) => None,
+    })
+}
+
+impl StateMachineStore {
+    /// The channel this state machine publishes applied messages and session changes on.
+    pub fn events(&self) -> Events {
+        self.events.clone()
+    }
+
+    /// What [`super::snapshots::run`] reads to decide when a snapshot is due.
+    pub fn snapshot_gauge(&self) -> Arc<SnapshotGauge> {
+        Arc::clone(&self.shared.gauge)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        Failure,
+    > {
+        self.shared
+            .with_conn(|conn| {
+                Ok((
+                    get_state(conn, "last_applied")?,
+                    get_state(conn, "last_membership")?.unwrap_or_default(),
+                ))
+            })
+            .await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, Failure>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let bytes: usize = entries.iter().map(entry_bytes).sum();
+        // With nobody subscribed, stored messages are not read back for events. Anyone who
+        // subscribes meanwhile hears `Resync` once the transaction has committed, and reads
+        // what it missed from the database (it joined the channel before that read).
+        let messages_read = self.events.has_receivers();
+        let applied = self
+            .shared
+            .in_log_group(false, move |tx| apply_entries(tx, &entries, messages_read))
+            .await?;
+        let (results, mut events, stored) = applied;
+        self.shared.gauge.applied(bytes as u64);
+        if stored && !messages_read {
+            events.push(ChatEvent::Resync);
+        }
+        // Published only now that the transaction has committed.
+        self.events.publish(events);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, Failure> {
+        let path = self.snapshot_path("receiving");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(snapshot_failure)?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), Failure> {
+        // 1. Make the received bytes durable under the snapshot's own name.
+        snapshot.sync_all().await.map_err(snapshot_failure)?;
+        drop(snapshot);
+        let file = self.snapshot_path(&meta.snapshot_id);
+        tokio::fs::rename(self.snapshot_path("receiving"), &file)
+            .await
+            .map_err(snapshot_failure)?;
+
+        // 2. Replace the chat tables from it in one transaction, with the applied id and
+        //    membership the snapshot was built at.
+        let current = CurrentSnapshot {
+            meta: meta.clone(),
+            file: file.clone(),
+        };
+        let file_bytes = tokio::fs::metadata(&file)
+            .await
+            .map_err(snapshot_failure)?
+            .len();
+        let replaced = self
+            .shared
+            .with_conn(move |conn| {
+                // A zero-byte snapshot stands for the empty state (openraft treats snapshot data
+                // as opaque and may send one); every snapshot built here is a whole database.
+                let empty = std::fs::metadata(&file).map_err(snapshot_failure)?.len() == 0;
+                if !empty {
+                    conn.execute("ATTACH DATABASE ?1 AS snapshot", [file.to_string_lossy().as_ref()])
+                        .map_err(snapshot_failure)?;
+                }
+                let installed = in_transaction(conn, snapshot_failure, |tx| {
+                    for table in CHAT_TABLES {
+                        let copy = if empty {
+                            format!("DELETE FROM main.{table};")
+                        } else {
+                            format!("DELETE FROM main.{table}; INSERT INTO main.{table} SELECT * FROM snapshot.{table};")
+                        };
+                        tx.execute_batch(&copy).map_err(snapshot_failure)?;
+                    }
+                    if empty {
+                        tx.execute_batch(
+                            "INSERT INTO counters (name, value) VALUES \
+                             ('last_user_id', 0), ('last_message_id', 0), ('remembered_count', 0);",
+                        )
+                        .map_err(snapshot_failure)?;
+                    }
+                    // Derived from the messages (so a snapshot from any schema version works).
+                    tx.execute_batch(
+                        "DELETE FROM main.inbox_counts; \
+                         INSERT INTO main.inbox_counts (recipient, messages) \
+                         SELECT recipient, count(*) FROM main.messages GROUP BY recipient;",
+                    )
+                    .map_err(snapshot_failure)?;
+                    put_state(tx, "last_applied", &current.meta.last_log_id)?;
+                    put_state(tx, "last_membership", &current.meta.last_membership)?;
+                    StateMachineStore::set_current_snapshot(tx, &current)
+                });
+                if !empty {
+                    conn.execute("DETACH DATABASE snapshot", []).map_err(snapshot_failure)?;
+                }
+                installed
+            })
+            .await?;
+        remove_replaced(replaced).await;
+        self.shared.gauge.installed(file_bytes);
+        self.events.publish([ChatEvent::Resync]);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, Failure> {
+        let current: Option<CurrentSnapshot> = self
+            .shared
+            .with_conn(|conn| get_state(conn, "current_snapshot"))
+            .await?;
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&current.file)
+            .await
+            .map_err(snapshot_failure)?;
+        Ok(Some(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
