@@ -10,6 +10,9 @@
 //! - `commands`: running one command: servers, session, password, the client call.
 //! - `session`: the saved session file (owner-only permissions).
 //! - `output`: text and JSON rendering.
+//! - `live`: `watch` and `chat`, the live modes over Subscribe.
+//! - `bench`: `jochat bench`, the load generator (and `--local`, which starts the nodes it
+//!   measures).
 //! - this file: parsing, the runtime, printing, and the exit status.
 
 #![forbid(unsafe_code)]
@@ -33,7 +36,10 @@ fn main() -> ExitCode {
         Err(error) => return usage_error(&error),
     };
     let json = cli.json;
-    // One command makes one call at a time: a single-threaded runtime is enough.
+    // One thread runs every command. Most make one call at a time; `watch`, `chat` and
+    // `web` wait on the network far more than they compute; and `bench` keeps the load
+    // generator to one core's share, so that on a small machine the nodes it measures keep
+    // the rest (its figures in docs/performance.md were taken this way).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -17,6 +17,52 @@ pub const DATA_DIR_DEFAULT: &str = "jochat-data";
 /// Bytes of gRPC framing and fields allowed on top of the content limit in one request.
 const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
 
+// Each flag's default and the bounds `NodeConfig::validate` enforces, named once. A flag
+// outside its bounds stops the node at start-up with an error naming the flag and the rule.
+
+/// `--session-ttl-secs` default: a week.
+pub const SESSION_TTL_SECS_DEFAULT: u64 = 7 * 24 * 3600;
+/// `--session-ttl-secs` at most: a year.
+pub const SESSION_TTL_SECS_LIMIT: u64 = 365 * 24 * 3600;
+/// `--request-bytes-max` default.
+pub const REQUEST_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+/// `--request-bytes-max` at most.
+pub const REQUEST_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// `--login-failures-max` default.
+pub const LOGIN_FAILURES_MAX_DEFAULT: u32 = 5;
+/// `--login-lockout-secs` default.
+pub const LOGIN_LOCKOUT_SECS_DEFAULT: u64 = 60;
+/// `--read-pool-size` default.
+pub const READ_POOL_SIZE_DEFAULT: u32 = 4;
+/// `--read-pool-size` at most.
+pub const READ_POOL_SIZE_LIMIT: u32 = 64;
+/// `--connections-max` default: client connections and peers' connections together.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// `--connections-max` at most.
+pub const CONNECTIONS_LIMIT: usize = 65_536;
+/// `--connection-requests-max` default.
+pub const CONNECTION_REQUESTS_MAX_DEFAULT: usize = 256;
+/// `--connection-requests-max` at most.
+pub const CONNECTION_REQUESTS_LIMIT: usize = 65_536;
+/// `--subscribers-max` default.
+pub const SUBSCRIBERS_MAX_DEFAULT: usize = 10_000;
+/// `--subscribers-max` at most.
+pub const SUBSCRIBERS_LIMIT: usize = 1_000_000;
+/// `--subscriber-buffer` default.
+pub const SUBSCRIBER_BUFFER_DEFAULT: usize = 1024;
+/// `--subscriber-buffer` at most.
+pub const SUBSCRIBER_BUFFER_LIMIT: usize = 1_000_000;
+/// `--heartbeat-ms` default.
+pub const HEARTBEAT_MS_DEFAULT: u64 = 50;
+/// `--election-timeout-ms` default.
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 150;
+/// `--snapshot-threshold` default.
+pub const SNAPSHOT_THRESHOLD_DEFAULT: u64 = 5000;
+/// `--snapshot-rate-mib` default.
+pub const SNAPSHOT_RATE_MIB_DEFAULT: u64 = 32;
+/// `--snapshot-rate-mib` at most.
+pub const SNAPSHOT_RATE_MIB_LIMIT: u64 = 1 << 20;
+
 /// How long sending one snapshot chunk, or installing the last one, may take.
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 
@@ -97,20 +143,20 @@ pub struct NodeConfig {
     )]
     pub sync_mode: SyncMode,
     /// How long a session lasts, in seconds.
-    #[arg(long = "session-ttl-secs", alias = "session_ttl_secs", env = "JOCHAT_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    #[arg(long = "session-ttl-secs", alias = "session_ttl_secs", env = "JOCHAT_SESSION_TTL_SECS", default_value_t = SESSION_TTL_SECS_DEFAULT)]
     pub session_ttl_secs: u64,
     /// Longest message content, in bytes.
     #[arg(long = "content-bytes-max", alias = "content_bytes_max", env = "JOCHAT_CONTENT_BYTES_MAX", default_value_t = CONTENT_BYTES_MAX_DEFAULT)]
     pub content_bytes_max: usize,
     /// Largest gRPC request, in bytes; larger frames are refused with OUT_OF_RANGE.
-    #[arg(long = "request-bytes-max", alias = "request_bytes_max", env = "JOCHAT_REQUEST_BYTES_MAX", default_value_t = 1024 * 1024)]
+    #[arg(long = "request-bytes-max", alias = "request_bytes_max", env = "JOCHAT_REQUEST_BYTES_MAX", default_value_t = REQUEST_BYTES_MAX_DEFAULT)]
     pub request_bytes_max: usize,
     /// Failed log-ins for one username before further attempts are refused for a while.
     #[arg(
         long = "login-failures-max",
         alias = "login_failures_max",
         env = "JOCHAT_LOGIN_FAILURES_MAX",
-        default_value_t = 5
+        default_value_t = LOGIN_FAILURES_MAX_DEFAULT
     )]
     pub login_failures_max: u32,
     /// How long log-ins stay refused after too many failures, in seconds.
@@ -118,7 +164,7 @@ pub struct NodeConfig {
         long = "login-lockout-secs",
         alias = "login_lockout_secs",
         env = "JOCHAT_LOGIN_LOCKOUT_SECS",
-        default_value_t = 60
+        default_value_t = LOGIN_LOCKOUT_SECS_DEFAULT
     )]
     pub login_lockout_secs: u64,
     /// Read connections to the database at most.
@@ -126,7 +172,7 @@ pub struct NodeConfig {
         long = "read-pool-size",
         alias = "read_pool_size",
         env = "JOCHAT_READ_POOL_SIZE",
-        default_value_t = 4
+        default_value_t = READ_POOL_SIZE_DEFAULT
     )]
     pub read_pool_size: u32,
     /// How often the leader sends heartbeats, in milliseconds.
@@ -134,7 +180,7 @@ pub struct NodeConfig {
         long = "heartbeat-ms",
         alias = "heartbeat_ms",
         env = "JOCHAT_HEARTBEAT_MS",
-        default_value_t = 50
+        default_value_t = HEARTBEAT_MS_DEFAULT
     )]
     pub heartbeat_ms: u64,
     /// Election timeout of server 1, in milliseconds. Each higher id waits half of it longer
@@ -143,7 +189,7 @@ pub struct NodeConfig {
         long = "election-timeout-ms",
         alias = "election_timeout_ms",
         env = "JOCHAT_ELECTION_TIMEOUT_MS",
-        default_value_t = 150
+        default_value_t = ELECTION_TIMEOUT_MS_DEFAULT
     )]
     pub election_timeout_ms: u64,
     /// Log entries since the last snapshot that make a new snapshot due (and let the log be
@@ -154,7 +200,7 @@ pub struct NodeConfig {
         long = "snapshot-threshold",
         alias = "snapshot_threshold",
         env = "JOCHAT_SNAPSHOT_THRESHOLD",
-        default_value_t = 5000
+        default_value_t = SNAPSHOT_THRESHOLD_DEFAULT
     )]
     pub snapshot_threshold: u64,
     /// How fast a snapshot file is written, in MiB a second; 0 for as fast as the disk takes
@@ -163,7 +209,7 @@ pub struct NodeConfig {
         long = "snapshot-rate-mib",
         alias = "snapshot_rate_mib",
         env = "JOCHAT_SNAPSHOT_RATE_MIB",
-        default_value_t = 32
+        default_value_t = SNAPSHOT_RATE_MIB_DEFAULT
     )]
     pub snapshot_rate_mib: u64,
     /// Disaster recovery: make this node, with the data in its file, the only member of a new
@@ -181,20 +227,38 @@ pub struct NodeConfig {
     /// (refused to everyone when unset).
     #[arg(long = "admin-user", alias = "admin_user", env = "JOCHAT_ADMIN_USER")]
     pub admin_user: Option<String>,
+    /// Open connections at most, clients' and peers' together. At the limit the node stops
+    /// accepting until one closes (new clients wait in the listen backlog and time out).
+    #[arg(
+        long = "connections-max",
+        alias = "connections_max",
+        env = "JOCHAT_CONNECTIONS_MAX",
+        default_value_t = CONNECTIONS_MAX_DEFAULT
+    )]
+    pub connections_max: usize,
     /// Concurrent requests per client connection at most; more wait.
     #[arg(
         long = "connection-requests-max",
         alias = "connection_requests_max",
         env = "JOCHAT_CONNECTION_REQUESTS_MAX",
-        default_value_t = 256
+        default_value_t = CONNECTION_REQUESTS_MAX_DEFAULT
     )]
     pub connection_requests_max: usize,
+    /// Live Subscribe streams at most; beyond it a new one is refused with UNAVAILABLE
+    /// "overloaded" (the failover client then tries another node).
+    #[arg(
+        long = "subscribers-max",
+        alias = "subscribers_max",
+        env = "JOCHAT_SUBSCRIBERS_MAX",
+        default_value_t = SUBSCRIBERS_MAX_DEFAULT
+    )]
+    pub subscribers_max: usize,
     /// Messages a subscriber may leave unread before it is dropped with RESOURCE_EXHAUSTED.
     #[arg(
         long = "subscriber-buffer",
         alias = "subscriber_buffer",
         env = "JOCHAT_SUBSCRIBER_BUFFER",
-        default_value_t = 1024
+        default_value_t = SUBSCRIBER_BUFFER_DEFAULT
     )]
     pub subscriber_buffer: usize,
 }
@@ -210,19 +274,21 @@ impl Default for NodeConfig {
             peers: Vec::new(),
             cluster_secret: None,
             sync_mode: SyncMode::Full,
-            session_ttl_secs: 7 * 24 * 3600,
+            session_ttl_secs: SESSION_TTL_SECS_DEFAULT,
             content_bytes_max: CONTENT_BYTES_MAX_DEFAULT,
-            request_bytes_max: 1024 * 1024,
-            login_failures_max: 5,
-            login_lockout_secs: 60,
-            read_pool_size: 4,
-            connection_requests_max: 256,
-            subscriber_buffer: 1024,
+            request_bytes_max: REQUEST_BYTES_MAX_DEFAULT,
+            login_failures_max: LOGIN_FAILURES_MAX_DEFAULT,
+            login_lockout_secs: LOGIN_LOCKOUT_SECS_DEFAULT,
+            read_pool_size: READ_POOL_SIZE_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            connection_requests_max: CONNECTION_REQUESTS_MAX_DEFAULT,
+            subscribers_max: SUBSCRIBERS_MAX_DEFAULT,
+            subscriber_buffer: SUBSCRIBER_BUFFER_DEFAULT,
             admin_user: None,
-            heartbeat_ms: 50,
-            election_timeout_ms: 150,
-            snapshot_threshold: 5000,
-            snapshot_rate_mib: 32,
+            heartbeat_ms: HEARTBEAT_MS_DEFAULT,
+            election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
+            snapshot_threshold: SNAPSHOT_THRESHOLD_DEFAULT,
+            snapshot_rate_mib: SNAPSHOT_RATE_MIB_DEFAULT,
             force_new_cluster: false,
         }
     }
@@ -241,7 +307,7 @@ impl NodeConfig {
         if let Some(peer) = self.peers.iter().find(|p| p.id == self.server_id) {
             return fail("peers", format!("lists this node's own id {}", peer.id));
         }
-        if !(1..=365 * 24 * 3600).contains(&self.session_ttl_secs) {
+        if !(1..=SESSION_TTL_SECS_LIMIT).contains(&self.session_ttl_secs) {
             return fail(
                 "session-ttl-secs",
                 "must be between 1 second and 365 days".into(),
@@ -254,34 +320,56 @@ impl NodeConfig {
             );
         }
         let request_min = self.content_bytes_max + REQUEST_OVERHEAD_BYTES;
-        if self.request_bytes_max < request_min || self.request_bytes_max > 64 * 1024 * 1024 {
+        if self.request_bytes_max < request_min || self.request_bytes_max > REQUEST_BYTES_LIMIT {
             return fail(
                 "request-bytes-max",
-                format!("must be between {request_min} (content limit + 64 KiB) and 64 MiB"),
+                format!(
+                    "must be between {request_min} (content limit + 64 KiB) and {} MiB",
+                    REQUEST_BYTES_LIMIT >> 20
+                ),
             );
         }
         if self.login_failures_max == 0 {
             return fail("login-failures-max", "must be positive".into());
         }
-        if !(1..=64).contains(&self.read_pool_size) {
-            return fail("read-pool-size", "must be between 1 and 64".into());
-        }
-        if !(1..=65_536).contains(&self.connection_requests_max) {
+        if !(1..=READ_POOL_SIZE_LIMIT).contains(&self.read_pool_size) {
             return fail(
-                "connection-requests-max",
-                "must be between 1 and 65536".into(),
+                "read-pool-size",
+                format!("must be between 1 and {READ_POOL_SIZE_LIMIT}"),
             );
         }
-        if !(1..=1_000_000).contains(&self.subscriber_buffer) {
-            return fail("subscriber-buffer", "must be between 1 and 1000000".into());
+        // A cluster's peers hold a few connections each; a handful for clients on top.
+        if !(8..=CONNECTIONS_LIMIT).contains(&self.connections_max) {
+            return fail(
+                "connections-max",
+                format!("must be between 8 and {CONNECTIONS_LIMIT}"),
+            );
+        }
+        if !(1..=CONNECTION_REQUESTS_LIMIT).contains(&self.connection_requests_max) {
+            return fail(
+                "connection-requests-max",
+                format!("must be between 1 and {CONNECTION_REQUESTS_LIMIT}"),
+            );
+        }
+        if !(1..=SUBSCRIBERS_LIMIT).contains(&self.subscribers_max) {
+            return fail(
+                "subscribers-max",
+                format!("must be between 1 and {SUBSCRIBERS_LIMIT}"),
+            );
+        }
+        if !(1..=SUBSCRIBER_BUFFER_LIMIT).contains(&self.subscriber_buffer) {
+            return fail(
+                "subscriber-buffer",
+                format!("must be between 1 and {SUBSCRIBER_BUFFER_LIMIT}"),
+            );
         }
         if self.snapshot_threshold == 0 {
             return fail("snapshot-threshold", "must be positive".into());
         }
-        if self.snapshot_rate_mib > 1 << 20 {
+        if self.snapshot_rate_mib > SNAPSHOT_RATE_MIB_LIMIT {
             return fail(
                 "snapshot-rate-mib",
-                "must be between 0 (unbounded) and 1048576".into(),
+                format!("must be between 0 (unbounded) and {SNAPSHOT_RATE_MIB_LIMIT}"),
             );
         }
         if self.cluster_secret.as_deref().is_some_and(str::is_empty) {
@@ -359,6 +447,8 @@ impl NodeConfig {
             // tables in one transaction), may take far longer than openraft's 200 ms default
             // on a large database; a chunk that times out is sent again, forever.
             install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+            // The bound `crate::raft::RAFT_MESSAGE_BYTES_MAX` is computed from.
+            max_payload_entries: crate::raft::PAYLOAD_ENTRIES_MAX,
             // `raft::snapshots::run` decides when (by entries and by size).
             snapshot_policy: openraft::SnapshotPolicy::Never,
             ..openraft::Config::default()
@@ -468,6 +558,27 @@ mod tests {
                     ..NodeConfig::default()
                 },
                 "--snapshot-rate-mib: ",
+            ),
+            (
+                NodeConfig {
+                    connections_max: 7,
+                    ..NodeConfig::default()
+                },
+                "--connections-max: ",
+            ),
+            (
+                NodeConfig {
+                    subscribers_max: 0,
+                    ..NodeConfig::default()
+                },
+                "--subscribers-max: ",
+            ),
+            (
+                NodeConfig {
+                    subscriber_buffer: SUBSCRIBER_BUFFER_LIMIT + 1,
+                    ..NodeConfig::default()
+                },
+                "--subscriber-buffer: ",
             ),
         ] {
             let error = config.validate().unwrap_err().to_string();

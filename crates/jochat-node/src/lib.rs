@@ -11,10 +11,16 @@
 //! - [`config`]: flags and environment variables ([`NodeConfig`]).
 //! - [`store`]: the SQLite database: schema and migrations, the read pool, applying commands.
 //! - [`auth`]: argon2id hashing off the executor, session tokens, the failed-log-in limiter.
-//! - [`node`]: [`Node`], the chat operations as the node performs them.
-//! - [`raft`]: openraft's type configuration and storage on the same SQLite file.
+//! - [`node`]: [`Node`], the chat operations as the node performs them (one file each under
+//!   `node/ops`), the write path and the read path every operation takes, and forming or
+//!   joining a cluster (`node/cluster`).
+//! - [`proposer`]: gathers concurrent writes into shared Raft entries (bounded queue).
+//! - [`reads`]: shares leadership confirmations among concurrent linearizable reads.
+//! - [`raft`]: openraft's type configuration, storage on the same SQLite file, the network
+//!   and the election timer.
 //! - [`service`]: the gRPC services, thin adapters over [`Node`].
 //! - [`server`]: [`serve`], [`spawn`] and [`spawn_ephemeral`].
+//! - [`listener`]: the listening socket, with the cap on open connections.
 //! - [`error`]: [`NodeError`] and its mapping to gRPC status codes.
 //! - [`events`]: what the state machine publishes to live subscribers.
 //! - [`subscription`]: Subscribe, one task per subscriber.
@@ -41,6 +47,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod idle;
+pub mod listener;
 pub mod node;
 pub mod proposer;
 pub mod raft;

@@ -11,14 +11,15 @@ use jochat_proto::v1::chat_server::ChatServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tracing::Instrument;
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::listener::capped;
 use crate::node::Node;
 use crate::raft::faults::Faults;
+use crate::raft::RAFT_MESSAGE_BYTES_MAX;
 use crate::service::chat::ChatApi;
 use crate::service::legacy::LegacyApi;
 use crate::service::raft::RaftApi;
@@ -85,7 +86,7 @@ async fn run(
         node.leader_contact().clone(),
         config.cluster_secret.as_deref(),
     ))
-    .max_decoding_message_size(usize::MAX);
+    .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     let chat = ChatServer::new(ChatApi::new(Arc::clone(&node)))
         .max_decoding_message_size(config.request_bytes_max);
     let legacy = ChatServiceServer::new(LegacyApi::new(Arc::clone(&node)))
@@ -101,9 +102,7 @@ async fn run(
         .add_service(chat)
         .add_service(legacy)
         .add_service(raft)
-        // Replies are small and many streams share a connection: without TCP_NODELAY, Nagle's
-        // algorithm would hold each reply until the client's delayed ACK.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {
+        .serve_with_incoming_shutdown(capped(listener, config.connections_max), {
             let node = Arc::clone(&node);
             async move {
                 shutdown.await;

@@ -6,7 +6,9 @@
 //! order (ids grow in commit order). Its output is a bounded channel: a subscriber that lets
 //! `--subscriber-buffer` messages pile up unread is dropped with RESOURCE_EXHAUSTED, so a slow
 //! reader never slows writers (publishing never waits). A session that is revoked, replaced by
-//! a newer log-in, deleted or expired ends the stream with UNAUTHENTICATED.
+//! a newer log-in, deleted or expired ends the stream with UNAUTHENTICATED. At most
+//! `--subscribers-max` subscriptions live at once; beyond it a new one is refused with
+//! UNAVAILABLE "overloaded" before anything is read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,7 @@ pub async fn subscribe(
             ChatError::invalid("after_id", "must be 0 (from now on) or a message id").into(),
         );
     }
+    let slot = node.subscriber_slot()?;
     let user = authenticate(&node, token).await?;
     let digest = SessionToken::parse(token)?.digest();
     // From now on: whatever is stored already is not sent. Read before joining the channel;
@@ -62,7 +65,11 @@ pub async fn subscribe(
     let buffer = node.config().subscriber_buffer;
     let (output, subscription) = mpsc::channel(buffer);
     tracing::debug!(user = %user.username, after, "subscription started");
-    tokio::spawn(run(node, user, digest, after, live, output));
+    tokio::spawn(async move {
+        run(node, user, digest, after, live, output).await;
+        // The place is free again once the subscription has ended.
+        drop(slot);
+    });
     Ok(subscription)
 }
 

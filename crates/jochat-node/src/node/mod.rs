@@ -86,6 +86,8 @@ pub struct Node {
     limiter: LoginLimiter,
     /// Shares leadership confirmations among concurrent linearizable reads.
     read_rounds: ReadRounds,
+    /// One permit per live subscription (`--subscribers-max`).
+    subscribers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Gives the SQLite caches and the allocator's free memory back each time the node goes
@@ -197,6 +199,7 @@ impl Node {
             raft::snapshots::SnapshotRule::for_node(config.server_id, config.snapshot_threshold),
         ));
         let proposer = Proposer::start(raft.clone(), quorum_deadline(&config));
+        let config_subscribers_max = config.subscribers_max;
         Ok(Self {
             config,
             address,
@@ -213,6 +216,7 @@ impl Node {
             hasher: Hasher::new(),
             limiter,
             read_rounds: ReadRounds::default(),
+            subscribers: Arc::new(tokio::sync::Semaphore::new(config_subscribers_max)),
         })
     }
 
@@ -257,6 +261,22 @@ impl Node {
     /// The channel the state machine publishes applied messages and session changes on.
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// A place for one more live subscription, held until it ends.
+    ///
+    /// # Errors
+    /// `Overloaded` when `--subscribers-max` subscriptions are live already.
+    pub(crate) fn subscriber_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, NodeError> {
+        Arc::clone(&self.subscribers)
+            .try_acquire_owned()
+            .map_err(|_| {
+                NodeError::Overloaded(format!(
+                    "{} subscriptions are live on this node already (--subscribers-max); \
+                     subscribe to another node or later",
+                    self.config.subscribers_max
+                ))
+            })
     }
 
     /// The node's database.

@@ -72,6 +72,41 @@ impl<'de> Deserialize<'de> for Batch {
     }
 }
 
+/// Log entries in one replication message at most (openraft's `max_payload_entries`, set
+/// from this in `NodeConfig::raft_config`).
+pub const PAYLOAD_ENTRIES_MAX: u64 = 300;
+
+/// Bytes of one command's fields other than its variable data (content, password hash,
+/// ids) on the wire, at most: its time, idempotency key (at most
+/// `jochat_core::limits::IDEMPOTENCY_KEY_CHARS_MAX` plain characters), session digest, user
+/// name and the JSON around them.
+const COMMAND_FIXED_WIRE_BYTES_MAX: usize = 1024;
+
+/// How many bytes of JSON one byte of variable data may become: a control character is
+/// escaped as `\u0000`.
+const JSON_ESCAPE_FACTOR: usize = 6;
+
+/// The largest log entry on the wire: a batch holds at most `proposer::MAX_BATCH_BYTES` of
+/// variable data, except that one larger command travels alone (content up to
+/// `jochat_core::limits::CONTENT_BYTES_LIMIT`), each byte of which JSON may escape, plus each
+/// command's fixed fields.
+pub const ENTRY_WIRE_BYTES_MAX: usize = {
+    let variable = if crate::proposer::MAX_BATCH_BYTES > jochat_core::limits::CONTENT_BYTES_LIMIT {
+        crate::proposer::MAX_BATCH_BYTES
+    } else {
+        jochat_core::limits::CONTENT_BYTES_LIMIT
+    };
+    JSON_ESCAPE_FACTOR * variable
+        + crate::proposer::MAX_BATCH_COMMANDS * COMMAND_FIXED_WIRE_BYTES_MAX
+};
+
+/// The largest internal Raft message a node accepts, either way (requests on the peer
+/// service, replies on its client): a full replication message plus 1 MiB for the rest.
+/// Snapshot chunks are far smaller (openraft's 3 MiB chunks, at most four bytes of JSON per
+/// byte on the older call). A peer announcing more is refused with OUT_OF_RANGE.
+pub const RAFT_MESSAGE_BYTES_MAX: usize =
+    PAYLOAD_ENTRIES_MAX as usize * ENTRY_WIRE_BYTES_MAX + (1 << 20);
+
 /// What applying one log entry returned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
@@ -88,6 +123,45 @@ mod tests {
     use jochat_core::ops::SignUp;
     use jochat_core::types::Username;
     use jochat_core::Action;
+
+    /// The bound on entries holds for the largest entries the proposer can make: one
+    /// command of the largest content, all control characters, and a full batch of commands
+    /// with the longest fixed fields.
+    #[test]
+    fn the_largest_entries_fit_the_wire_bound() {
+        use jochat_core::limits::{CONTENT_BYTES_LIMIT, IDEMPOTENCY_KEY_CHARS_MAX};
+        use jochat_core::ops::SendMessage;
+        use jochat_core::types::{Content, IdempotencyKey, SessionToken};
+
+        let send = |content: String| Command {
+            at_ms: i64::MIN,
+            idempotency_key: IdempotencyKey::optional(&"k".repeat(IDEMPOTENCY_KEY_CHARS_MAX))
+                .unwrap(),
+            action: Action::SendMessage(SendMessage {
+                session: SessionToken::from_random_bytes([9; 32]).digest(),
+                recipient: Username::new(&"r".repeat(32)).unwrap(),
+                content: Content::new(content, CONTENT_BYTES_LIMIT).unwrap(),
+            }),
+        };
+        let alone = Batch(vec![send("\u{1}".repeat(CONTENT_BYTES_LIMIT))]);
+        let bytes = serde_json::to_vec(&alone).unwrap().len();
+        assert!(
+            bytes <= ENTRY_WIRE_BYTES_MAX,
+            "{bytes} > {ENTRY_WIRE_BYTES_MAX}"
+        );
+
+        let share = crate::proposer::MAX_BATCH_BYTES / crate::proposer::MAX_BATCH_COMMANDS;
+        let full = Batch(
+            (0..crate::proposer::MAX_BATCH_COMMANDS)
+                .map(|_| send("\u{1}".repeat(share)))
+                .collect(),
+        );
+        let bytes = serde_json::to_vec(&full).unwrap().len();
+        assert!(
+            bytes <= ENTRY_WIRE_BYTES_MAX,
+            "{bytes} > {ENTRY_WIRE_BYTES_MAX}"
+        );
+    }
 
     #[test]
     fn a_single_stored_command_reads_as_a_batch_of_one() {

@@ -217,7 +217,8 @@ impl PeerClient {
         let mut request = Request::new(RaftPayload { json, data });
         request.set_timeout(deadline);
         with_secret(&mut request, self.secret.as_deref()).map_err(unreachable)?;
-        let client = RaftClient::new(channel).max_decoding_message_size(usize::MAX);
+        let client =
+            RaftClient::new(channel).max_decoding_message_size(super::RAFT_MESSAGE_BYTES_MAX);
         let fault = self.faults.between(self.from, self.target);
         let exchange = async {
             match fault {

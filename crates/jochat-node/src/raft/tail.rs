@@ -154,6 +154,11 @@ impl Tail {
         }
         self.truncate(index);
         for entry in entries {
+            debug_assert_eq!(
+                entry.log_id.index,
+                self.end(),
+                "the log tail is contiguous: each entry follows the one before"
+            );
             let bytes = entry_bytes(entry);
             self.bytes += bytes;
             self.entries.push_back(Cached {

@@ -16,6 +16,20 @@ fn apply_entries(
     entries: &[Entry<TypeConfig>],
     messages_read: bool,
 ) -> Result<(Vec<Applied>, Vec<ChatEvent>, bool), Failure> {
+    if cfg!(debug_assertions) {
+        // The applied index only grows. (Read only in debug builds: it costs a query per
+        // apply.)
+        let previous: Option<LogId<NodeId>> = get_state(tx, "last_applied")?;
+        let mut last = previous.map(|id| id.index);
+        for entry in entries {
+            debug_assert!(
+                last.is_none_or(|last| entry.log_id.index > last),
+                "the applied index only grows: entry {} after {last:?}",
+                entry.log_id.index
+            );
+            last = Some(entry.log_id.index);
+        }
+    }
     let commands: Vec<&Command> = entries
         .iter()
         .filter_map(|entry| match &entry.payload {
