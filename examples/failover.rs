@@ -13,81 +13,44 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use jochat_client::{ChatServerClient, InboxQuery};
-use jochat_node::config::Peer;
 use jochat_node::NodeConfig;
+use jochat_process::{NodeCommand, NodeProcess};
 
 const SENDS: usize = 300;
 const KILL_AFTER: usize = 100;
 
-/// One node: a child process running this example with `--node`.
-struct NodeProcess {
-    id: u64,
-    address: String,
-    child: Child,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts node `id` with its database in `dir`, listing `peers`; returns once it serves.
+/// Starts node `id` (this example again, in its `--node` mode) with its database in `dir`,
+/// listing `peers`; returns once it serves.
 fn start_node(
     id: u64,
     dir: &Path,
     peers: &[&NodeProcess],
 ) -> Result<NodeProcess, Box<dyn std::error::Error>> {
-    let peer_list: Vec<String> = peers
-        .iter()
-        .map(|p| format!("{}:{}", p.id, p.address))
-        .collect();
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("--node")
-        .arg(id.to_string())
-        .arg(dir)
-        .arg(peer_list.join(","))
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let address = line
-        .trim()
-        .strip_prefix("serving ")
-        .ok_or("the node did not start")?
-        .to_owned();
-    println!("node {id} serves at {address}");
-    Ok(NodeProcess { id, address, child })
+    let node = NodeCommand::new(
+        std::env::current_exe()?,
+        id,
+        dir.join(format!("node-{id}.db")),
+    )
+    .leading_arg("--node")
+    .peers(peers.iter().map(|p| (p.id(), p.address().to_owned())))
+    .spawn()?;
+    println!("node {id} serves at {}", node.address());
+    Ok(node)
 }
 
-/// The `--node ID DIR PEERS` mode: serve one node until killed.
+/// The `--node` mode: serve one node, configured by `jochat-node`'s own flags, until killed.
 async fn run_node(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let [id, dir, peers] = args else {
-        return Err("usage: failover --node ID DIR PEERS".into());
-    };
-    let id: u64 = id.parse()?;
-    let peers = peers
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(str::parse::<Peer>)
-        .collect::<Result<Vec<_>, _>>()?;
-    let config = NodeConfig {
-        server_id: id,
-        port: 0,
-        db_file: Some(Path::new(dir).join(format!("node-{id}.db"))),
-        peers,
-        ..NodeConfig::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    println!("serving {}", listener.local_addr()?);
+    let config = NodeConfig::try_parse_from(
+        std::iter::once("failover-node").chain(args.iter().map(String::as_str)),
+    )?;
+    let listener = tokio::net::TcpListener::bind(config.listen_address()?).await?;
+    // What `jochat_process` waits for: the address, in the form `jochat-node` logs it.
+    eprintln!("address={}", listener.local_addr()?);
     jochat_node::serve(config, listener, std::future::pending()).await?;
     Ok(())
 }
@@ -108,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         nodes.push(node);
     }
     let client = ChatServerClient::builder()
-        .servers(nodes.iter().map(|n| n.address.clone()))
+        .servers(nodes.iter().map(|n| n.address().to_owned()))
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.cluster_info().await?.members.len() < 3 {
@@ -129,11 +92,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let leader = client.cluster_info().await?.leader_id.ok_or("no leader")?;
             let position = nodes
                 .iter()
-                .position(|n| n.id == leader)
+                .position(|n| n.id() == leader)
                 .ok_or("leader unknown")?;
             let mut killed = nodes.remove(position);
-            killed.child.kill()?;
-            killed.child.wait()?;
+            killed.kill();
             println!("killed the leader, node {leader}, with SIGKILL after {i} sends");
         }
         let started = Instant::now();

@@ -23,7 +23,10 @@ async fn killing_the_leader_while_clients_write_loses_no_acknowledged_write() {
     // 1. Three processes, started in the prototype's order, led by node 1.
     let dir = tempfile::tempdir().unwrap();
     let (mut nodes, alice, bob) = started_in_order(dir.path(), 3).await;
-    let addresses: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.address.clone())).collect();
+    let addresses: Vec<(u64, String)> = nodes
+        .iter()
+        .map(|n| (n.id(), n.address().to_owned()))
+        .collect();
 
     // 2. Four clients write continuously, each write retried (same idempotency key) through
     //    any node until acknowledged; each acknowledgement is timed.
@@ -53,7 +56,7 @@ async fn killing_the_leader_while_clients_write_loses_no_acknowledged_write() {
     })
     .await;
     let mut first = nodes.remove(0);
-    first.child.kill().expect("SIGKILL");
+    first.kill();
     let killed = Instant::now();
     poll("survivors acknowledge writes after the kill", || async {
         acknowledged
@@ -91,7 +94,7 @@ async fn killing_the_leader_while_clients_write_loses_no_acknowledged_write() {
     // 5. Every acknowledged write is on both survivors, once.
     let ids: Vec<i64> = acknowledged.iter().map(|(id, _, _)| *id).collect();
     for node in &nodes {
-        let what = format!("node {} has every acknowledged write", node.id);
+        let what = format!("node {} has every acknowledged write", node.id());
         poll(&what, || async {
             matches!(stale_ids(node, &bob).await, Some(stored)
                 if ids.iter().all(|id| stored.contains(id)))
@@ -104,7 +107,7 @@ async fn killing_the_leader_while_clients_write_loses_no_acknowledged_write() {
             unique.len(),
             stored.len(),
             "node {}: a message id twice",
-            node.id
+            node.id()
         );
     }
 }
@@ -122,17 +125,16 @@ async fn five_processes_lose_two_leaders_to_sigkill_and_keep_every_acknowledged_
         acknowledged.push(send_until_acknowledged(&nodes, &alice, &format!("round{round}")).await);
         if round < 2 {
             let leader = leader_among(&nodes).await;
-            let position = nodes.iter().position(|n| n.id == leader).unwrap();
+            let position = nodes.iter().position(|n| n.id() == leader).unwrap();
             let mut killed = nodes.remove(position);
-            killed.child.kill().expect("SIGKILL");
-            killed.child.wait().expect("the killed node is reaped");
+            killed.kill();
             eprintln!("round {round}: killed leader {leader}");
         }
     }
 
     // 3. The three survivors hold every acknowledged write.
     for node in &nodes {
-        let what = format!("node {} has every acknowledged write", node.id);
+        let what = format!("node {} has every acknowledged write", node.id());
         poll(&what, || async {
             matches!(stale_ids(node, &bob).await,
                 Some(ids) if acknowledged.iter().all(|id| ids.contains(id)))
@@ -148,7 +150,7 @@ async fn a_survivor_of_two_sigkills_refuses_writes_serves_stale_reads_and_recove
     let (mut nodes, alice, bob) = started_in_order(dir.path(), 3).await;
     let before = send_until_acknowledged(&nodes, &alice, "before").await;
     let second_port: u16 = nodes[1]
-        .address
+        .address()
         .rsplit(':')
         .next()
         .unwrap()
@@ -157,8 +159,7 @@ async fn a_survivor_of_two_sigkills_refuses_writes_serves_stale_reads_and_recove
 
     // 2. Nodes 2 and 3 are killed with SIGKILL.
     for mut killed in nodes.drain(1..) {
-        killed.child.kill().expect("SIGKILL");
-        killed.child.wait().expect("the killed node is reaped");
+        killed.kill();
     }
 
     // 3. Node 1 refuses writes with "no quorum" and still serves stale reads.
@@ -182,11 +183,11 @@ async fn a_survivor_of_two_sigkills_refuses_writes_serves_stale_reads_and_recove
     assert_eq!(stale_ids(&nodes[0], &bob).await, Some(vec![before]));
 
     // 4. Node 2 restarts on its file and port: writes resume and nothing is lost.
-    let peers = vec![(1, nodes[0].address.clone())];
+    let peers = vec![(1, nodes[0].address().to_owned())];
     nodes.push(start_on(2, dir.path(), &peers, second_port));
     let after = send_until_acknowledged(&nodes, &alice, "after").await;
     for node in &nodes {
-        let what = format!("node {} has both writes", node.id);
+        let what = format!("node {} has both writes", node.id());
         poll(&what, || async {
             matches!(stale_ids(node, &bob).await, Some(ids) if ids.contains(&before) && ids.contains(&after))
         })
@@ -203,10 +204,12 @@ async fn the_whole_cluster_killed_and_restarted_has_its_data_back_with_node_1_le
     for i in 0..10 {
         acknowledged.push(send_until_acknowledged(&nodes, &alice, &format!("m{i}")).await);
     }
-    let addresses: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.address.clone())).collect();
+    let addresses: Vec<(u64, String)> = nodes
+        .iter()
+        .map(|n| (n.id(), n.address().to_owned()))
+        .collect();
     for mut killed in nodes.drain(..) {
-        killed.child.kill().expect("SIGKILL");
-        killed.child.wait().expect("the killed node is reaped");
+        killed.kill();
     }
 
     // 2. All three restarted on their files and ports, each listing the others.
@@ -228,7 +231,7 @@ async fn the_whole_cluster_killed_and_restarted_has_its_data_back_with_node_1_le
     let after = send_until_acknowledged(&nodes, &alice, "after").await;
     acknowledged.push(after);
     for node in &nodes {
-        let what = format!("node {} has every write", node.id);
+        let what = format!("node {} has every write", node.id());
         poll(&what, || async {
             matches!(stale_ids(node, &bob).await, Some(ids)
                 if acknowledged.iter().all(|id| ids.contains(id)))

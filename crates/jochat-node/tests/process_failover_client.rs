@@ -21,7 +21,7 @@ async fn two_hundred_sends_through_a_leader_kill_all_succeed_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let (mut nodes, _, bob) = started_in_order(dir.path(), 3).await;
     let client = ChatServerClient::builder()
-        .servers(nodes.iter().map(|n| n.address.clone()))
+        .servers(nodes.iter().map(|n| n.address().to_owned()))
         .build()
         .unwrap();
     client.sign_up("carol", "pw").await.unwrap();
@@ -30,7 +30,7 @@ async fn two_hundred_sends_through_a_leader_kill_all_succeed_exactly_once() {
     // 2. Once 50 sends are done, the leader is killed while the next is in flight.
     let done = Arc::new(AtomicUsize::new(0));
     let leader = leader_among(&nodes).await;
-    let position = nodes.iter().position(|n| n.id == leader).unwrap();
+    let position = nodes.iter().position(|n| n.id() == leader).unwrap();
     let mut victim = nodes.remove(position);
     let killer = {
         let done = Arc::clone(&done);
@@ -38,9 +38,8 @@ async fn two_hundred_sends_through_a_leader_kill_all_succeed_exactly_once() {
             while done.load(Ordering::Relaxed) < 50 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            victim.child.kill().expect("SIGKILL");
-            victim.child.wait().expect("the killed node is reaped");
-            victim.id
+            victim.kill();
+            victim.id()
         })
     };
 
@@ -69,7 +68,7 @@ async fn two_hundred_sends_through_a_leader_kill_all_succeed_exactly_once() {
     expected.dedup();
     assert_eq!(expected.len(), SENDS, "two sends got the same id");
     for node in &nodes {
-        let what = format!("node {} holds every message once", node.id);
+        let what = format!("node {} holds every message once", node.id());
         poll(&what, || async {
             let stored = stale_ids(node, &bob).await.map(|mut ids| {
                 ids.sort_unstable();
@@ -87,7 +86,7 @@ async fn a_subscription_on_a_killed_node_resumes_elsewhere_without_gap_or_duplic
     let dir = tempfile::tempdir().unwrap();
     let (mut nodes, _, _) = started_in_order(dir.path(), 3).await;
     let writer = ChatServerClient::builder()
-        .servers(nodes.iter().map(|n| n.address.clone()))
+        .servers(nodes.iter().map(|n| n.address().to_owned()))
         .build()
         .unwrap();
     writer.sign_up("dave", "pw").await.unwrap();
@@ -96,7 +95,7 @@ async fn a_subscription_on_a_killed_node_resumes_elsewhere_without_gap_or_duplic
     let dave = writer.log_in("dave", "pw").await.unwrap().token;
     // A client that knows no leader and has made no call: its stream goes to node 3.
     let reader = ChatServerClient::builder()
-        .servers([nodes[2].address.clone(), nodes[1].address.clone()])
+        .servers([nodes[2].address().to_owned(), nodes[1].address().to_owned()])
         .discover_members(false)
         .build()
         .unwrap();
@@ -121,8 +120,7 @@ async fn a_subscription_on_a_killed_node_resumes_elsewhere_without_gap_or_duplic
                 .unwrap();
             if i == 30 {
                 let mut killed = third.take().expect("killed once");
-                killed.child.kill().expect("SIGKILL");
-                killed.child.wait().expect("the killed node is reaped");
+                killed.kill();
             }
         }
     });

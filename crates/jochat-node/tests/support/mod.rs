@@ -1,82 +1,41 @@
 //! Helpers for the process tests: `jochat-node` processes on free ports in temporary
-//! folders, killed when dropped, and raw clients for them.
+//! folders (`jochat_process`, killed when dropped), and raw clients for them.
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use jochat_process::NodeCommand;
+pub use jochat_process::NodeProcess;
 use jochat_proto::v1::chat_client::ChatClient;
 use jochat_proto::v1::{self as v1};
 use tonic::transport::Channel;
 
-/// One node process; killed when dropped, so none outlives the test.
-pub struct NodeProcess {
-    pub id: u64,
-    pub child: Child,
-    pub address: String,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts node `id` in `dir` on a free port with `peers`, and waits for the address it logs.
 pub fn start(id: u64, dir: &std::path::Path, peers: &[&NodeProcess]) -> NodeProcess {
-    let peers: Vec<(u64, String)> = peers.iter().map(|p| (p.id, p.address.clone())).collect();
+    let peers: Vec<(u64, String)> = peers
+        .iter()
+        .map(|p| (p.id(), p.address().to_owned()))
+        .collect();
     start_on(id, dir, &peers, 0)
 }
 
 /// Starts node `id` in `dir` on `port` (0: a free one) with `peers`, and waits for the
 /// address it logs.
 pub fn start_on(id: u64, dir: &std::path::Path, peers: &[(u64, String)], port: u16) -> NodeProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jochat-node"));
-    command
-        .args(["--server-id", &id.to_string(), "--port", &port.to_string()])
-        .arg("--db-file")
-        .arg(dir.join(format!("node-{id}.db")))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if !peers.is_empty() {
-        let list: Vec<String> = peers
-            .iter()
-            .map(|(id, address)| format!("{id}:{address}"))
-            .collect();
-        command.args(["--peers", &list.join(",")]);
-    }
-    let mut child = command.spawn().expect("the binary starts");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (lines_in, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_in.send(line);
-        }
-    });
-    let address = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the node logs its address");
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .expect("an address follows")
-                .to_owned();
-        }
-    };
-    // Keep draining the log so the node never blocks on a full pipe.
-    std::thread::spawn(move || while lines.recv().is_ok() {});
-    NodeProcess { id, child, address }
+    NodeCommand::new(
+        env!("CARGO_BIN_EXE_jochat-node"),
+        id,
+        dir.join(format!("node-{id}.db")),
+    )
+    .port(port)
+    .peers(peers.iter().cloned())
+    .spawn()
+    .expect("the node starts and logs its address")
 }
 
 pub async fn client(node: &NodeProcess) -> ChatClient<Channel> {
-    ChatClient::connect(format!("http://{}", node.address))
+    ChatClient::connect(format!("http://{}", node.address()))
         .await
         .expect("the node accepts connections")
 }
@@ -106,13 +65,13 @@ pub async fn leader_among(nodes: &[NodeProcess]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for node in nodes {
-            let Ok(mut client) = ChatClient::connect(format!("http://{}", node.address)).await
+            let Ok(mut client) = ChatClient::connect(format!("http://{}", node.address())).await
             else {
                 continue;
             };
             if let Ok(info) = client.cluster_info(v1::ClusterInfoRequest {}).await {
                 let leader = info.into_inner().leader_id;
-                if nodes.iter().any(|n| n.id == leader) {
+                if nodes.iter().any(|n| n.id() == leader) {
                     return leader;
                 }
             }
@@ -128,7 +87,10 @@ pub async fn leader_among(nodes: &[NodeProcess]) -> u64 {
 /// Sends `content` from `token` to bob through whichever of `nodes` accepts it, retrying
 /// until one does; returns the acknowledged id.
 pub async fn send_until_acknowledged(nodes: &[NodeProcess], token: &str, content: &str) -> i64 {
-    let addresses: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.address.clone())).collect();
+    let addresses: Vec<(u64, String)> = nodes
+        .iter()
+        .map(|n| (n.id(), n.address().to_owned()))
+        .collect();
     send_through(&addresses, token, content).await.0
 }
 
@@ -159,7 +121,7 @@ pub async fn send_through(addresses: &[(u64, String)], token: &str, content: &st
 
 /// The ids of bob's messages as `node` has them (a stale read, served by any node).
 pub async fn stale_ids(node: &NodeProcess, bob: &str) -> Option<Vec<i64>> {
-    let mut client = ChatClient::connect(format!("http://{}", node.address))
+    let mut client = ChatClient::connect(format!("http://{}", node.address()))
         .await
         .ok()?;
     let request = v1::ListMessagesRequest {
