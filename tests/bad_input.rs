@@ -1,7 +1,7 @@
 //! Every kind of bad input the issue lists, sent to a real node over gRPC: each gets the
 //! right status code, a message naming the field and the rule, and changes nothing.
 
-mod common;
+use jochat_testkit as common;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Every chat operation of `jochat.v1`, driven through `ChatServerClient` against a real node
 //! over gRPC on an ephemeral port, with the resulting rows checked in the database file.
 
-mod common;
+use jochat_testkit as common;
 
 use common::{client, dump, message_rows, node, user};
 use jochat_client::{AccountQuery, ClientError, InboxQuery, MessageStatus};

@@ -3,7 +3,7 @@
 //! files; followers answer writes with NOT-LEADER and the leader's id and address, on
 //! `jochat.v1` and on the prototype's service alike; the prototype's ResetDB clears every node.
 
-mod common;
+use jochat_testkit as common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

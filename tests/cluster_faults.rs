@@ -5,7 +5,7 @@
 //! which loads the machine heavily, has its own test binary, `cluster_snapshot.rs`, so that
 //! it never runs at the same time as these timing-sensitive tests.)
 
-mod common;
+use jochat_testkit as common;
 
 use std::time::Duration;
 

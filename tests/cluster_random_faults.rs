@@ -8,7 +8,7 @@
 //! `JOCHAT_FAULT_SEED=<seed> cargo test --test cluster_random_faults -- --nocapture`. The
 //! schedule is reproduced exactly; the interleaving of real threads and sockets is not.
 
-mod common;
+use jochat_testkit as common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,7 @@
 //! concurrent writers on a 2-core machine cause no election. Its own test binary: it loads
 //! the machine, and cargo runs test binaries one after another.
 
-mod common;
+use jochat_testkit as common;
 
 use common::cluster::*;
 use jochat_node::config::Peer;

@@ -3,7 +3,7 @@
 //! message stored; a client given one node's address finds the leader and learns the other
 //! members; final errors come back at once instead of being retried until the deadline.
 
-mod common;
+use jochat_testkit as common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! every call, its reply shapes, ResetDB's permissions, the refused internal calls, and data
 //! flowing between it and `jochat.v1` in both directions.
 
-mod common;
+use jochat_testkit as common;
 
 use common::{client, dump, node_with};
 use jochat_client::{hash_password, InboxQuery};

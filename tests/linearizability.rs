@@ -5,7 +5,7 @@
 //! a send adds one, a read returns the count. A call that failed or timed out stays "in
 //! flight" (it may or may not have taken effect), and its client continues as a new thread.
 
-mod common;
+use jochat_testkit as common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

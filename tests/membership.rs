@@ -4,7 +4,7 @@
 //! are refused by name. After losing a majority for good, `--force-new-cluster` makes a
 //! survivor the only member of a new cluster with all its data, and the cluster grows again.
 
-mod common;
+use jochat_testkit as common;
 
 use common::cluster::*;
 use jochat_client::{ClientError, MemberRole};

@@ -4,7 +4,7 @@
 //! UNAUTHENTICATED; a subscriber that does not read is dropped with RESOURCE_EXHAUSTED while
 //! every write still succeeds.
 
-mod common;
+use jochat_testkit as common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! session cookie, the live event stream and its resumption, bad input (refused with the field
 //! and the rule, changing nothing), unauthenticated calls, and the cross-site defences.
 
-mod common;
+use jochat_testkit as common;
 
 use http::{Method, StatusCode};
 use jochat_client::hash_password;

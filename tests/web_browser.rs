@@ -9,7 +9,7 @@
 //! a browser each test says on stderr that it was skipped and why, and passes; with `CI=true`
 //! a missing browser fails it.
 
-mod common;
+use jochat_testkit as common;
 
 use std::future::Future;
 use std::io::Write as _;

@@ -9,7 +9,7 @@
 //! - three nodes all killed and restarted on their files and ports: node 1 leads again and
 //!   every write is back.
 
-mod support;
+use jochat_testkit::process as support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 //! saw). A subscription on a node killed with SIGKILL resumes on another and delivers every
 //! message once, in order.
 
-mod support;
+use jochat_testkit::process as support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

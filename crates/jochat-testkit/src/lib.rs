@@ -1,7 +1,20 @@
-//! Helpers shared by the integration tests: a node on an ephemeral port in a temporary
-//! folder, clients for it, and a read of its database file as the `sqlite3` shell sees it.
+//! The one test-support module of the workspace, shared by the cross-crate tests in
+//! `tests/` and the node crate's process tests.
+//!
+//! # Layout
+//!
+//! - this file: a node on an ephemeral port in a temporary folder, clients for it, and a
+//!   read of its database file as the `sqlite3` shell sees it.
+//! - [`cluster`]: in-process clusters behind the injectable fault layer, and waiting on
+//!   them (leaders, applied indexes, identical files).
+//! - [`process`]: `jochat-node` processes ([`jochat_process::NodeProcess`]) and raw clients
+//!   for them.
+//! - [`web`]: `jochat web` in process, and an HTTP client with a cookie jar.
+//!
+//! Tests wait on conditions (polling with a deadline), never for fixed times, use port 0 and
+//! temporary folders, and stop whatever they start.
 
-#![allow(dead_code)] // Each test binary uses a different subset.
+#![forbid(unsafe_code)]
 
 use jochat_client::{ChatServerClient, LoggedIn};
 use jochat_core::store::{ChatRead, StateDump};
@@ -82,4 +95,5 @@ pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 pub mod cluster;
+pub mod process;
 pub mod web;

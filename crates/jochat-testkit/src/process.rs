@@ -1,7 +1,7 @@
 //! Helpers for the process tests: `jochat-node` processes on free ports in temporary
-//! folders (`jochat_process`, killed when dropped), and raw clients for them.
-
-#![allow(dead_code)] // Each test binary uses a different subset.
+//! folders (`jochat_process`, killed when dropped), and raw clients for them. The binary is
+//! the `jochat-node` cargo built beside the running test (the node crate's integration
+//! tests make cargo build it first).
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,15 @@ pub use jochat_process::NodeProcess;
 use jochat_proto::v1::chat_client::ChatClient;
 use jochat_proto::v1::{self as v1};
 use tonic::transport::Channel;
+
+/// The `jochat-node` binary beside the running test.
+///
+/// # Panics
+/// When cargo has not built it (run the node crate's tests, which need it).
+pub fn node_binary() -> std::path::PathBuf {
+    jochat_process::binary_beside("jochat-node")
+        .expect("jochat-node is built beside the test: `cargo build -p jochat-node`")
+}
 
 /// Starts node `id` in `dir` on a free port with `peers`, and waits for the address it logs.
 pub fn start(id: u64, dir: &std::path::Path, peers: &[&NodeProcess]) -> NodeProcess {
@@ -23,42 +32,23 @@ pub fn start(id: u64, dir: &std::path::Path, peers: &[&NodeProcess]) -> NodeProc
 /// Starts node `id` in `dir` on `port` (0: a free one) with `peers`, and waits for the
 /// address it logs.
 pub fn start_on(id: u64, dir: &std::path::Path, peers: &[(u64, String)], port: u16) -> NodeProcess {
-    NodeCommand::new(
-        env!("CARGO_BIN_EXE_jochat-node"),
-        id,
-        dir.join(format!("node-{id}.db")),
-    )
-    .port(port)
-    .peers(peers.iter().cloned())
-    .spawn()
-    .expect("the node starts and logs its address")
+    NodeCommand::new(node_binary(), id, dir.join(format!("node-{id}.db")))
+        .port(port)
+        .peers(peers.iter().cloned())
+        .spawn()
+        .expect("the node starts and logs its address")
 }
 
+/// The generated gRPC client, connected to `node`.
 pub async fn client(node: &NodeProcess) -> ChatClient<Channel> {
     ChatClient::connect(format!("http://{}", node.address()))
         .await
         .expect("the node accepts connections")
 }
 
-pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-pub async fn poll<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use crate::authorized;
+/// Polls until a condition holds (the shared [`crate::cluster::eventually`]).
+pub use crate::cluster::eventually as poll;
 
 /// The leader `nodes` report, once one of them reports a leader among them.
 pub async fn leader_among(nodes: &[NodeProcess]) -> u64 {
