@@ -396,7 +396,7 @@ async fn bad_input_is_refused_with_the_field_and_changes_nothing() {
         alice.send(form).await.status,
         StatusCode::UNSUPPORTED_MEDIA_TYPE
     );
-    let huge = "x".repeat(jochat_cli::web::BODY_BYTES_MAX + 1);
+    let huge = "x".repeat(jochat_web::BODY_BYTES_MAX + 1);
     let answer = alice
         .post(
             "/api/messages",

@@ -358,7 +358,7 @@ async fn web(client: ChatServerClient, listen: &str) -> anyhow::Result<Output> {
             std::future::pending::<()>().await;
         }
     };
-    jochat_cli::web::serve(listener, client, stop)
+    jochat_web::serve(listener, client, stop)
         .await
         .context("serving the web page")?;
     Ok(Output::new(

@@ -28,8 +28,8 @@ impl Output {
     }
 }
 
-/// A message as JSON (the same shape `jochat web` serves).
-pub use jochat_cli::message_json;
+/// A message as JSON (defined by `jochat-web`: the same shape `jochat web` serves).
+pub use jochat_web::message_json;
 
 /// Messages as a table: id, time (UTC), from, to, status, content.
 pub fn message_table(messages: &[Message]) -> String {

@@ -1,4 +1,5 @@
-//! `jochat web` in process for the web tests, and a small HTTP client with a cookie jar.
+//! The web gateway (`jochat_web::serve`, what `jochat web` runs) in process for the web tests,
+//! and a small HTTP client with a cookie jar.
 
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ impl WebServer {
                 .expect("a bound listener has an address")
         );
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(jochat_cli::web::serve(listener, client, async move {
+        tokio::spawn(jochat_web::serve(listener, client, async move {
             let _ = stopped.await;
         }));
         Self {

@@ -1,7 +1,8 @@
-//! `jochat web`: one page for people who chat, and the small JSON API it calls, on one origin.
-//!
-//! Every API call goes through [`ChatServerClient`], so the page keeps working while the
-//! cluster fails over; the page's files are compiled into the binary.
+//! The JoChat web gateway: one page for people who chat, and the small JSON API it calls, on
+//! one origin. It is an axum server whose every API call goes through
+//! [`jochat_client::ChatServerClient`], the failover client, so the page keeps working while
+//! the cluster fails over; the page's files are compiled into the crate. `jochat web` runs it
+//! with [`serve`]; [`router`] is the same server for embedding.
 //!
 //! # Security
 //!
@@ -12,7 +13,7 @@
 //!   `Sec-Fetch-Site` of `cross-site`/`same-site`, is refused with 403 before anything runs.
 //!   A cross-site form cannot set the header, and a cross-site script that tries is stopped by
 //!   the browser's CORS preflight, which this server never approves.
-//! - Bodies are limited to [`BODY_BYTES_MAX`]; a larger one gets 413.
+//! - Bodies are limited to [`BODY_BYTES_MAX`] (256 KiB); a larger one gets 413.
 //! - The page builds every element from text (`textContent`), never from HTML, and the
 //!   `Content-Security-Policy` allows only the page's own script and style files, so a message
 //!   holding `<script>` is shown as text and could not run even if it were inserted as HTML.
@@ -21,8 +22,16 @@
 //!
 //! # Layout
 //!
-//! - this file: the router, the security checks, the embedded files, [`serve`].
-//! - `api`: the JSON handlers, the session cookie and the live event stream.
+//! - `api`: the JSON handlers under `/api`, their errors ([`ApiError`]), the session cookie
+//!   and the live event stream (Server-Sent Events).
+//! - `assets/`: the page itself (`index.html`, `app.js`, `style.css`, `icon.svg`), plain files
+//!   with no build step, embedded with `include_str!`.
+//! - this file: [`router`] with the security checks (`guard`), [`serve`], and
+//!   [`message_json`], the JSON shape of a message that the API serves and `jochat --json`
+//!   prints.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod api;
 
@@ -34,7 +43,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use jochat_client::ChatServerClient;
+use jochat_client::{ChatServerClient, Message};
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 pub use api::{ApiError, SESSION_COOKIE};
@@ -102,6 +112,19 @@ pub async fn serve(
         served = server => served,
         () = shutdown => Ok(()),
     }
+}
+
+/// A message as JSON: `id`, `sender`, `recipient`, `content`, `timestamp_ms`, `status`
+/// (`delivered` or `away`).
+pub fn message_json(message: &Message) -> Value {
+    json!({
+        "id": message.id,
+        "sender": message.sender,
+        "recipient": message.recipient,
+        "content": message.content,
+        "timestamp_ms": message.timestamp_ms,
+        "status": message.status.as_str(),
+    })
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
