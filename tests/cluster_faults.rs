@@ -182,3 +182,44 @@ async fn a_node_back_from_a_partition_does_not_depose_a_healthy_leader() {
     assert_identical(&nodes, &first).await;
     stop_all(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leader_sends_log_ins_to_it_instead_of_judging_them() {
+    // 1. Three nodes, node 1 leading; node 3 is cut off, so it misses what follows.
+    let dir = tempfile::tempdir().unwrap();
+    let setup = faulty();
+    let (nodes, first, _alice) = led_by_node_1(dir.path(), 3, &setup).await;
+    setup.faults.isolate(3, &[1, 2]);
+
+    // 2. Carol signs up through the leader; node 3 has not applied it.
+    first.sign_up("carol", "pw-carol").await.unwrap();
+
+    // 3. A log-in sent to node 3 is not refused as wrong credentials (node 3 cannot know):
+    //    it is sent on to the leader (UNAVAILABLE, NOT-LEADER).
+    let mut raw = ChatClient::connect(format!("http://{}", nodes[2].address))
+        .await
+        .unwrap();
+    let refused = raw
+        .log_in(jochat_proto::v1::LogInRequest {
+            username: "carol".into(),
+            password: jochat_client::hash_password("pw-carol"),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a follower does not log anyone in");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().starts_with("not the leader"),
+        "{}",
+        refused.message()
+    );
+
+    // 4. The failover client given only node 3 and node 2 logs Carol in all the same.
+    let client = jochat_client::ChatServerClient::builder()
+        .servers([nodes[2].address.clone(), nodes[1].address.clone()])
+        .build()
+        .unwrap();
+    client.log_in("carol", "pw-carol").await.unwrap();
+    setup.faults.heal();
+    stop_all(nodes).await;
+}

@@ -1,6 +1,7 @@
 //! `jochat web`'s JSON API over real HTTP against an in-process node: every operation, the
 //! session cookie, the live event stream and its resumption, bad input (refused with the field
-//! and the rule, changing nothing), unauthenticated calls, and the cross-site defences.
+//! and the rule, changing nothing), unauthenticated calls, and the cross-site defences, also
+//! behind an HTTPS proxy (`--public-origin`: only that origin may write, cookies are `Secure`).
 
 use jochat_testkit as common;
 
@@ -441,4 +442,78 @@ async fn bad_input_is_refused_with_the_field_and_changes_nothing() {
 
     // None of it changed anything.
     assert_eq!(common::dump(&node), before);
+}
+
+#[tokio::test]
+async fn behind_an_https_proxy_writes_come_from_the_public_origin_and_cookies_are_secure() {
+    // 1. The gateway as a TLS-terminating proxy forwards to it: browsers see
+    //    https://chat.example.com, the proxy keeps its own Host header.
+    let node = common::node().await;
+    let public = jochat_web::PublicOrigin::parse("https://chat.example.com").unwrap();
+    let web = WebServer::start_with(
+        &[node.address()],
+        jochat_web::WebOptions::with_public_origin(public),
+    )
+    .await;
+    let mut browser = Http::new(&web.base);
+    let through_proxy = |http: &Http, path: &str, body: Value, origin: &'static str| {
+        let mut request = http.request(http::Method::POST, path, Some(&body));
+        request
+            .headers_mut()
+            .insert("origin", http::HeaderValue::from_static(origin));
+        request
+    };
+
+    // 2. A write from the public origin is served, and its session cookie is Secure.
+    let signed = browser
+        .send(through_proxy(
+            &browser,
+            "/api/signup",
+            credentials("carol", "pw-c"),
+            "https://chat.example.com",
+        ))
+        .await;
+    assert_eq!(signed.status, StatusCode::CREATED, "{}", signed.json);
+    let logged = browser
+        .send(through_proxy(
+            &browser,
+            "/api/login",
+            credentials("carol", "pw-c"),
+            "https://chat.example.com",
+        ))
+        .await;
+    assert_eq!(logged.status, StatusCode::OK, "{}", logged.json);
+    let cookie = logged.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.ends_with("; Secure"),
+        "{cookie}"
+    );
+
+    // 3. The same write from the gateway's own plain-HTTP origin is refused.
+    let mut other = Http::new(&web.base);
+    let refused = other
+        .send(through_proxy(
+            &other,
+            "/api/login",
+            credentials("carol", "pw-c"),
+            "http://127.0.0.1",
+        ))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.json);
+    assert!(other.cookie.is_none());
+
+    // 4. Logging out deletes the cookie, Secure too.
+    let out = browser
+        .send(through_proxy(
+            &browser,
+            "/api/logout",
+            json!({}),
+            "https://chat.example.com",
+        ))
+        .await;
+    let deleted = out.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        deleted.contains("Max-Age=0") && deleted.ends_with("; Secure"),
+        "{deleted}"
+    );
 }

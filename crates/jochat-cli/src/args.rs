@@ -121,11 +121,16 @@ pub enum Command {
         /// Where to serve, `HOST:PORT` (port 0: any free port; the address is printed).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// The origin browsers see when the page is served through a proxy, e.g.
+        /// `https://chat.example.com`: API calls must come from it, and with `https` the
+        /// session cookie is `Secure`.
+        #[arg(long = "public-origin", env = "JOCHAT_PUBLIC_ORIGIN", value_parser = jochat_web::PublicOrigin::parse)]
+        public_origin: Option<jochat_web::PublicOrigin>,
     },
-    /// The cluster.
     /// Measure: closed-loop load through the failover client, latency in an HDR histogram
     /// (`--json`: one object on the last line). `--local N` starts its own N-node cluster.
     Bench(BenchArgs),
+    /// The cluster.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,

@@ -256,7 +256,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Output> {
                 crate::bench::run(args, servers(cli.servers.as_deref(), saved.as_ref().ok())).await
             }
         },
-        Command::Web { ref listen } => web(client, listen).await,
+        Command::Web {
+            ref listen,
+            ref public_origin,
+        } => web(client, listen, public_origin.clone()).await,
         Command::Watch { after } => {
             let (_, token) = required(&saved)?;
             crate::live::watch(&client, &token, after, cli.json).await
@@ -342,7 +345,11 @@ async fn log_in(
 }
 
 /// `jochat web`: serves the page on `listen` until Ctrl-C.
-async fn web(client: ChatServerClient, listen: &str) -> anyhow::Result<Output> {
+async fn web(
+    client: ChatServerClient,
+    listen: &str,
+    public_origin: Option<jochat_web::PublicOrigin>,
+) -> anyhow::Result<Output> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("--listen {listen}: cannot listen there"))?;
@@ -358,7 +365,10 @@ async fn web(client: ChatServerClient, listen: &str) -> anyhow::Result<Output> {
             std::future::pending::<()>().await;
         }
     };
-    jochat_web::serve(listener, client, stop)
+    let options = public_origin
+        .map(jochat_web::WebOptions::with_public_origin)
+        .unwrap_or_default();
+    jochat_web::serve_with(listener, client, options, stop)
         .await
         .context("serving the web page")?;
     Ok(Output::new(

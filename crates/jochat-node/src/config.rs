@@ -1,7 +1,7 @@
 //! The node's configuration: command-line flags, each with an environment-variable fallback
 //! and, for the prototype's spellings, an underscore alias (`--server_id`, `--db_file`).
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -100,6 +100,44 @@ impl FromStr for Peer {
     }
 }
 
+/// Whether `host` is a DNS name: labels of letters, digits and `-`, joined by dots.
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Checks `HOST:PORT` (an IP address, `[IPv6]`, or a DNS name, and a port from 1 to 65535);
+/// returns the rule it breaks.
+fn check_host_port(raw: &str) -> Result<(), String> {
+    if raw
+        .parse::<SocketAddr>()
+        .is_ok_and(|address| address.port() > 0)
+    {
+        return Ok(());
+    }
+    let Some((host, port)) = raw.rsplit_once(':') else {
+        return Err(format!("{raw:?} is not HOST:PORT"));
+    };
+    if !port.parse::<u16>().is_ok_and(|port| port > 0) {
+        return Err(format!(
+            "{raw:?}: the port must be a number from 1 to 65535"
+        ));
+    }
+    if host.parse::<std::net::IpAddr>().is_err() && !is_host_name(host) {
+        return Err(format!(
+            "{raw:?}: {host:?} is neither an IP address nor a host name"
+        ));
+    }
+    Ok(())
+}
+
 /// Configuration of one `jochat-node`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "jochat-node", version, about = "A JoChat server node")]
@@ -125,14 +163,36 @@ pub struct NodeConfig {
     /// joins it through its leader. Without peers a new node bootstraps a one-node cluster.
     #[arg(long, env = "JOCHAT_PEERS", value_delimiter = ',')]
     pub peers: Vec<Peer>,
+    /// What peers and clients are told to call this node at, as HOST:PORT (a DNS name or an
+    /// IP). Default: the bound address; required when `--host` is the unspecified address
+    /// (`0.0.0.0`, `::`), which nobody can call.
+    #[arg(
+        long = "advertise-addr",
+        alias = "advertise_addr",
+        env = "JOCHAT_ADVERTISE_ADDR"
+    )]
+    pub advertise_addr: Option<String>,
     /// Shared secret required on internal cluster calls.
     #[arg(
         long = "cluster-secret",
         alias = "cluster_secret",
         env = "JOCHAT_CLUSTER_SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "cluster_secret_file"
     )]
     pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (its first line), so the secret stays out of the
+    /// process list and the environment.
+    #[arg(
+        long = "cluster-secret-file",
+        alias = "cluster_secret_file",
+        env = "JOCHAT_CLUSTER_SECRET_FILE"
+    )]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Serve on a non-loopback address without a cluster secret: anyone who reaches the port
+    /// can then call the internal Raft service. For closed test networks only.
+    #[arg(long, env = "JOCHAT_INSECURE")]
+    pub insecure: bool,
     /// How hard commits are made durable.
     #[arg(
         long = "sync-mode",
@@ -272,7 +332,10 @@ impl Default for NodeConfig {
             port: 5001,
             db_file: None,
             peers: Vec::new(),
+            advertise_addr: None,
             cluster_secret: None,
+            cluster_secret_file: None,
+            insecure: false,
             sync_mode: SyncMode::Full,
             session_ttl_secs: SESSION_TTL_SECS_DEFAULT,
             content_bytes_max: CONTENT_BYTES_MAX_DEFAULT,
@@ -382,25 +445,106 @@ impl NodeConfig {
                 rule: e.to_string(),
             })?;
         }
-        self.listen_address()?;
+        let bound = self.listen_address()?;
+        if let Some(advertised) = &self.advertise_addr {
+            check_host_port(advertised).map_err(|rule| NodeError::Config {
+                flag: "advertise-addr",
+                rule,
+            })?;
+        }
+        let has_secret = self.cluster_secret.is_some() || self.cluster_secret_file.is_some();
+        if !bound.ip().is_loopback() && !has_secret && !self.insecure {
+            return fail(
+                "host",
+                format!(
+                    "{bound} is reachable from other machines, and without a cluster secret \
+                     anyone who reaches it can call the internal Raft service (join, vote, \
+                     append): give --cluster-secret-file (or --cluster-secret), or add \
+                     --insecure to serve without one on a closed network"
+                ),
+            );
+        }
         Ok(())
     }
 
-    /// `host:port` to bind.
+    /// `host:port` to bind. `--host` may be an IP address or a name, resolved here (its
+    /// first address).
     ///
     /// # Errors
-    /// `NodeError::Config` on `host` when it is not an IP address.
+    /// `NodeError::Config` on `host` when it is neither an IP address nor a name that
+    /// resolves.
     pub fn listen_address(&self) -> Result<SocketAddr, NodeError> {
         let host = if self.host == "localhost" {
             "127.0.0.1"
         } else {
             &self.host
         };
-        let ip = host.parse().map_err(|_| NodeError::Config {
-            flag: "host",
-            rule: format!("{:?} is not an IP address", self.host),
-        })?;
-        Ok(SocketAddr::new(ip, self.port))
+        if let Ok(ip) = host.parse() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        let invalid = |rule: String| NodeError::Config { flag: "host", rule };
+        if !is_host_name(host) {
+            return Err(invalid(format!(
+                "{:?} is neither an IP address nor a host name",
+                self.host
+            )));
+        }
+        (host, self.port)
+            .to_socket_addrs()
+            .map_err(|error| invalid(format!("cannot resolve {:?}: {error}", self.host)))?
+            .next()
+            .ok_or_else(|| invalid(format!("{:?} resolves to no address", self.host)))
+    }
+
+    /// What peers and clients are told to call this node at, given the address it is bound
+    /// to: `--advertise-addr`, else `bound`.
+    ///
+    /// # Errors
+    /// `NodeError::Config` on `advertise-addr` when it is not given and `bound` is the
+    /// unspecified address, which nobody can call.
+    pub fn advertised_address(&self, bound: SocketAddr) -> Result<String, NodeError> {
+        if let Some(advertised) = &self.advertise_addr {
+            return Ok(advertised.clone());
+        }
+        if bound.ip().is_unspecified() {
+            return Err(NodeError::Config {
+                flag: "advertise-addr",
+                rule: format!(
+                    "required when the node binds the unspecified address {bound} (every \
+                     interface): peers and clients must be told an address they can reach, \
+                     e.g. --advertise-addr 10.0.0.5:{}",
+                    bound.port()
+                ),
+            });
+        }
+        Ok(bound.to_string())
+    }
+
+    /// Reads `--cluster-secret-file` into the cluster secret (its first line, without the
+    /// line ending). Does nothing without the flag.
+    ///
+    /// # Errors
+    /// `NodeError::Config` on `cluster-secret-file` when the file cannot be read or its first
+    /// line is empty.
+    pub fn load_cluster_secret_file(&mut self) -> Result<(), NodeError> {
+        let Some(path) = &self.cluster_secret_file else {
+            return Ok(());
+        };
+        let invalid = |rule: String| NodeError::Config {
+            flag: "cluster-secret-file",
+            rule,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| invalid(format!("cannot read {}: {error}", path.display())))?;
+        let secret = text.lines().next().unwrap_or_default().trim_end();
+        if secret.is_empty() {
+            return Err(invalid(format!(
+                "{}: the first line is empty",
+                path.display()
+            )));
+        }
+        self.cluster_secret = Some(secret.to_owned());
+        Ok(())
     }
 
     /// The database file: `--db-file`, or `jochat-data/node-<id>.db`.
@@ -522,6 +666,122 @@ mod tests {
             "the lease every follower keeps"
         );
         assert!(config.install_snapshot_timeout >= 10_000);
+    }
+
+    #[test]
+    fn the_advertised_address_is_the_flag_else_the_bound_one_and_never_unspecified() {
+        let bound: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        let config = NodeConfig::default();
+        assert_eq!(config.advertised_address(bound).unwrap(), "127.0.0.1:5001");
+
+        let everywhere: SocketAddr = "0.0.0.0:5001".parse().unwrap();
+        let error = config
+            .advertised_address(everywhere)
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("--advertise-addr: required"), "{error}");
+        let everywhere6: SocketAddr = "[::]:5001".parse().unwrap();
+        assert!(config.advertised_address(everywhere6).is_err());
+
+        let config = NodeConfig {
+            advertise_addr: Some("node-1.chat.internal:5001".into()),
+            ..NodeConfig::default()
+        };
+        assert_eq!(
+            config.advertised_address(everywhere).unwrap(),
+            "node-1.chat.internal:5001"
+        );
+        config
+            .validate()
+            .expect("a DNS name with a port is a valid advertise address");
+        for bad in [
+            "node-1",
+            "node-1:0",
+            "http://node-1:5001",
+            "no such host:5001",
+            ":5001",
+        ] {
+            let config = NodeConfig {
+                advertise_addr: Some(bad.into()),
+                ..NodeConfig::default()
+            };
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.starts_with("--advertise-addr: "), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn host_names_are_resolved_and_nonsense_is_refused() {
+        let config = NodeConfig {
+            host: "localhost".into(),
+            ..NodeConfig::default()
+        };
+        assert!(config.listen_address().unwrap().ip().is_loopback());
+        let config = NodeConfig {
+            host: "no_such_host!".into(),
+            ..NodeConfig::default()
+        };
+        let error = config.listen_address().unwrap_err().to_string();
+        assert!(error.starts_with("--host: "), "{error}");
+    }
+
+    #[test]
+    fn a_non_loopback_bind_needs_a_secret_or_insecure() {
+        let open = NodeConfig {
+            host: "0.0.0.0".into(),
+            advertise_addr: Some("10.0.0.5:5001".into()),
+            ..NodeConfig::default()
+        };
+        let error = open.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("--host: ")
+                && error.contains("--cluster-secret-file")
+                && error.contains("--insecure"),
+            "{error}"
+        );
+        NodeConfig {
+            cluster_secret: Some("s3cret".into()),
+            ..open.clone()
+        }
+        .validate()
+        .expect("a cluster secret is enough");
+        NodeConfig {
+            insecure: true,
+            ..open
+        }
+        .validate()
+        .expect("--insecure is an explicit choice");
+    }
+
+    #[test]
+    fn the_secret_file_gives_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret\nignored\n").unwrap();
+        let mut config = NodeConfig {
+            cluster_secret_file: Some(path.clone()),
+            ..NodeConfig::default()
+        };
+        config.load_cluster_secret_file().unwrap();
+        assert_eq!(config.cluster_secret.as_deref(), Some("s3cret"));
+
+        std::fs::write(&path, "\n").unwrap();
+        let error = config.load_cluster_secret_file().unwrap_err().to_string();
+        assert!(error.starts_with("--cluster-secret-file: "), "{error}");
+        let mut missing = NodeConfig {
+            cluster_secret_file: Some(dir.path().join("missing")),
+            ..NodeConfig::default()
+        };
+        let error = missing.load_cluster_secret_file().unwrap_err().to_string();
+        assert!(error.contains("cannot read"), "{error}");
+        assert!(NodeConfig::try_parse_from([
+            "jochat-node",
+            "--cluster-secret",
+            "a",
+            "--cluster-secret-file",
+            "b"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -55,9 +55,11 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     faults: Faults,
 ) -> Result<(), NodeError> {
+    let mut config = config;
+    config.load_cluster_secret_file()?;
     config.validate()?;
-    let address = listener.local_addr()?;
-    let node = Arc::new(Node::start(config.clone(), address, faults).await?);
+    let address = config.advertised_address(listener.local_addr()?)?;
+    let node = Arc::new(Node::start(config.clone(), address.clone(), faults).await?);
     let span = tracing::info_span!("node", node_id = node.id());
     // Every log line of the node's life carries its id; `instrument` (not `enter`) keeps the
     // span attached to this future only, across its awaits.
@@ -69,7 +71,7 @@ pub async fn serve_with(
 async fn run(
     config: NodeConfig,
     listener: TcpListener,
-    address: SocketAddr,
+    address: String,
     node: Arc<Node>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
@@ -93,7 +95,9 @@ async fn run(
         .max_decoding_message_size(config.request_bytes_max);
 
     node.wait_for_sole_leadership(SOLE_LEADER_WAIT).await?;
-    tracing::info!(%address, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
+    // `address=` (what peers and clients call) comes first: `jochat_process` reads it.
+    let listen = listener.local_addr()?;
+    tracing::info!(%address, %listen, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
     let served = Server::builder()
         .concurrency_limit_per_connection(config.connection_requests_max)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))

@@ -23,6 +23,11 @@ pub struct WebServer {
 impl WebServer {
     /// Serves the page for `servers` through a failover client.
     pub async fn start(servers: &[String]) -> Self {
+        Self::start_with(servers, jochat_web::WebOptions::default()).await
+    }
+
+    /// Serves the page for `servers`, reached as `options` say (`--public-origin`).
+    pub async fn start_with(servers: &[String], options: jochat_web::WebOptions) -> Self {
         let client = ChatServerClient::builder()
             .servers(servers.iter().cloned())
             .build()
@@ -37,9 +42,14 @@ impl WebServer {
                 .expect("a bound listener has an address")
         );
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(jochat_web::serve(listener, client, async move {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(jochat_web::serve_with(
+            listener,
+            client,
+            options,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             base,
             stop: Some(stop),

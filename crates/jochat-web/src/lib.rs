@@ -36,8 +36,9 @@
 mod api;
 
 use std::future::Future;
+use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -66,8 +67,78 @@ const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 const ICON_SVG: &str = include_str!("assets/icon.svg");
 
-/// The page and its API, calling the cluster through `client`.
+/// How the gateway is reached, when that is not simply `http://` and the `Host` header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WebOptions {
+    /// The origin browsers see, as `scheme://host[:port]` (`--public-origin`), when the page
+    /// is served through a proxy: API calls must come from exactly this origin.
+    pub public_origin: Option<PublicOrigin>,
+}
+
+impl WebOptions {
+    /// Options with `public_origin` as the origin browsers see.
+    pub fn with_public_origin(public_origin: PublicOrigin) -> Self {
+        Self {
+            public_origin: Some(public_origin),
+        }
+    }
+
+    /// Whether session cookies carry `Secure` (sent over HTTPS only): whenever browsers see
+    /// the page over HTTPS.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_origin
+            .as_ref()
+            .is_some_and(PublicOrigin::is_https)
+    }
+}
+
+/// A checked origin: `http` or `https`, a host, an optional port, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicOrigin(String);
+
+impl PublicOrigin {
+    /// Checks `raw` (`https://chat.example.com`, `http://10.0.0.5:8080`; a trailing `/` is
+    /// dropped) and keeps it in lowercase.
+    ///
+    /// # Errors
+    /// The rule `raw` breaks: another scheme, a path, query or user part, or no host.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let origin = raw.trim().trim_end_matches('/').to_ascii_lowercase();
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .ok_or_else(|| format!("{raw:?} must start with https:// or http://"))?;
+        let valid = !rest.is_empty()
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !valid {
+            return Err(format!(
+                "{raw:?} must be scheme://host[:port] with no path, query or user"
+            ));
+        }
+        Ok(Self(origin))
+    }
+
+    /// Whether browsers reach the page over HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+
+    /// The origin, as an `Origin` header carries it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The page and its API, calling the cluster through `client`, reached directly over HTTP.
 pub fn router(client: ChatServerClient) -> Router {
+    router_with(client, WebOptions::default())
+}
+
+/// The page and its API, calling the cluster through `client`, reached as `options` say.
+pub fn router_with(client: ChatServerClient, options: WebOptions) -> Router {
     let api = Router::new()
         .route("/signup", post(api::sign_up))
         .route("/login", post(api::log_in))
@@ -94,7 +165,7 @@ pub fn router(client: ChatServerClient) -> Router {
         .route("/icon.svg", get(|| asset("image/svg+xml", ICON_SVG)))
         .nest("/api", api)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn_with_state(Arc::new(options), guard))
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes. Open live streams are cut at
@@ -107,7 +178,20 @@ pub async fn serve(
     client: ChatServerClient,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let server = axum::serve(listener, router(client));
+    serve_with(listener, client, WebOptions::default(), shutdown).await
+}
+
+/// [`serve`] for a gateway reached as `options` say ([`router_with`]).
+///
+/// # Errors
+/// When accepting connections fails.
+pub async fn serve_with(
+    listener: TcpListener,
+    client: ChatServerClient,
+    options: WebOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let server = axum::serve(listener, router_with(client, options));
     tokio::select! {
         served = server => served,
         () = shutdown => Ok(()),
@@ -138,11 +222,16 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// Refuses cross-site state changes, then adds the security headers to every answer.
-async fn guard(request: Request, next: Next) -> Response {
+/// Refuses cross-site state changes, then adds the security headers to every answer (and
+/// `Secure` to its cookies when browsers see the page over HTTPS).
+async fn guard(State(options): State<Arc<WebOptions>>, request: Request, next: Next) -> Response {
     // The page itself may be opened from anywhere (a link, a bookmark); only the API checks.
     let refusal = if request.uri().path().starts_with("/api/") {
-        cross_site_refusal(request.method(), request.headers())
+        cross_site_refusal(
+            request.method(),
+            request.headers(),
+            options.public_origin.as_ref(),
+        )
     } else {
         None
     };
@@ -159,12 +248,31 @@ async fn guard(request: Request, next: Next) -> Response {
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
+    if options.secure_cookies() {
+        // One place for every cookie the API sets or deletes.
+        let cookies: Vec<HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|cookie| cookie.to_str().ok())
+            .filter_map(|cookie| HeaderValue::from_str(&format!("{cookie}; Secure")).ok())
+            .collect();
+        headers.remove(header::SET_COOKIE);
+        for cookie in cookies {
+            headers.append(header::SET_COOKIE, cookie);
+        }
+    }
     response
 }
 
 /// Why an API request must not run, if it must not: no API call may come from another site,
-/// and any method but GET and HEAD needs the request header.
-fn cross_site_refusal(method: &Method, headers: &HeaderMap) -> Option<ApiError> {
+/// and any method but GET and HEAD needs the request header. The page's own origin is
+/// `public_origin` when one is given (behind a proxy), else `http://` or `https://` and the
+/// request's `Host`.
+fn cross_site_refusal(
+    method: &Method,
+    headers: &HeaderMap,
+    public_origin: Option<&PublicOrigin>,
+) -> Option<ApiError> {
     if let Some(site) = headers.get("sec-fetch-site") {
         // `none` is the user typing the address; `same-origin` is the page itself.
         if !matches!(site.as_bytes(), b"same-origin" | b"none") {
@@ -172,12 +280,23 @@ fn cross_site_refusal(method: &Method, headers: &HeaderMap) -> Option<ApiError> 
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let same = origin
-            .to_str()
-            .ok()
-            .and_then(|origin| origin.strip_prefix("http://"))
-            .is_some_and(|origin_host| Some(origin_host) == host);
+        let origin = origin.to_str().ok().map(str::to_ascii_lowercase);
+        let same = match public_origin {
+            Some(public) => origin.as_deref() == Some(public.as_str()),
+            None => {
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                origin
+                    .as_deref()
+                    .and_then(|origin| {
+                        origin
+                            .strip_prefix("http://")
+                            .or_else(|| origin.strip_prefix("https://"))
+                    })
+                    .is_some_and(|origin_host| {
+                        host.is_some_and(|host| host.eq_ignore_ascii_case(origin_host))
+                    })
+            }
+        };
         if !same {
             return Some(ApiError::forbidden(
                 "requests from another origin are refused",
@@ -215,23 +334,23 @@ mod tests {
 
     #[test]
     fn reads_from_the_page_or_the_address_bar_pass() {
-        assert!(cross_site_refusal(&Method::GET, &headers(&[])).is_none());
+        assert!(cross_site_refusal(&Method::GET, &headers(&[]), None).is_none());
         let page = headers(&[
             ("sec-fetch-site", "same-origin"),
             ("host", "127.0.0.1:8080"),
             ("origin", "http://127.0.0.1:8080"),
         ]);
-        assert!(cross_site_refusal(&Method::GET, &page).is_none());
+        assert!(cross_site_refusal(&Method::GET, &page, None).is_none());
     }
 
     #[test]
     fn writes_need_the_header() {
-        let refused = cross_site_refusal(&Method::POST, &headers(&[])).expect("refused");
+        let refused = cross_site_refusal(&Method::POST, &headers(&[]), None).expect("refused");
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
         let allowed = headers(&[("x-jochat-request", "1"), ("host", "a:1")]);
-        assert!(cross_site_refusal(&Method::POST, &allowed).is_none());
+        assert!(cross_site_refusal(&Method::POST, &allowed, None).is_none());
         let wrong = headers(&[("x-jochat-request", "yes")]);
-        assert!(cross_site_refusal(&Method::POST, &wrong).is_some());
+        assert!(cross_site_refusal(&Method::POST, &wrong, None).is_some());
     }
 
     #[test]
@@ -253,11 +372,48 @@ mod tests {
                 ("host", "127.0.0.1:8080"),
             ],
         ] {
-            let refused = cross_site_refusal(&Method::POST, &headers(&pairs));
+            let refused = cross_site_refusal(&Method::POST, &headers(&pairs), None);
             assert!(refused.is_some(), "{pairs:?}");
         }
         // Reads from another site are refused too (no data leaks into a cross-site fetch).
         let read = headers(&[("sec-fetch-site", "cross-site")]);
-        assert!(cross_site_refusal(&Method::GET, &read).is_some());
+        assert!(cross_site_refusal(&Method::GET, &read, None).is_some());
+    }
+
+    #[test]
+    fn behind_an_https_proxy_only_the_public_origin_may_write() {
+        let public = PublicOrigin::parse("https://Chat.Example.com/").unwrap();
+        assert_eq!(public.as_str(), "https://chat.example.com");
+        let through_proxy = headers(&[
+            ("x-jochat-request", "1"),
+            ("sec-fetch-site", "same-origin"),
+            ("host", "127.0.0.1:8080"),
+            ("origin", "https://chat.example.com"),
+        ]);
+        assert!(cross_site_refusal(&Method::POST, &through_proxy, Some(&public)).is_none());
+        let other = headers(&[
+            ("x-jochat-request", "1"),
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080"),
+        ]);
+        assert!(cross_site_refusal(&Method::POST, &other, Some(&public)).is_some());
+        // Without a public origin, a proxy that keeps the Host header works over https too.
+        let same_host = headers(&[
+            ("x-jochat-request", "1"),
+            ("host", "chat.example.com"),
+            ("origin", "https://chat.example.com"),
+        ]);
+        assert!(cross_site_refusal(&Method::POST, &same_host, None).is_none());
+        assert!(WebOptions::with_public_origin(public).secure_cookies());
+        assert!(!WebOptions::default().secure_cookies());
+        for bad in [
+            "chat.example.com",
+            "ftp://x",
+            "https://x/path",
+            "https://u@x",
+            "https://",
+        ] {
+            assert!(PublicOrigin::parse(bad).is_err(), "{bad}");
+        }
     }
 }

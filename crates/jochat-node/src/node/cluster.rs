@@ -3,7 +3,6 @@
 //! ([`ClusterView`]).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use openraft::BasicNode;
 
@@ -89,7 +88,7 @@ const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Asks the cluster's leader, found through `config`'s peers, to add this node, until the
 /// node is a voter. Runs in the background from start-up.
-async fn join_cluster(config: NodeConfig, address: SocketAddr, raft: openraft::Raft<TypeConfig>) {
+async fn join_cluster(config: NodeConfig, address: String, raft: openraft::Raft<TypeConfig>) {
     let me = config.server_id;
     loop {
         let is_voter = raft
@@ -107,7 +106,7 @@ async fn join_cluster(config: NodeConfig, address: SocketAddr, raft: openraft::R
             let Some((leader_id, leader_address)) = leader_seen_by(&peer.address).await else {
                 continue;
             };
-            match ask_to_join(&config, address, &leader_address).await {
+            match ask_to_join(&config, &address, &leader_address).await {
                 Ok(()) => {
                     tracing::info!(leader_id, "joined the cluster");
                     break;
@@ -121,7 +120,7 @@ async fn join_cluster(config: NodeConfig, address: SocketAddr, raft: openraft::R
 
 async fn ask_to_join(
     config: &NodeConfig,
-    address: SocketAddr,
+    address: &str,
     leader_address: &str,
 ) -> Result<(), tonic::Status> {
     let mut client = jochat_proto::internal::v1::raft_client::RaftClient::connect(format!(
@@ -131,7 +130,7 @@ async fn ask_to_join(
     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut request = tonic::Request::new(jochat_proto::internal::v1::JoinRequest {
         node_id: config.server_id,
-        address: address.to_string(),
+        address: address.to_owned(),
     });
     request.set_timeout(JOIN_TIMEOUT);
     if let Some(secret) = &config.cluster_secret {
@@ -154,7 +153,7 @@ async fn ask_to_join(
 /// `Raft` when Raft cannot say whether it holds state, or refuses the initial membership.
 pub(super) async fn bootstrap_or_join(
     config: &NodeConfig,
-    address: SocketAddr,
+    address: &str,
     raft: &openraft::Raft<TypeConfig>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
     let initialized = raft
@@ -166,7 +165,7 @@ pub(super) async fn bootstrap_or_join(
     }
     let lowest = config.peers.iter().all(|peer| config.server_id < peer.id);
     if lowest && !any_peer_knows_a_leader(config).await {
-        let mut members = BTreeMap::from([(config.server_id, BasicNode::new(address.to_string()))]);
+        let mut members = BTreeMap::from([(config.server_id, BasicNode::new(address))]);
         for peer in &config.peers {
             members.insert(peer.id, BasicNode::new(peer.address.clone()));
         }
@@ -180,7 +179,7 @@ pub(super) async fn bootstrap_or_join(
     tracing::info!("joining the cluster through its leader");
     Ok(Some(tokio::spawn(join_cluster(
         config.clone(),
-        address,
+        address.to_owned(),
         raft.clone(),
     ))))
 }
@@ -262,7 +261,7 @@ impl Node {
             .and_then(|id| membership.get_node(&id).map(|node| (id, node.addr.clone())));
         ClusterView {
             node_id: self.config.server_id,
-            address: self.address.to_string(),
+            address: self.address.clone(),
             leader,
             term: metrics.current_term,
             applied_index,

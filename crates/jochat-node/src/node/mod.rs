@@ -18,7 +18,6 @@
 pub mod cluster;
 pub mod ops;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -62,7 +61,8 @@ pub enum Consistency {
 /// One node's chat operations.
 pub struct Node {
     config: NodeConfig,
-    address: SocketAddr,
+    /// What peers and clients are told to call this node at (`--advertise-addr`).
+    address: String,
     db: Arc<Database>,
     raft: openraft::Raft<TypeConfig>,
     /// The background join, while this node is joining a cluster. A std mutex: only taken to
@@ -136,7 +136,7 @@ impl Node {
     /// The database cannot be opened or migrated, or Raft cannot start.
     pub async fn start(
         config: NodeConfig,
-        address: SocketAddr,
+        address: String,
         faults: Faults,
     ) -> Result<Self, NodeError> {
         // Raft's storage opens (and migrates) the file first; the read pool then joins it.
@@ -146,7 +146,7 @@ impl Node {
         let snapshot_gauge = state_machine.snapshot_gauge();
         if config.force_new_cluster {
             let changed = log
-                .force_sole_member(config.server_id, address.to_string())
+                .force_sole_member(config.server_id, address.clone())
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
             if changed {
@@ -176,7 +176,7 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let joining = cluster::bootstrap_or_join(&config, address, &raft).await?;
+        let joining = cluster::bootstrap_or_join(&config, &address, &raft).await?;
         let limiter = LoginLimiter::new(
             config.login_failures_max,
             std::time::Duration::from_secs(config.login_lockout_secs),
@@ -345,6 +345,28 @@ impl Node {
 
     fn quorum_deadline(&self) -> std::time::Duration {
         quorum_deadline(&self.config)
+    }
+
+    /// Refuses at once with NOT-LEADER (naming the leader when known) unless this node
+    /// leads: for writes that check local state before they submit (a password, a name
+    /// taken), which a follower may not have applied yet and would judge wrongly.
+    fn refuse_unless_leader(&self) -> Result<(), NodeError> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.current_leader == Some(metrics.id) {
+            return Ok(());
+        }
+        let leader_address = metrics.current_leader.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|node| node.addr.clone())
+        });
+        Err(NodeError::NotLeader {
+            leader_id: metrics.current_leader,
+            leader_address,
+        })
     }
 
     /// Refuses at once, before anything is submitted, when this node leads but has not heard

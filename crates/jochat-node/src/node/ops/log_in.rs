@@ -35,6 +35,7 @@ impl Node {
         let username = Username::new(username)?;
         let credential = Credential::new(password)?;
         let folded = username.folded();
+        self.refuse_unless_leader()?;
         self.limiter.check(&folded)?;
         // The password is checked against what this node has applied; the session command
         // then checks, authoritatively, that the account still exists.

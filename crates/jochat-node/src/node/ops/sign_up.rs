@@ -23,6 +23,7 @@ impl Node {
         let username = Username::new(username)?;
         let credential = Credential::new(password)?;
         let key = IdempotencyKey::optional(key)?;
+        self.refuse_unless_leader()?;
         // Refuse a taken name before spending an argon2 hash on it; the state machine checks
         // again, authoritatively. A retry of a sign-up that already succeeded finds its own
         // name taken, so it skips the check and lets the state machine replay the outcome.
