@@ -1,14 +1,15 @@
 //! Subscribe: every message addressed to the caller, pushed as soon as this node applies it.
 //!
-//! A subscription is one task per subscriber. It joins the state machine's event channel
-//! ([`crate::events`]) *before* reading what it must catch up on from the database, so nothing
-//! applied in between is missed, and it sends each message id at most once, in increasing
-//! order (ids grow in commit order). Its output is a bounded channel: a subscriber that lets
-//! `--subscriber-buffer` messages pile up unread is dropped with RESOURCE_EXHAUSTED, so a slow
-//! reader never slows writers (publishing never waits). A session that is revoked, replaced by
-//! a newer log-in, deleted or expired ends the stream with UNAUTHENTICATED. At most
-//! `--subscribers-max` subscriptions live at once; beyond it a new one is refused with
-//! UNAVAILABLE "overloaded" before anything is read.
+//! A subscription is one task per subscriber, served by whichever node it reached from what
+//! that node has applied (its reads are `Consistency::Stale`). It joins the state machine's
+//! event channel ([`crate::events`]) *before* reading what it must catch up on from the
+//! database, so nothing applied in between is missed, and it sends each message id at most
+//! once, in increasing order (ids grow in commit order). Its output is a bounded channel: a
+//! subscriber that lets `--subscriber-buffer` messages pile up unread is dropped with
+//! RESOURCE_EXHAUSTED, so a slow reader never slows writers (publishing never waits). A session
+//! that is revoked, replaced by a newer log-in, deleted or expired ends the stream with
+//! UNAUTHENTICATED. At most `--subscribers-max` subscriptions live at once; beyond it a new one
+//! is refused with UNAVAILABLE "overloaded" before anything is read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::error::NodeError;
 use crate::events::ChatEvent;
-use crate::node::{now_ms, Node};
+use crate::node::{now_ms, Consistency, Node};
 
 /// Messages read from the database per catch-up query.
 const CATCH_UP_PAGE: u32 = 500;
@@ -55,8 +56,7 @@ pub async fn subscribe(
     // From now on: whatever is stored already is not sent. Read before joining the channel;
     // the catch-up below covers anything applied in between.
     let after = if after_id == 0 {
-        node.database()
-            .read(|store| Ok(store.last_ids()?.message))
+        node.read(Consistency::Stale, |store| Ok(store.last_ids()?.message))
             .await?
     } else {
         after_id
@@ -139,8 +139,9 @@ impl Run {
             let (recipient, after) = (self.user.username.clone(), MessageId(self.last));
             let page = self
                 .node
-                .database()
-                .read(move |store| Ok(store.messages_after(&recipient, after, CATCH_UP_PAGE)?))
+                .read(Consistency::Stale, move |store| {
+                    Ok(store.messages_after(&recipient, after, CATCH_UP_PAGE)?)
+                })
                 .await
                 .map_err(Stop::Fail)?;
             let full = page.len() == CATCH_UP_PAGE as usize;
@@ -158,8 +159,9 @@ impl Run {
         let digest = self.digest.clone();
         let now = now_ms();
         self.node
-            .database()
-            .read(move |store| query::authenticate_digest(store, &digest, now))
+            .read(Consistency::Stale, move |store| {
+                query::authenticate_digest(store, &digest, now)
+            })
             .await
             .map(drop)
             .map_err(Stop::Fail)
