@@ -130,10 +130,58 @@ pub enum Command {
     /// Measure: closed-loop load through the failover client, latency in an HDR histogram
     /// (`--json`: one object on the last line). `--local N` starts its own N-node cluster.
     Bench(BenchArgs),
+    /// Certificates for a TLS cluster: a CA, node and client certificates signed by it.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// The cluster.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+}
+
+/// Certificate commands.
+// The subcommands are `create-ca`, `create-node` and `create-client`, the names operators
+// know from other databases' certificate tools; clap derives them from the variants.
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Makes the cluster's certificate authority: `ca.crt` and `ca.key` (0600).
+    CreateCa {
+        /// The folder the certificates and keys go in.
+        #[arg(long = "certs-dir", env = "JOCHAT_CERTS_DIR")]
+        certs_dir: PathBuf,
+        /// Replace files that exist already.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Makes `node.crt` and `node.key` (0600), signed by the CA in the folder, naming every
+    /// HOST the node is reached at (DNS names and IP addresses), for serving and for
+    /// calling other nodes.
+    CreateNode {
+        /// The folder holding `ca.crt` and `ca.key`; the node's files go there too.
+        #[arg(long = "certs-dir", env = "JOCHAT_CERTS_DIR")]
+        certs_dir: PathBuf,
+        /// The names and addresses the node is reached at.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Replace files that exist already.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Makes `client.NAME.crt` and `client.NAME.key` (0600), signed by the CA in the folder,
+    /// for a client that authenticates with a certificate.
+    CreateClient {
+        /// The folder holding `ca.crt` and `ca.key`; the client's files go there too.
+        #[arg(long = "certs-dir", env = "JOCHAT_CERTS_DIR")]
+        certs_dir: PathBuf,
+        /// The client's name (letters, digits, `_`, `-`, `.`).
+        name: String,
+        /// Replace files that exist already.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 

@@ -268,6 +268,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Output> {
             let (_, token) = required(&saved)?;
             crate::live::chat(&client, &token, user.as_deref()).await
         }
+        Command::Cert { ref command } => crate::cert::run(command),
         Command::Cluster {
             command: ClusterCommand::Info,
         } => Ok(output::cluster(&client.cluster_info().await?)),

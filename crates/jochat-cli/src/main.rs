@@ -11,6 +11,7 @@
 //! - `session`: the saved session file (owner-only permissions).
 //! - `output`: text and JSON rendering.
 //! - `live`: `watch` and `chat`, the live modes over Subscribe.
+//! - `cert`: `jochat cert`, a CA and the node and client certificates it signs (rcgen).
 //! - `bench`: `jochat bench`, the load generator (and `--local`, which starts the nodes it
 //!   measures).
 //! - this file: parsing, the runtime, printing, and the exit status.
@@ -19,6 +20,7 @@
 
 mod args;
 mod bench;
+mod cert;
 mod commands;
 mod live;
 mod output;

@@ -382,8 +382,47 @@ impl IdempotencyKey {
     }
 }
 
+/// Whether `host` is a DNS name: labels of letters, digits and `-` (not at either end of a
+/// label), 1 to 63 characters each, joined by dots, at most 253 characters in all.
+pub fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_names_are_dns_labels_joined_by_dots() {
+        for good in [
+            "localhost",
+            "node-1",
+            "chat1.example.internal",
+            "a.b.c",
+            "x1",
+        ] {
+            assert!(is_host_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "not a host",
+            "-a",
+            "a-",
+            "a..b",
+            "a_b",
+            "é.example",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_host_name(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     fn rule_of(error: ChatError) -> String {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use jochat_core::limits::{CONTENT_BYTES_LIMIT, CONTENT_BYTES_MAX_DEFAULT};
+use jochat_core::types::is_host_name;
 
 use crate::error::NodeError;
 use crate::store::{StoreConfig, SyncMode};
@@ -98,19 +99,6 @@ impl FromStr for Peer {
             address: address.to_owned(),
         })
     }
-}
-
-/// Whether `host` is a DNS name: labels of letters, digits and `-`, joined by dots.
-fn is_host_name(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 /// Checks `HOST:PORT` (an IP address, `[IPv6]`, or a DNS name, and a port from 1 to 65535);
