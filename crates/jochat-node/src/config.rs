@@ -101,6 +101,21 @@ impl FromStr for Peer {
     }
 }
 
+/// Checks that `flag`'s `value` lies between `min` and `max`; the error names the flag and
+/// the range.
+fn within<T>(flag: &'static str, value: T, min: T, max: T) -> Result<(), NodeError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if value < min || value > max {
+        return Err(NodeError::Config {
+            flag,
+            rule: format!("must be between {min} and {max}"),
+        });
+    }
+    Ok(())
+}
+
 /// Checks `HOST:PORT` (an IP address, `[IPv6]`, or a DNS name, and a port from 1 to 65535);
 /// returns the rule it breaks.
 fn check_host_port(raw: &str) -> Result<(), String> {
@@ -383,37 +398,37 @@ impl NodeConfig {
         if self.login_failures_max == 0 {
             return fail("login-failures-max", "must be positive".into());
         }
-        if !(1..=READ_POOL_SIZE_LIMIT).contains(&self.read_pool_size) {
-            return fail(
-                "read-pool-size",
-                format!("must be between 1 and {READ_POOL_SIZE_LIMIT}"),
-            );
-        }
+        within(
+            "read-pool-size",
+            self.read_pool_size,
+            1,
+            READ_POOL_SIZE_LIMIT,
+        )?;
         // A cluster's peers hold a few connections each; a handful for clients on top.
-        if !(8..=CONNECTIONS_LIMIT).contains(&self.connections_max) {
-            return fail(
-                "connections-max",
-                format!("must be between 8 and {CONNECTIONS_LIMIT}"),
-            );
-        }
-        if !(1..=CONNECTION_REQUESTS_LIMIT).contains(&self.connection_requests_max) {
-            return fail(
-                "connection-requests-max",
-                format!("must be between 1 and {CONNECTION_REQUESTS_LIMIT}"),
-            );
-        }
-        if !(1..=SUBSCRIBERS_LIMIT).contains(&self.subscribers_max) {
-            return fail(
-                "subscribers-max",
-                format!("must be between 1 and {SUBSCRIBERS_LIMIT}"),
-            );
-        }
-        if !(1..=SUBSCRIBER_BUFFER_LIMIT).contains(&self.subscriber_buffer) {
-            return fail(
-                "subscriber-buffer",
-                format!("must be between 1 and {SUBSCRIBER_BUFFER_LIMIT}"),
-            );
-        }
+        within(
+            "connections-max",
+            self.connections_max,
+            8,
+            CONNECTIONS_LIMIT,
+        )?;
+        within(
+            "connection-requests-max",
+            self.connection_requests_max,
+            1,
+            CONNECTION_REQUESTS_LIMIT,
+        )?;
+        within(
+            "subscribers-max",
+            self.subscribers_max,
+            1,
+            SUBSCRIBERS_LIMIT,
+        )?;
+        within(
+            "subscriber-buffer",
+            self.subscriber_buffer,
+            1,
+            SUBSCRIBER_BUFFER_LIMIT,
+        )?;
         if self.snapshot_threshold == 0 {
             return fail("snapshot-threshold", "must be positive".into());
         }

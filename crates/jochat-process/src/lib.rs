@@ -87,11 +87,6 @@ impl NodeCommand {
         self
     }
 
-    /// The node's id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
     /// Starts the node and waits until it logs the address it serves at.
     ///
     /// # Errors
@@ -198,28 +193,9 @@ impl NodeProcess {
         &self.address
     }
 
-    /// The node's operating-system process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// SIGKILLs the node and reaps it (nothing is flushed: a crash).
     pub fn kill(&mut self) {
         kill(&mut self.child);
-    }
-
-    /// Sends SIGTERM (through `kill(1)`) and waits for the node to exit.
-    ///
-    /// # Errors
-    /// The signal cannot be sent or waiting fails.
-    pub fn terminate(&mut self) -> io::Result<std::process::ExitStatus> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            return Err(io::Error::other("kill -TERM failed"));
-        }
-        self.child.wait()
     }
 
     /// Starts the node again after [`NodeProcess::kill`], on its database file and at the
@@ -239,11 +215,6 @@ impl NodeProcess {
         self.child = child;
         self.address = address;
         Ok(())
-    }
-
-    /// Whether the process has exited (it is reaped then).
-    pub fn has_exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// Peak resident memory so far, in KiB (`VmHWM`; Linux only).

@@ -253,8 +253,10 @@ async fn guard(State(options): State<Arc<WebOptions>>, request: Request, next: N
         let cookies: Vec<HeaderValue> = headers
             .get_all(header::SET_COOKIE)
             .iter()
-            .filter_map(|cookie| cookie.to_str().ok())
-            .filter_map(|cookie| HeaderValue::from_str(&format!("{cookie}; Secure")).ok())
+            .map(|cookie| {
+                HeaderValue::from_bytes(&[cookie.as_bytes(), b"; Secure"].concat())
+                    .expect("a valid header value followed by visible ASCII is a valid value")
+            })
             .collect();
         headers.remove(header::SET_COOKIE);
         for cookie in cookies {

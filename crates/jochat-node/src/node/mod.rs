@@ -199,7 +199,7 @@ impl Node {
             raft::snapshots::SnapshotRule::for_node(config.server_id, config.snapshot_threshold),
         ));
         let proposer = Proposer::start(raft.clone(), quorum_deadline(&config));
-        let config_subscribers_max = config.subscribers_max;
+        let subscribers = Arc::new(tokio::sync::Semaphore::new(config.subscribers_max));
         Ok(Self {
             config,
             address,
@@ -216,7 +216,7 @@ impl Node {
             hasher: Hasher::new(),
             limiter,
             read_rounds: ReadRounds::default(),
-            subscribers: Arc::new(tokio::sync::Semaphore::new(config_subscribers_max)),
+            subscribers,
         })
     }
 
