@@ -121,7 +121,9 @@ fn apply(faults: &Faults, action: Action) {
 /// The leader some node reports, asking each in turn.
 async fn leader_of(addresses: &[String]) -> Option<u64> {
     for address in addresses {
-        if let Some((leader, _)) = jochat_node::node::leader_seen_by(address).await {
+        if let Some((leader, _)) =
+            jochat_node::node::leader_seen_by(&Default::default(), address).await
+        {
             return Some(leader);
         }
     }

@@ -28,9 +28,37 @@ pub struct Cli {
         global = true
     )]
     pub deadline_ms: u64,
+    /// How to reach servers that serve TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// TLS towards the servers.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// The cluster's CA certificate (PEM, `ca.crt` of `jochat cert create-ca`): servers are
+    /// then called over TLS and must present a certificate it signed.
+    #[arg(long = "ca-cert", env = "JOCHAT_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) to present, for servers that ask for one.
+    #[arg(
+        long = "client-cert",
+        env = "JOCHAT_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(
+        long = "client-key",
+        env = "JOCHAT_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 /// A page of a listing.
@@ -126,6 +154,13 @@ pub enum Command {
         /// session cookie is `Secure`.
         #[arg(long = "public-origin", env = "JOCHAT_PUBLIC_ORIGIN", value_parser = jochat_web::PublicOrigin::parse)]
         public_origin: Option<jochat_web::PublicOrigin>,
+        /// Serve HTTPS with this certificate (PEM, the chain with the server's first);
+        /// session cookies are then `Secure`.
+        #[arg(long = "tls-cert", env = "JOCHAT_WEB_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The key of `--tls-cert` (PEM).
+        #[arg(long = "tls-key", env = "JOCHAT_WEB_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Measure: closed-loop load through the failover client, latency in an HDR histogram
     /// (`--json`: one object on the last line). `--local N` starts its own N-node cluster.
@@ -255,6 +290,10 @@ pub struct BenchArgs {
     /// to a given size); 0 keeps them short.
     #[arg(long = "content-bytes", default_value_t = 0)]
     pub content_bytes: usize,
+    /// With `--local`: make a CA and a node certificate in the cluster's folder and run the
+    /// nodes over TLS (mutual TLS between nodes), the client trusting that CA.
+    #[arg(long, global = true, requires = "local")]
+    pub tls: bool,
 }
 
 impl BenchArgs {

@@ -58,7 +58,7 @@ pub fn run(command: &CertCommand) -> anyhow::Result<Output> {
     }
 }
 
-fn create_ca(dir: &Path, overwrite: bool) -> anyhow::Result<Output> {
+pub(crate) fn create_ca(dir: &Path, overwrite: bool) -> anyhow::Result<Output> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
         .distinguished_name
@@ -76,7 +76,7 @@ fn create_ca(dir: &Path, overwrite: bool) -> anyhow::Result<Output> {
     Ok(written("the cluster's CA", &files))
 }
 
-fn create_node(dir: &Path, hosts: &[String], overwrite: bool) -> anyhow::Result<Output> {
+pub(crate) fn create_node(dir: &Path, hosts: &[String], overwrite: bool) -> anyhow::Result<Output> {
     let Some(first) = hosts.first() else {
         bail!("create-node needs at least one HOST the node is reached at");
     };

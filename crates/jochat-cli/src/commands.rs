@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use jochat_client::{
-    AccountQuery, ChatServerClient, ClientError, InboxQuery, ReadConsistency, SessionToken,
+    AccountQuery, ChatServerClient, ChatServerClientBuilder, ClientError, InboxQuery,
+    ReadConsistency, SessionToken,
 };
 use serde_json::json;
 
-use crate::args::{Cli, ClusterCommand, Command, PageArgs};
+use crate::args::{Cli, ClusterCommand, Command, PageArgs, TlsArgs};
 use crate::output::{self, accounts_json, message_json, message_table, Output};
 use crate::session::{self, SavedSession};
 
@@ -123,6 +124,25 @@ fn path_of(session_path: &anyhow::Result<PathBuf>) -> anyhow::Result<&Path> {
         .map_err(|error| anyhow::anyhow!("{error:#}"))
 }
 
+/// A client builder with the TLS settings of `--ca-cert`, `--client-cert` and
+/// `--client-key`.
+///
+/// # Errors
+/// A file cannot be read (the message names its flag).
+fn client_builder(tls: &TlsArgs) -> anyhow::Result<ChatServerClientBuilder> {
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path).with_context(|| format!("--{flag} {}: cannot read it", path.display()))
+    };
+    let mut builder = ChatServerClient::builder();
+    if let Some(path) = &tls.ca_cert {
+        builder = builder.ca_certificate(read("ca-cert", path)?);
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        builder = builder.client_identity(read("client-cert", cert)?, read("client-key", key)?);
+    }
+    Ok(builder)
+}
+
 /// Runs `cli`'s command and returns what to print.
 ///
 /// # Errors
@@ -130,7 +150,7 @@ fn path_of(session_path: &anyhow::Result<PathBuf>) -> anyhow::Result<&Path> {
 pub async fn run(cli: Cli) -> anyhow::Result<Output> {
     let session_path = session_path(cli.session_file);
     let saved = path_of(&session_path).and_then(session::load);
-    let client = ChatServerClient::builder()
+    let client = client_builder(&cli.tls)?
         .servers(servers(cli.servers.as_deref(), saved.as_ref().ok()))
         .deadline(Duration::from_millis(cli.deadline_ms))
         .build()?;
@@ -253,13 +273,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<Output> {
                 crate::bench::failover(args, failover).await
             }
             None => {
-                crate::bench::run(args, servers(cli.servers.as_deref(), saved.as_ref().ok())).await
+                crate::bench::run(
+                    args,
+                    servers(cli.servers.as_deref(), saved.as_ref().ok()),
+                    client_builder(&cli.tls)?,
+                )
+                .await
             }
         },
         Command::Web {
             ref listen,
             ref public_origin,
-        } => web(client, listen, public_origin.clone()).await,
+            ref tls_cert,
+            ref tls_key,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(web_tls(cert, key)?),
+                _ => None,
+            };
+            web(client, listen, public_origin.clone(), tls).await
+        }
         Command::Watch { after } => {
             let (_, token) = required(&saved)?;
             crate::live::watch(&client, &token, after, cli.json).await
@@ -345,11 +378,21 @@ async fn log_in(
     ))
 }
 
-/// `jochat web`: serves the page on `listen` until Ctrl-C.
+/// The certificate and key `jochat web` serves HTTPS with.
+fn web_tls(cert: &Path, key: &Path) -> anyhow::Result<jochat_web::WebTls> {
+    let cert_pem = std::fs::read(cert)
+        .with_context(|| format!("--tls-cert {}: cannot read it", cert.display()))?;
+    let key_pem = std::fs::read(key)
+        .with_context(|| format!("--tls-key {}: cannot read it", key.display()))?;
+    Ok(jochat_web::WebTls::from_pem(&cert_pem, &key_pem)?)
+}
+
+/// `jochat web`: serves the page on `listen` (over HTTPS with `tls`) until Ctrl-C.
 async fn web(
     client: ChatServerClient,
     listen: &str,
     public_origin: Option<jochat_web::PublicOrigin>,
+    tls: Option<jochat_web::WebTls>,
 ) -> anyhow::Result<Output> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -358,7 +401,8 @@ async fn web(
         .local_addr()
         .context("--listen: the bound socket has no address")?;
     // Printed at once (and flushed) so that scripts and tests can find the port.
-    println!("JoChat web: http://{address}/ (Ctrl-C stops)");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("JoChat web: {scheme}://{address}/ (Ctrl-C stops)");
     std::io::Write::flush(&mut std::io::stdout()).context("stdout is gone")?;
     let stop = async {
         // Without a Ctrl-C handler the process still stops on the signal's default action.
@@ -369,9 +413,11 @@ async fn web(
     let options = public_origin
         .map(jochat_web::WebOptions::with_public_origin)
         .unwrap_or_default();
-    jochat_web::serve_with(listener, client, options, stop)
-        .await
-        .context("serving the web page")?;
+    match tls {
+        Some(tls) => jochat_web::serve_tls(listener, client, options, tls, stop).await,
+        None => jochat_web::serve_with(listener, client, options, stop).await,
+    }
+    .context("serving the web page")?;
     Ok(Output::new(
         "JoChat web stopped",
         json!({"stopped": address.to_string()}),

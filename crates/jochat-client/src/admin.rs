@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use jochat_proto::internal::v1::raft_client::RaftClient;
 use jochat_proto::internal::v1::{JoinRequest, LeaveRequest};
-use tonic::transport::Endpoint;
 use tonic::{Request, Status};
 
 use crate::client::{ChatServerClient, BACKOFF_INITIAL, BACKOFF_MAX};
@@ -126,7 +125,7 @@ impl ChatServerClient {
                 None => ClientError::Unavailable("the cluster has no leader right now".into()),
                 Some(leader) => {
                     let remaining = deadline.saturating_sub(started.elapsed());
-                    match send(&leader, change, cluster_secret, remaining).await {
+                    match send(self, &leader, change, cluster_secret, remaining).await {
                         Ok(()) => return Ok(()),
                         Err(status) => {
                             ClientError::from_status(&status, operation, deadline, &leader)
@@ -149,14 +148,18 @@ impl ChatServerClient {
 
 /// Sends one membership change to `leader`, within `remaining`.
 async fn send(
+    client: &ChatServerClient,
     leader: &str,
     change: Change<'_>,
     cluster_secret: Option<&str>,
     remaining: Duration,
 ) -> Result<(), Status> {
     let exchange = async {
-        let channel = Endpoint::from_shared(format!("http://{leader}"))
-            .map_err(|e| Status::invalid_argument(format!("leader address {leader:?}: {e}")))?
+        let channel = client
+            .inner
+            .transport
+            .endpoint(leader, leader)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
             .connect()
             .await
             .map_err(|e| {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use jochat_proto::v1;
 
 use crate::error::ClientError;
-use crate::routing::{Inner, Server};
+use crate::routing::{names_tls, Inner, Server};
+use crate::tls::{TlsSettings, Transport};
 use crate::types::*;
 use crate::{hash_password, idempotency_key};
 
@@ -32,6 +33,7 @@ pub struct ChatServerClientBuilder {
     backoff_initial: Duration,
     backoff_max: Duration,
     discover: bool,
+    tls: TlsSettings,
 }
 
 impl Default for ChatServerClientBuilder {
@@ -43,12 +45,15 @@ impl Default for ChatServerClientBuilder {
             backoff_initial: BACKOFF_INITIAL,
             backoff_max: BACKOFF_MAX,
             discover: true,
+            tls: TlsSettings::default(),
         }
     }
 }
 
 impl ChatServerClientBuilder {
-    /// The servers, as `host:port` (an `http://` prefix is accepted).
+    /// The servers, as `host:port`, `http://host:port` or `https://host:port`. With
+    /// `https://` (or a [CA certificate](Self::ca_certificate)) every server is called over
+    /// TLS; the host is resolved at each connection.
     #[must_use]
     pub fn servers<I, S>(mut self, servers: I) -> Self
     where
@@ -91,14 +96,48 @@ impl ChatServerClientBuilder {
         self
     }
 
+    /// Calls the servers over TLS, trusting the CA certificates in `pem` (PEM, for example the
+    /// `ca.crt` of `jochat cert create-ca`) instead of the system's roots. Server addresses
+    /// may then be given with or without `https://`.
+    ///
+    /// ```
+    /// use jochat_client::{ChatServerClient, ClientError};
+    ///
+    /// let error = ChatServerClient::builder()
+    ///     .servers(["127.0.0.1:5001"])
+    ///     .ca_certificate("not a certificate")
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(matches!(error, ClientError::InvalidTls(_)), "{error}");
+    /// ```
+    #[must_use]
+    pub fn ca_certificate(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.tls.ca_pem = Some(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Presents a client certificate (PEM certificate and key) on every TLS connection, for
+    /// servers that ask for one (`jochat cert create-client`).
+    #[must_use]
+    pub fn client_identity(
+        mut self,
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Self {
+        self.tls.identity = Some((cert_pem.as_ref().to_vec(), key_pem.as_ref().to_vec()));
+        self
+    }
+
     /// The client. Nothing is connected yet: each server's connection is made on the first
     /// call that needs it, so `build` needs no Tokio runtime and succeeds while servers are
     /// down.
     ///
     /// # Errors
     /// [`ClientError::InvalidAddress`], naming the address, when the list is empty or an
-    /// address is not `host:port` (with an optional `http://` prefix; IPv6 hosts in brackets,
-    /// as in `[::1]:5001`).
+    /// address is not `host:port` (with an optional `http://` or `https://` prefix; IPv6 hosts
+    /// in brackets, as in `[::1]:5001`). [`ClientError::InvalidTls`] when the servers mix
+    /// `http://` and `https://`, name `http://` beside TLS settings, or a certificate or key
+    /// is not PEM.
     ///
     /// ```
     /// use jochat_client::{ChatServerClient, ClientError};
@@ -118,10 +157,25 @@ impl ChatServerClientBuilder {
                 reason: "no server given: at least one HOST:PORT is needed".into(),
             });
         }
+        let schemes: Vec<bool> = self.servers.iter().filter_map(|s| names_tls(s)).collect();
+        let https = schemes.contains(&true);
+        if https && schemes.contains(&false) {
+            return Err(ClientError::InvalidTls(
+                "servers: mix http:// and https://; one cluster is called one way".into(),
+            ));
+        }
+        if self.tls.any() && schemes.contains(&false) {
+            return Err(ClientError::InvalidTls(
+                "servers: an http:// server with a CA certificate or client identity; use \
+                 https:// (or HOST:PORT)"
+                    .into(),
+            ));
+        }
+        let transport = Transport::new(self.connect_timeout, https || self.tls.any(), &self.tls)?;
         let servers = self
             .servers
             .iter()
-            .map(|address| Server::new(address, self.connect_timeout).map(Arc::new))
+            .map(|address| Server::new(address, &transport).map(Arc::new))
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(ChatServerClient {
             inner: Arc::new(Inner {
@@ -131,7 +185,7 @@ impl ChatServerClientBuilder {
                 discover: self.discover,
                 discovered: AtomicBool::new(false),
                 deadline: self.deadline,
-                connect_timeout: self.connect_timeout,
+                transport,
                 backoff_initial: self.backoff_initial,
                 backoff_max: self.backoff_max,
             }),

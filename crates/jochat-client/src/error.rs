@@ -80,6 +80,10 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A TLS setting given to the builder cannot be used (a CA certificate or client
+    /// identity that is not PEM, or servers that mix `http://` and `https://`).
+    #[error("invalid TLS setting: {0}")]
+    InvalidTls(String),
     /// The server's reply broke the protocol, for example a required field was missing or an
     /// enum had an unknown value. Final: the server and client disagree about the API.
     #[error("invalid response from the server: {0}")]
@@ -112,7 +116,7 @@ impl ClientError {
             Self::Unavailable(_) => Some(Code::Unavailable),
             Self::DeadlineExceeded { .. } => Some(Code::DeadlineExceeded),
             Self::Server { code, .. } => Some(*code),
-            Self::InvalidAddress { .. } | Self::InvalidResponse(_) => None,
+            Self::InvalidAddress { .. } | Self::InvalidTls(_) | Self::InvalidResponse(_) => None,
         }
     }
 
@@ -149,6 +153,22 @@ impl ClientError {
                 deadline,
             },
             code => Self::Server { code, message },
+        }
+    }
+}
+
+impl ClientError {
+    /// A plaintext call that failed the way calls to a TLS server fail (the server's TLS
+    /// alert read as an HTTP/2 frame) says what to do about it.
+    pub(crate) fn with_plaintext_hint(self) -> Self {
+        match self {
+            Self::Unavailable(message) if message.contains("frame with invalid size") => {
+                Self::Unavailable(format!(
+                    "{message} (the server may serve TLS only: call it with https:// or a CA \
+                     certificate)"
+                ))
+            }
+            other => other,
         }
     }
 }

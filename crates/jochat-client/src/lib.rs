@@ -25,6 +25,8 @@
 //! - `routing`: the one call path every method takes: the servers known and the leader
 //!   believed, NOT-LEADER hints, moving on from a failed server, deadline, backoff with
 //!   jitter, learning the members.
+//! - `tls`: how servers are called: plaintext, or TLS with a CA and an optional client
+//!   certificate (`ca_certificate`, `client_identity` on the builder).
 //! - `admin`: membership changes (`add_member`, `remove_member`) through the leader.
 //! - `subscribe`: [`MessageStream`], the live stream that resumes on another server.
 //! - `types`: the values methods take and return ([`SessionToken`], [`Message`], queries...).
@@ -41,6 +43,7 @@ mod error;
 mod mock;
 mod routing;
 mod subscribe;
+mod tls;
 mod types;
 
 use sha2::{Digest, Sha256};

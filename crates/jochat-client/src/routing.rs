@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use jochat_proto::v1;
 use jochat_proto::v1::chat_client::ChatClient;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::Transport;
 use tonic::{Request, Response, Status};
 
 use crate::client::{ChatServerClient, REPLY_BYTES_MAX};
@@ -24,20 +26,36 @@ const HINTS_FOLLOWED_AT_ONCE: u32 = 2;
 /// The metadata key naming the leader's address on a NOT-LEADER answer.
 pub(crate) const LEADER_ADDRESS_HEADER: &str = "jochat-leader-addr";
 
-/// Checks a server address, `host:port` with an optional `http://` prefix, and returns it as
-/// `host:port`. Anything else (another scheme, a path, a missing or zero port) is refused here
-/// rather than failing on every call later.
+/// The scheme `raw` names: `Some(true)` for `https://`, `Some(false)` for `http://`, `None`
+/// for a bare `host:port`.
+pub(crate) fn names_tls(raw: &str) -> Option<bool> {
+    let trimmed = raw.trim();
+    if trimmed.starts_with("https://") {
+        Some(true)
+    } else if trimmed.starts_with("http://") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Checks a server address, `host:port` with an optional `http://` or `https://` prefix, and
+/// returns it as `host:port`. Anything else (another scheme, a path, a missing or zero port)
+/// is refused here rather than failing on every call later.
 pub(crate) fn parse_address(raw: &str) -> Result<String, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidAddress {
         address: raw.to_owned(),
         reason: reason.to_owned(),
     };
     let trimmed = raw.trim();
-    let without_scheme = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let without_scheme = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .unwrap_or(trimmed);
     let host_port = without_scheme.strip_suffix('/').unwrap_or(without_scheme);
     if host_port.contains("://") {
         return Err(invalid(
-            "only plain http:// servers are supported: expected HOST:PORT",
+            "only http:// and https:// servers are supported: expected HOST:PORT",
         ));
     }
     let (host, port) = host_port
@@ -70,7 +88,7 @@ pub(crate) fn parse_address(raw: &str) -> Result<String, ClientError> {
 pub(crate) struct Server {
     /// `host:port`, as checked by [`parse_address`].
     pub(crate) address: String,
-    /// How to reach it: its URI, the connect timeout, TCP options.
+    /// How to reach it: its URI, the connect timeout, TCP and TLS options.
     pub(crate) endpoint: Endpoint,
     /// The one HTTP/2 channel to it, shared by every clone of the client and made on first
     /// use. Making a channel spawns its connection task, which needs a Tokio runtime that
@@ -80,16 +98,11 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// A server at `address` (checked by [`parse_address`]); nothing is connected yet.
-    pub(crate) fn new(address: &str, connect_timeout: Duration) -> Result<Self, ClientError> {
+    /// A server at `address` (checked by [`parse_address`]), called as `transport` says;
+    /// nothing is connected yet.
+    pub(crate) fn new(address: &str, transport: &Transport) -> Result<Self, ClientError> {
         let host_port = parse_address(address)?;
-        let endpoint = Endpoint::from_shared(format!("http://{host_port}"))
-            .map_err(|e| ClientError::InvalidAddress {
-                address: address.to_owned(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true);
+        let endpoint = transport.endpoint(&host_port, address)?;
         Ok(Self {
             address: host_port,
             endpoint,
@@ -122,7 +135,8 @@ pub(crate) struct Inner {
     pub(crate) discovered: AtomicBool,
     /// The time one call may take, retries included.
     pub(crate) deadline: Duration,
-    pub(crate) connect_timeout: Duration,
+    /// How servers are called (plaintext or TLS, the connect timeout).
+    pub(crate) transport: Transport,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
 }
@@ -140,7 +154,7 @@ impl Inner {
         {
             return Some(Arc::clone(known));
         }
-        let server = Arc::new(Server::new(&address, self.connect_timeout).ok()?);
+        let server = Arc::new(Server::new(&address, &self.transport).ok()?);
         let mut servers = self
             .servers
             .write()
@@ -269,9 +283,11 @@ impl ChatServerClient {
             let server = client.inner.pick();
             let mut chat = ChatClient::new(server.channel());
             let mut request = Request::new(v1::ClusterInfoRequest {});
-            request.set_timeout(client.inner.connect_timeout);
-            let asked =
-                tokio::time::timeout(client.inner.connect_timeout, chat.cluster_info(request));
+            request.set_timeout(client.inner.transport.connect_timeout);
+            let asked = tokio::time::timeout(
+                client.inner.transport.connect_timeout,
+                chat.cluster_info(request),
+            );
             let info = match asked.await {
                 Ok(Ok(info)) => info.into_inner(),
                 Ok(Err(status)) => {
@@ -348,7 +364,10 @@ impl ChatServerClient {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
             };
-            let error = ClientError::from_status(&status, operation, deadline, &server.address);
+            let mut error = ClientError::from_status(&status, operation, deadline, &server.address);
+            if !self.inner.transport.is_tls() {
+                error = error.with_plaintext_hint();
+            }
             if !error.is_retryable() {
                 return Err(error);
             }

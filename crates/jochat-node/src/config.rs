@@ -192,10 +192,33 @@ pub struct NodeConfig {
         env = "JOCHAT_CLUSTER_SECRET_FILE"
     )]
     pub cluster_secret_file: Option<PathBuf>,
-    /// Serve on a non-loopback address without a cluster secret: anyone who reaches the port
-    /// can then call the internal Raft service. For closed test networks only.
+    /// Serve on a non-loopback address without TLS or a cluster secret: anyone who reaches
+    /// the port can then call the internal Raft service. For closed test networks only.
     #[arg(long, env = "JOCHAT_INSECURE")]
     pub insecure: bool,
+    /// This node's certificate (PEM, naming every host it is called by): with `--tls-key` and
+    /// `--tls-ca`, every service is served over TLS and peers are called over mutual TLS.
+    #[arg(
+        long = "tls-cert",
+        env = "JOCHAT_TLS_CERT",
+        requires_all = ["tls_key", "tls_ca"]
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(
+        long = "tls-key",
+        env = "JOCHAT_TLS_KEY",
+        requires_all = ["tls_cert", "tls_ca"]
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM): peers must present a node certificate it signed,
+    /// and a client certificate, when a client offers one, must be signed by it.
+    #[arg(
+        long = "tls-ca",
+        env = "JOCHAT_TLS_CA",
+        requires_all = ["tls_cert", "tls_key"]
+    )]
+    pub tls_ca: Option<PathBuf>,
     /// How hard commits are made durable.
     #[arg(
         long = "sync-mode",
@@ -339,6 +362,9 @@ impl Default for NodeConfig {
             cluster_secret: None,
             cluster_secret_file: None,
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             sync_mode: SyncMode::Full,
             session_ttl_secs: SESSION_TTL_SECS_DEFAULT,
             content_bytes_max: CONTENT_BYTES_MAX_DEFAULT,
@@ -455,15 +481,17 @@ impl NodeConfig {
                 rule,
             })?;
         }
+        let tls = self.tls_files()?;
         let has_secret = self.cluster_secret.is_some() || self.cluster_secret_file.is_some();
-        if !bound.ip().is_loopback() && !has_secret && !self.insecure {
+        if !bound.ip().is_loopback() && tls.is_none() && !has_secret && !self.insecure {
             return fail(
                 "host",
                 format!(
-                    "{bound} is reachable from other machines, and without a cluster secret \
-                     anyone who reaches it can call the internal Raft service (join, vote, \
-                     append): give --cluster-secret-file (or --cluster-secret), or add \
-                     --insecure to serve without one on a closed network"
+                    "{bound} is reachable from other machines, and without TLS or a cluster \
+                     secret anyone who reaches it can call the internal Raft service (join, \
+                     vote, append): give --tls-cert, --tls-key and --tls-ca (see `jochat \
+                     cert`), or --cluster-secret-file, or add --insecure to serve in plaintext \
+                     without either on a closed network"
                 ),
             );
         }
@@ -521,6 +549,34 @@ impl NodeConfig {
             });
         }
         Ok(bound.to_string())
+    }
+
+    /// The TLS files, when the node serves TLS (`--tls-cert`, `--tls-key`, `--tls-ca`).
+    ///
+    /// # Errors
+    /// `NodeError::Config` naming the missing flag when only some of the three are given.
+    pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, NodeError> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            (cert, key, _) => {
+                let missing = if cert.is_none() {
+                    "tls-cert"
+                } else if key.is_none() {
+                    "tls-key"
+                } else {
+                    "tls-ca"
+                };
+                Err(NodeError::Config {
+                    flag: missing,
+                    rule: "TLS needs all three of --tls-cert, --tls-key and --tls-ca".into(),
+                })
+            }
+        }
     }
 
     /// Reads `--cluster-secret-file` into the cluster secret (its first line, without the
@@ -729,7 +785,7 @@ mod tests {
     }
 
     #[test]
-    fn a_non_loopback_bind_needs_a_secret_or_insecure() {
+    fn a_non_loopback_bind_needs_tls_a_secret_or_insecure() {
         let open = NodeConfig {
             host: "0.0.0.0".into(),
             advertise_addr: Some("10.0.0.5:5001".into()),
@@ -738,6 +794,7 @@ mod tests {
         let error = open.validate().unwrap_err().to_string();
         assert!(
             error.starts_with("--host: ")
+                && error.contains("--tls-cert")
                 && error.contains("--cluster-secret-file")
                 && error.contains("--insecure"),
             "{error}"
@@ -749,11 +806,33 @@ mod tests {
         .validate()
         .expect("a cluster secret is enough");
         NodeConfig {
+            tls_cert: Some("node.crt".into()),
+            tls_key: Some("node.key".into()),
+            tls_ca: Some("ca.crt".into()),
+            ..open.clone()
+        }
+        .validate()
+        .expect("TLS is enough");
+        NodeConfig {
             insecure: true,
             ..open
         }
         .validate()
         .expect("--insecure is an explicit choice");
+    }
+
+    #[test]
+    fn tls_takes_all_three_files_or_none() {
+        let partial = NodeConfig {
+            tls_cert: Some("node.crt".into()),
+            tls_ca: Some("ca.crt".into()),
+            ..NodeConfig::default()
+        };
+        let error = partial.validate().unwrap_err().to_string();
+        assert!(error.starts_with("--tls-key: "), "{error}");
+        let parsed = NodeConfig::try_parse_from(["jochat-node", "--tls-cert", "node.crt"]);
+        assert!(parsed.is_err(), "clap refuses --tls-cert alone");
+        assert_eq!(NodeConfig::default().tls_files().unwrap(), None);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod subscription;
+pub mod tls;
 
 pub use config::NodeConfig;
 pub use error::NodeError;

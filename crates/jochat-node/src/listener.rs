@@ -5,6 +5,10 @@
 //! their clients time out and try another node) instead of each taking a task, buffers and a
 //! file descriptor. The cap counts clients and peers alike; peers connect once and keep their
 //! connections, so a flood of clients cannot take the places they already hold.
+//!
+//! With TLS, [`with_tls`] runs each connection's handshake on its own task (a slow or silent
+//! caller delays nobody else) and hands the server only connections whose handshake
+//! succeeded within [`HANDSHAKE_TIMEOUT`].
 
 use std::io;
 use std::pin::Pin;
@@ -15,8 +19,12 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::tls::{refused_certificate, NodeTls, HANDSHAKE_TIMEOUT};
 
 /// How long to wait before accepting again after `accept` failed (for example when the
 /// process is out of file descriptors), instead of spinning.
@@ -120,4 +128,84 @@ pub fn capped(
             Some((accepted, (listener, places, at_cap)))
         },
     )
+}
+
+/// How many connections past their handshake may wait for the server to take them.
+const HANDSHAKEN_WAITING_MAX: usize = 64;
+/// At most one warning about refused certificates this often; the others are counted into the
+/// next one (a client retrying with a wrong certificate would otherwise flood the log).
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Warnings about refused certificates, at most one per [`REFUSAL_WARNING_INTERVAL`].
+#[derive(Default)]
+struct RefusalWarnings {
+    /// When the last warning went out, and how many refusals were not warned of since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RefusalWarnings {
+    fn refused(&self, caller: Option<std::net::SocketAddr>, reason: &dyn std::fmt::Display) {
+        let mut state = self
+            .state
+            .lock()
+            .expect("the refusal warnings' lock is never held across a panic");
+        let (last, unreported) = &mut *state;
+        let now = std::time::Instant::now();
+        if last.is_some_and(|last| now.duration_since(last) < REFUSAL_WARNING_INTERVAL) {
+            *unreported += 1;
+            tracing::debug!(?caller, %reason, "refused a TLS connection");
+            return;
+        }
+        tracing::warn!(?caller, %reason, also_refused_since_last_warning = *unreported, "refused a TLS connection: its certificate is not one the cluster CA signed");
+        *last = Some(now);
+        *unreported = 0;
+    }
+}
+
+/// `connections` after a TLS handshake with `tls`'s current material. A handshake that fails
+/// or times out drops its connection (and frees its place); one refusing a certificate the
+/// cluster CA did not sign is logged as a warning with the caller's address.
+pub fn with_tls(
+    connections: impl Stream<Item = io::Result<CappedConnection>> + Send + 'static,
+    tls: Arc<NodeTls>,
+) -> ReceiverStream<io::Result<TlsStream<CappedConnection>>> {
+    let (ready, taken) = mpsc::channel(HANDSHAKEN_WAITING_MAX);
+    let warnings = Arc::new(RefusalWarnings::default());
+    tokio::spawn(async move {
+        let mut connections = std::pin::pin!(connections);
+        loop {
+            let next = tokio::select! {
+                next = futures::StreamExt::next(&mut connections) => next,
+                // The server stopped taking connections: stop accepting.
+                () = ready.closed() => return,
+            };
+            let connection = match next {
+                None => return,
+                Some(Err(error)) => {
+                    if ready.send(Err(error)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Ok(connection)) => connection,
+            };
+            let caller = connection.stream.peer_addr().ok();
+            let acceptor = tls.acceptor();
+            let ready = ready.clone();
+            let warnings = Arc::clone(&warnings);
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(connection)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = ready.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => match refused_certificate(&error) {
+                        Some(reason) => warnings.refused(caller, reason),
+                        None => tracing::debug!(?caller, %error, "TLS handshake failed"),
+                    },
+                    Err(_) => tracing::debug!(?caller, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(taken)
 }

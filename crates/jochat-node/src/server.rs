@@ -16,13 +16,15 @@ use tracing::Instrument;
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::listener::capped;
+use crate::listener::{capped, with_tls};
 use crate::node::Node;
 use crate::raft::faults::Faults;
+use crate::raft::network::PeerDialer;
 use crate::raft::RAFT_MESSAGE_BYTES_MAX;
 use crate::service::chat::ChatApi;
 use crate::service::legacy::LegacyApi;
 use crate::service::raft::RaftApi;
+use crate::tls::NodeTls;
 use jochat_proto::internal::v1::raft_server::RaftServer;
 
 /// How long a one-node cluster may take to elect itself at start-up.
@@ -59,11 +61,16 @@ pub async fn serve_with(
     config.load_cluster_secret_file()?;
     config.validate()?;
     let address = config.advertised_address(listener.local_addr()?)?;
-    let node = Arc::new(Node::start(config.clone(), address.clone(), faults).await?);
+    let tls = match config.tls_files()? {
+        Some(files) => Some(Arc::new(NodeTls::load(files)?)),
+        None => None,
+    };
+    let dialer = PeerDialer::new(config.cluster_secret.as_deref(), tls.clone());
+    let node = Arc::new(Node::start(config.clone(), address.clone(), dialer, faults).await?);
     let span = tracing::info_span!("node", node_id = node.id());
     // Every log line of the node's life carries its id; `instrument` (not `enter`) keeps the
     // span attached to this future only, across its awaits.
-    run(config, listener, address, node, shutdown)
+    run(config, listener, address, node, tls, shutdown)
         .instrument(span)
         .await
 }
@@ -73,6 +80,7 @@ async fn run(
     listener: TcpListener,
     address: String,
     node: Arc<Node>,
+    tls: Option<Arc<NodeTls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -87,6 +95,7 @@ async fn run(
         node.raft().clone(),
         node.leader_contact().clone(),
         config.cluster_secret.as_deref(),
+        tls.is_some(),
     ))
     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     let chat = ChatServer::new(ChatApi::new(Arc::clone(&node)))
@@ -97,28 +106,66 @@ async fn run(
     node.wait_for_sole_leadership(SOLE_LEADER_WAIT).await?;
     // `address=` (what peers and clients call) comes first: `jochat_process` reads it.
     let listen = listener.local_addr()?;
-    tracing::info!(%address, %listen, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
-    let served = Server::builder()
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%address, %listen, scheme, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
+    let router = Server::builder()
         .concurrency_limit_per_connection(config.connection_requests_max)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(chat)
         .add_service(legacy)
-        .add_service(raft)
-        .serve_with_incoming_shutdown(capped(listener, config.connections_max), {
-            let node = Arc::clone(&node);
-            async move {
-                shutdown.await;
-                // Subscriptions never finish by themselves: end them so the server drains.
-                node.begin_shutdown();
-            }
-        })
-        .await;
+        .add_service(raft);
+    let shutdown = {
+        let node = Arc::clone(&node);
+        async move {
+            shutdown.await;
+            // Subscriptions never finish by themselves: end them so the server drains.
+            node.begin_shutdown();
+        }
+    };
+    let connections = capped(listener, config.connections_max);
+    let served = match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(connections, shutdown)
+                .await
+        }
+        Some(tls) => {
+            let reloads = tokio::spawn(reload_on_hangup(Arc::clone(&tls)));
+            let served = router
+                .serve_with_incoming_shutdown(with_tls(connections, tls), shutdown)
+                .await;
+            reloads.abort();
+            served
+        }
+    };
     tracing::info!("stopped accepting requests; committing what was accepted");
     node.close().await;
     tracing::info!("database closed");
     served.map_err(NodeError::from)
+}
+
+/// Reads the TLS files again on every SIGHUP, so renewed certificates are used for new
+/// connections without a restart. A failed reload is logged and the certificates in use stay.
+async fn reload_on_hangup(tls: Arc<NodeTls>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: TLS files are read at start only");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => {
+                tracing::info!(cert = %tls.files().cert.display(), "SIGHUP: reloaded the TLS certificates")
+            }
+            Err(error) => {
+                tracing::error!(%error, "SIGHUP: the TLS files do not load; still using the previous ones");
+            }
+        }
+    }
 }
 
 /// A node running as a task of the current runtime. Dropping it asks it to stop without

@@ -12,7 +12,7 @@ use jochat_core::types::{SessionToken, UserId, Username};
 use jochat_core::{Action, Command, Outcome};
 use jochat_node::raft::election::LeaderContact;
 use jochat_node::raft::faults::Faults;
-use jochat_node::raft::network::{NetworkFactory, CLUSTER_SECRET_HEADER};
+use jochat_node::raft::network::{NetworkFactory, PeerDialer, CLUSTER_SECRET_HEADER};
 use jochat_node::raft::{storage, Applied, Batch, TypeConfig};
 use jochat_node::service::raft::RaftApi;
 use jochat_node::store::{SqliteChat, SyncMode};
@@ -54,13 +54,18 @@ async fn start(id: u64, dir: &std::path::Path, secret: Option<&str>) -> TestNode
     let raft = Raft::new(
         id,
         Arc::new(config.validate().unwrap()),
-        NetworkFactory::new(id, secret, Faults::none()),
+        NetworkFactory::new(id, PeerDialer::new(secret, None), Faults::none()),
         log,
         state_machine,
     )
     .await
     .unwrap();
-    let service = RaftServer::new(RaftApi::new(raft.clone(), LeaderContact::new(), secret));
+    let service = RaftServer::new(RaftApi::new(
+        raft.clone(),
+        LeaderContact::new(),
+        secret,
+        false,
+    ));
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(service)

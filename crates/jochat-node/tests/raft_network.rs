@@ -128,7 +128,7 @@ fn chunk(offset: u64, data: Vec<u8>, done: bool) -> InstallSnapshotRequest<TypeC
 
 /// Sends three chunks (the bytes 0..=255, split 100/100/56) to a peer at `address`.
 async fn send_three_chunks(address: &str) -> Vec<u8> {
-    let mut client = NetworkFactory::new(1, None, Faults::none())
+    let mut client = NetworkFactory::new(1, Default::default(), Faults::none())
         .new_client(2, &BasicNode::new(address))
         .await;
     let bytes: Vec<u8> = (0..=255).collect();

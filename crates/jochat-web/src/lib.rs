@@ -26,6 +26,7 @@
 //!   and the live event stream (Server-Sent Events).
 //! - `assets/`: the page itself (`index.html`, `app.js`, `style.css`, `icon.svg`), plain files
 //!   with no build step, embedded with `include_str!`.
+//! - `tls`: [`serve_tls`], the gateway serving HTTPS itself ([`WebTls`]).
 //! - this file: [`router`] with the security checks (`guard`), [`serve`], and
 //!   [`message_json`], the JSON shape of a message that the API serves and `jochat --json`
 //!   prints.
@@ -34,6 +35,7 @@
 #![warn(missing_docs)]
 
 mod api;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,6 +51,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 pub use api::{ApiError, SESSION_COOKIE};
+pub use tls::{serve_tls, WebTls};
 
 /// The largest request body accepted, in bytes (a message of the default 64 KiB limit fits even
 /// with every character escaped in JSON).
@@ -74,6 +77,9 @@ pub struct WebOptions {
     /// The origin browsers see, as `scheme://host[:port]` (`--public-origin`), when the page
     /// is served through a proxy: API calls must come from exactly this origin.
     pub public_origin: Option<PublicOrigin>,
+    /// Whether the gateway itself serves HTTPS ([`serve_tls`] sets it): without a public
+    /// origin, the page's origin is then `https://` and its host.
+    pub serves_https: bool,
 }
 
 impl WebOptions {
@@ -81,15 +87,18 @@ impl WebOptions {
     pub fn with_public_origin(public_origin: PublicOrigin) -> Self {
         Self {
             public_origin: Some(public_origin),
+            serves_https: false,
         }
     }
 
     /// Whether session cookies carry `Secure` (sent over HTTPS only): whenever browsers see
     /// the page over HTTPS.
     pub fn secure_cookies(&self) -> bool {
-        self.public_origin
-            .as_ref()
-            .is_some_and(PublicOrigin::is_https)
+        self.serves_https
+            || self
+                .public_origin
+                .as_ref()
+                .is_some_and(PublicOrigin::is_https)
     }
 }
 
@@ -227,11 +236,7 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 async fn guard(State(options): State<Arc<WebOptions>>, request: Request, next: Next) -> Response {
     // The page itself may be opened from anywhere (a link, a bookmark); only the API checks.
     let refusal = if request.uri().path().starts_with("/api/") {
-        cross_site_refusal(
-            request.method(),
-            request.headers(),
-            options.public_origin.as_ref(),
-        )
+        cross_site_refusal(request.method(), request.headers(), &options)
     } else {
         None
     };
@@ -268,12 +273,12 @@ async fn guard(State(options): State<Arc<WebOptions>>, request: Request, next: N
 
 /// Why an API request must not run, if it must not: no API call may come from another site,
 /// and any method but GET and HEAD needs the request header. The page's own origin is
-/// `public_origin` when one is given (behind a proxy), else `http://` or `https://` and the
-/// request's `Host`.
+/// the public origin when one is given (behind a proxy), else `https://` (or, unless the
+/// gateway serves HTTPS itself, `http://`) and the request's `Host`.
 fn cross_site_refusal(
     method: &Method,
     headers: &HeaderMap,
-    public_origin: Option<&PublicOrigin>,
+    options: &WebOptions,
 ) -> Option<ApiError> {
     if let Some(site) = headers.get("sec-fetch-site") {
         // `none` is the user typing the address; `same-origin` is the page itself.
@@ -283,16 +288,20 @@ fn cross_site_refusal(
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().ok().map(str::to_ascii_lowercase);
-        let same = match public_origin {
+        let same = match &options.public_origin {
             Some(public) => origin.as_deref() == Some(public.as_str()),
             None => {
                 let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                // Served over plain HTTP, a TLS-terminating proxy that keeps the Host header
+                // makes the origin https:// too; served over HTTPS, only https:// is ours.
                 origin
                     .as_deref()
                     .and_then(|origin| {
-                        origin
-                            .strip_prefix("http://")
-                            .or_else(|| origin.strip_prefix("https://"))
+                        origin.strip_prefix("https://").or_else(|| {
+                            (!options.serves_https)
+                                .then(|| origin.strip_prefix("http://"))
+                                .flatten()
+                        })
                     })
                     .is_some_and(|origin_host| {
                         host.is_some_and(|host| host.eq_ignore_ascii_case(origin_host))
@@ -336,23 +345,24 @@ mod tests {
 
     #[test]
     fn reads_from_the_page_or_the_address_bar_pass() {
-        assert!(cross_site_refusal(&Method::GET, &headers(&[]), None).is_none());
+        assert!(cross_site_refusal(&Method::GET, &headers(&[]), &WebOptions::default()).is_none());
         let page = headers(&[
             ("sec-fetch-site", "same-origin"),
             ("host", "127.0.0.1:8080"),
             ("origin", "http://127.0.0.1:8080"),
         ]);
-        assert!(cross_site_refusal(&Method::GET, &page, None).is_none());
+        assert!(cross_site_refusal(&Method::GET, &page, &WebOptions::default()).is_none());
     }
 
     #[test]
     fn writes_need_the_header() {
-        let refused = cross_site_refusal(&Method::POST, &headers(&[]), None).expect("refused");
+        let refused = cross_site_refusal(&Method::POST, &headers(&[]), &WebOptions::default())
+            .expect("refused");
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
         let allowed = headers(&[("x-jochat-request", "1"), ("host", "a:1")]);
-        assert!(cross_site_refusal(&Method::POST, &allowed, None).is_none());
+        assert!(cross_site_refusal(&Method::POST, &allowed, &WebOptions::default()).is_none());
         let wrong = headers(&[("x-jochat-request", "yes")]);
-        assert!(cross_site_refusal(&Method::POST, &wrong, None).is_some());
+        assert!(cross_site_refusal(&Method::POST, &wrong, &WebOptions::default()).is_some());
     }
 
     #[test]
@@ -374,12 +384,13 @@ mod tests {
                 ("host", "127.0.0.1:8080"),
             ],
         ] {
-            let refused = cross_site_refusal(&Method::POST, &headers(&pairs), None);
+            let refused =
+                cross_site_refusal(&Method::POST, &headers(&pairs), &WebOptions::default());
             assert!(refused.is_some(), "{pairs:?}");
         }
         // Reads from another site are refused too (no data leaks into a cross-site fetch).
         let read = headers(&[("sec-fetch-site", "cross-site")]);
-        assert!(cross_site_refusal(&Method::GET, &read, None).is_some());
+        assert!(cross_site_refusal(&Method::GET, &read, &WebOptions::default()).is_some());
     }
 
     #[test]
@@ -392,20 +403,30 @@ mod tests {
             ("host", "127.0.0.1:8080"),
             ("origin", "https://chat.example.com"),
         ]);
-        assert!(cross_site_refusal(&Method::POST, &through_proxy, Some(&public)).is_none());
+        assert!(cross_site_refusal(
+            &Method::POST,
+            &through_proxy,
+            &WebOptions::with_public_origin(public.clone())
+        )
+        .is_none());
         let other = headers(&[
             ("x-jochat-request", "1"),
             ("host", "127.0.0.1:8080"),
             ("origin", "http://127.0.0.1:8080"),
         ]);
-        assert!(cross_site_refusal(&Method::POST, &other, Some(&public)).is_some());
+        assert!(cross_site_refusal(
+            &Method::POST,
+            &other,
+            &WebOptions::with_public_origin(public.clone())
+        )
+        .is_some());
         // Without a public origin, a proxy that keeps the Host header works over https too.
         let same_host = headers(&[
             ("x-jochat-request", "1"),
             ("host", "chat.example.com"),
             ("origin", "https://chat.example.com"),
         ]);
-        assert!(cross_site_refusal(&Method::POST, &same_host, None).is_none());
+        assert!(cross_site_refusal(&Method::POST, &same_host, &WebOptions::default()).is_none());
         assert!(WebOptions::with_public_origin(public).secure_cookies());
         assert!(!WebOptions::default().secure_cookies());
         for bad in [

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use jochat_client::ChatServerClientBuilder;
 use jochat_client::{ChatServerClient, InboxQuery, SessionToken};
 use jochat_process::NodeProcess;
 use serde_json::json;
@@ -51,8 +52,13 @@ async fn current_leader(client: &ChatServerClient, nodes: &[NodeProcess]) -> any
 }
 
 /// Waits until the node at `address` follows a leader and has applied `index`.
-async fn caught_up(address: &str, index: u64) -> anyhow::Result<()> {
-    let node = ChatServerClient::builder()
+async fn caught_up(
+    builder: &ChatServerClientBuilder,
+    address: &str,
+    index: u64,
+) -> anyhow::Result<()> {
+    let node = builder
+        .clone()
         .servers([address.to_owned()])
         .discover_members(false)
         .build()?;
@@ -107,8 +113,9 @@ pub async fn failover(args: &BenchArgs, failover: &FailoverArgs) -> anyhow::Resu
     };
     let binary = node_binary(args.node_binary.as_deref())?;
     let dir = tempfile::Builder::new().prefix("jochat-bench-").tempdir()?;
-    let mut nodes = start_local(count, dir.path(), &binary).await?;
-    let client = ChatServerClient::builder()
+    let (mut nodes, builder) = start_local(count, dir.path(), &binary, args.tls).await?;
+    let client = builder
+        .clone()
         .servers(nodes.iter().map(|n| n.address().to_owned()))
         .build()?;
     let writers = usize::try_from(failover.writers).unwrap_or(1);
@@ -208,7 +215,7 @@ pub async fn failover(args: &BenchArgs, failover: &FailoverArgs) -> anyhow::Resu
         node.restart()?;
         let address = node.address().to_owned();
         let index = client.cluster_info().await?.commit_index;
-        caught_up(&address, index).await?;
+        caught_up(&builder, &address, index).await?;
         bar.inc(1);
     }
     bar.finish_and_clear();

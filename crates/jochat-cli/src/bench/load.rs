@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use jochat_client::ChatServerClientBuilder;
 use jochat_client::{
     AccountQuery, ChatServerClient, ClientError, InboxQuery, MessageStream, SessionToken,
 };
@@ -223,25 +224,27 @@ async fn call(
 ///
 /// # Errors
 /// The local cluster cannot start, or the setup fails.
-pub async fn run(args: &BenchArgs, servers: Vec<String>) -> anyhow::Result<Output> {
+pub async fn run(
+    args: &BenchArgs,
+    servers: Vec<String>,
+    builder: ChatServerClientBuilder,
+) -> anyhow::Result<Output> {
     // 1. The cluster: given, or started here.
     // The folder outlives the nodes: `local` is dropped (the processes killed) explicitly
     // once their memory is read, the folder only at the end.
-    let (local, _dir) = match args.local {
+    let (local, builder, _dir) = match args.local {
         Some(count) => {
             let binary = node_binary(args.node_binary.as_deref())?;
             let dir = tempfile::Builder::new().prefix("jochat-bench-").tempdir()?;
-            (
-                Some(start_local(count, dir.path(), &binary).await?),
-                Some(dir),
-            )
+            let (nodes, builder) = start_local(count, dir.path(), &binary, args.tls).await?;
+            (Some(nodes), builder, Some(dir))
         }
-        None => (None, None),
+        None => (None, builder, None),
     };
     let servers = local.as_ref().map_or(servers, |nodes| {
         nodes.iter().map(|n| n.address().to_owned()).collect()
     });
-    let client = ChatServerClient::builder().servers(servers).build()?;
+    let client = builder.servers(servers).build()?;
 
     // 2. The accounts and sessions (one per slot; login's slots log in again and again, and
     //    each log-in replaces the slot's session, which only login uses).

@@ -9,6 +9,7 @@ use openraft::BasicNode;
 use super::Node;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::raft::network::PeerDialer;
 use crate::raft::TypeConfig;
 
 /// A member of the cluster as this node sees it.
@@ -50,12 +51,10 @@ const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis
 
 /// The leader the node at `address` knows of, as (id, address), if it answers within half a
 /// second (its ClusterInfo).
-pub async fn leader_seen_by(address: &str) -> Option<(u64, String)> {
+pub async fn leader_seen_by(dialer: &PeerDialer, address: &str) -> Option<(u64, String)> {
     let probe = async {
-        let mut client =
-            jochat_proto::v1::chat_client::ChatClient::connect(format!("http://{address}"))
-                .await
-                .ok()?;
+        let channel = dialer.endpoint(address).ok()?.connect().await.ok()?;
+        let mut client = jochat_proto::v1::chat_client::ChatClient::new(channel);
         let info = client
             .cluster_info(jochat_proto::v1::ClusterInfoRequest {})
             .await
@@ -71,9 +70,9 @@ pub async fn leader_seen_by(address: &str) -> Option<(u64, String)> {
 
 /// Whether any of `config`'s peers answers that it knows a leader (then a cluster exists and
 /// this node must not start another).
-async fn any_peer_knows_a_leader(config: &NodeConfig) -> bool {
+async fn any_peer_knows_a_leader(config: &NodeConfig, dialer: &PeerDialer) -> bool {
     for peer in &config.peers {
-        if leader_seen_by(&peer.address).await.is_some() {
+        if leader_seen_by(dialer, &peer.address).await.is_some() {
             tracing::info!(peer = peer.id, "a peer knows a leader: not bootstrapping");
             return true;
         }
@@ -88,7 +87,12 @@ const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Asks the cluster's leader, found through `config`'s peers, to add this node, until the
 /// node is a voter. Runs in the background from start-up.
-async fn join_cluster(config: NodeConfig, address: String, raft: openraft::Raft<TypeConfig>) {
+async fn join_cluster(
+    config: NodeConfig,
+    address: String,
+    dialer: PeerDialer,
+    raft: openraft::Raft<TypeConfig>,
+) {
     let me = config.server_id;
     loop {
         let is_voter = raft
@@ -103,10 +107,11 @@ async fn join_cluster(config: NodeConfig, address: String, raft: openraft::Raft<
             return;
         }
         for peer in &config.peers {
-            let Some((leader_id, leader_address)) = leader_seen_by(&peer.address).await else {
+            let Some((leader_id, leader_address)) = leader_seen_by(&dialer, &peer.address).await
+            else {
                 continue;
             };
-            match ask_to_join(&config, &address, &leader_address).await {
+            match ask_to_join(&config, &address, &dialer, &leader_address).await {
                 Ok(()) => {
                     tracing::info!(leader_id, "joined the cluster");
                     break;
@@ -121,26 +126,22 @@ async fn join_cluster(config: NodeConfig, address: String, raft: openraft::Raft<
 async fn ask_to_join(
     config: &NodeConfig,
     address: &str,
+    dialer: &PeerDialer,
     leader_address: &str,
 ) -> Result<(), tonic::Status> {
-    let mut client = jochat_proto::internal::v1::raft_client::RaftClient::connect(format!(
-        "http://{leader_address}"
-    ))
-    .await
-    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let channel = dialer
+        .endpoint(leader_address)
+        .map_err(tonic::Status::invalid_argument)?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = jochat_proto::internal::v1::raft_client::RaftClient::new(channel);
     let mut request = tonic::Request::new(jochat_proto::internal::v1::JoinRequest {
         node_id: config.server_id,
         address: address.to_owned(),
     });
     request.set_timeout(JOIN_TIMEOUT);
-    if let Some(secret) = &config.cluster_secret {
-        let value = secret.parse().map_err(|_| {
-            tonic::Status::invalid_argument("the cluster secret is not valid metadata")
-        })?;
-        request
-            .metadata_mut()
-            .insert(crate::raft::network::CLUSTER_SECRET_HEADER, value);
-    }
+    dialer.authorize(&mut request)?;
     client.join(request).await.map(drop)
 }
 
@@ -154,6 +155,7 @@ async fn ask_to_join(
 pub(super) async fn bootstrap_or_join(
     config: &NodeConfig,
     address: &str,
+    dialer: &PeerDialer,
     raft: &openraft::Raft<TypeConfig>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
     let initialized = raft
@@ -164,7 +166,7 @@ pub(super) async fn bootstrap_or_join(
         return Ok(None);
     }
     let lowest = config.peers.iter().all(|peer| config.server_id < peer.id);
-    if lowest && !any_peer_knows_a_leader(config).await {
+    if lowest && !any_peer_knows_a_leader(config, dialer).await {
         let mut members = BTreeMap::from([(config.server_id, BasicNode::new(address))]);
         for peer in &config.peers {
             members.insert(peer.id, BasicNode::new(peer.address.clone()));
@@ -180,6 +182,7 @@ pub(super) async fn bootstrap_or_join(
     Ok(Some(tokio::spawn(join_cluster(
         config.clone(),
         address.to_owned(),
+        dialer.clone(),
         raft.clone(),
     ))))
 }

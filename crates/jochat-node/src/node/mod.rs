@@ -33,7 +33,7 @@ use crate::events::Events;
 use crate::proposer::Proposer;
 use crate::raft::election::{self, ElectionSettings, LeaderContact};
 use crate::raft::faults::Faults;
-use crate::raft::network::NetworkFactory;
+use crate::raft::network::{NetworkFactory, PeerDialer};
 use crate::raft::{self, TypeConfig};
 use crate::reads::ReadRounds;
 use crate::store::{Database, SqliteChat};
@@ -137,6 +137,7 @@ impl Node {
     pub async fn start(
         config: NodeConfig,
         address: String,
+        dialer: PeerDialer,
         faults: Faults,
     ) -> Result<Self, NodeError> {
         // Raft's storage opens (and migrates) the file first; the read pool then joins it.
@@ -166,17 +167,13 @@ impl Node {
         let raft = openraft::Raft::new(
             config.server_id,
             Arc::new(config.raft_config()?),
-            NetworkFactory::new(
-                config.server_id,
-                config.cluster_secret.as_deref(),
-                faults.clone(),
-            ),
+            NetworkFactory::new(config.server_id, dialer.clone(), faults.clone()),
             log,
             state_machine,
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let joining = cluster::bootstrap_or_join(&config, &address, &raft).await?;
+        let joining = cluster::bootstrap_or_join(&config, &address, &dialer, &raft).await?;
         let limiter = LoginLimiter::new(
             config.login_failures_max,
             std::time::Duration::from_secs(config.login_lockout_secs),
@@ -189,7 +186,7 @@ impl Node {
                 id: config.server_id,
                 election_timeout_ms: config.election_timeout_ms,
                 heartbeat_ms: config.heartbeat_ms,
-                secret: config.cluster_secret.clone(),
+                dialer,
                 faults,
             },
         ));

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 
 use super::faults::Faults;
-use super::network::probe;
+use super::network::{probe, PeerDialer};
 use super::TypeConfig;
 
 /// When this node last heard a leader, and when its election clock last restarted. Cheap to
@@ -126,8 +126,8 @@ pub struct ElectionSettings {
     pub election_timeout_ms: u64,
     /// `--heartbeat-ms`: how often the timer looks, at most every half heartbeat.
     pub heartbeat_ms: u64,
-    /// The cluster secret, for the probes.
-    pub secret: Option<String>,
+    /// How the probes reach the peers.
+    pub dialer: PeerDialer,
     /// The fault layer, for the probes.
     pub faults: Faults,
 }
@@ -157,7 +157,7 @@ async fn pre_check(
             settings.id,
             *target,
             address,
-            settings.secret.as_deref(),
+            &settings.dialer,
             &settings.faults,
             deadline,
         )

@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status};
 
 use super::faults::{Fault, Faults};
 use super::TypeConfig;
+use crate::tls::NodeTls;
 
 /// The metadata key carrying the cluster secret on internal calls.
 pub const CLUSTER_SECRET_HEADER: &str = "jochat-cluster-secret";
@@ -38,50 +39,80 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 type NodeId = u64;
 
+/// How this node calls its peers: over TLS with its node certificate when the node has TLS,
+/// and with the cluster secret in metadata when it has one. Cheap to clone.
+#[derive(Clone, Default, Debug)]
+pub struct PeerDialer {
+    secret: Option<Arc<str>>,
+    tls: Option<Arc<NodeTls>>,
+}
+
+impl PeerDialer {
+    /// Calls that carry `secret` (if any) and go over `tls` (if any).
+    pub fn new(secret: Option<&str>, tls: Option<Arc<NodeTls>>) -> Self {
+        Self {
+            secret: secret.map(Arc::from),
+            tls,
+        }
+    }
+
+    /// The endpoint of the node at `address` (`host:port`; the host is resolved at each
+    /// connection, so a peer that moves to a new address is found again).
+    ///
+    /// # Errors
+    /// Why `address` cannot be called.
+    pub fn endpoint(&self, address: &str) -> Result<Endpoint, String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| format!("unusable address {address:?}: {e}"))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        match &self.tls {
+            None => Ok(endpoint),
+            Some(tls) => endpoint
+                .tls_config(tls.peer_config())
+                .map_err(|e| format!("TLS for {address:?}: {e}")),
+        }
+    }
+
+    /// Puts the cluster secret, if any, on `request`.
+    ///
+    /// # Errors
+    /// The secret cannot travel as metadata.
+    pub fn authorize<T>(&self, request: &mut Request<T>) -> Result<(), Status> {
+        if let Some(secret) = &self.secret {
+            let value = secret.parse().map_err(|_| {
+                Status::invalid_argument("the cluster secret is not valid metadata")
+            })?;
+            request.metadata_mut().insert(CLUSTER_SECRET_HEADER, value);
+        }
+        Ok(())
+    }
+}
+
 /// Makes the clients openraft uses to reach each peer.
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     /// This node's id: the sender, for the fault layer.
     id: NodeId,
-    /// Sent on every call when set.
-    secret: Option<Arc<str>>,
+    dialer: PeerDialer,
     faults: Faults,
 }
 
 impl NetworkFactory {
-    /// A factory for node `id` whose clients send `secret` (if any) on every call and obey
-    /// `faults`.
-    pub fn new(id: NodeId, secret: Option<&str>, faults: Faults) -> Self {
-        Self {
-            id,
-            secret: secret.map(Arc::from),
-            faults,
-        }
+    /// A factory for node `id` whose clients call through `dialer` and obey `faults`.
+    pub fn new(id: NodeId, dialer: PeerDialer, faults: Faults) -> Self {
+        Self { id, dialer, faults }
     }
 }
 
 /// A lazy channel to `address`: no connection is made until the first call, and a peer that
 /// is down now is retried by the channel later.
-fn peer_channel(target: NodeId, address: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{address}"))
-        .map(|endpoint| {
-            endpoint
-                .connect_timeout(PEER_CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_lazy()
-        })
-        .map_err(|e| format!("peer {target} has an unusable address {address:?}: {e}"))
-}
-
-/// Puts the cluster secret, if any, on `request`.
-fn with_secret<T>(request: &mut Request<T>, secret: Option<&str>) -> Result<(), String> {
-    if let Some(secret) = secret {
-        let value = secret
-            .parse()
-            .map_err(|_| "the cluster secret is not valid metadata".to_owned())?;
-        request.metadata_mut().insert(CLUSTER_SECRET_HEADER, value);
-    }
-    Ok(())
+fn peer_channel(dialer: &PeerDialer, target: NodeId, address: &str) -> Result<Channel, String> {
+    dialer
+        .endpoint(address)
+        .map(|endpoint| endpoint.connect_lazy())
+        .map_err(|e| format!("peer {target}: {e}"))
 }
 
 /// Asks node `target` at `address` whether it hears a live leader (the election pre-check),
@@ -90,7 +121,7 @@ pub async fn probe(
     from: NodeId,
     target: NodeId,
     address: &str,
-    secret: Option<&str>,
+    dialer: &PeerDialer,
     faults: &Faults,
     deadline: Duration,
 ) -> Option<ProbeReply> {
@@ -100,10 +131,10 @@ pub async fn probe(
             Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
             None => {}
         }
-        let channel = peer_channel(target, address).ok()?;
+        let channel = peer_channel(dialer, target, address).ok()?;
         let mut request = Request::new(ProbeRequest { node_id: from });
         request.set_timeout(deadline);
-        with_secret(&mut request, secret).ok()?;
+        dialer.authorize(&mut request).ok()?;
         RaftClient::new(channel)
             .probe(request)
             .await
@@ -120,8 +151,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerClient {
             from: self.id,
             target,
-            channel: peer_channel(target, &node.addr),
-            secret: self.secret.clone(),
+            channel: peer_channel(&self.dialer, target, &node.addr),
+            dialer: self.dialer.clone(),
             faults: self.faults.clone(),
             chunk_form: Arc::new(AtomicU8::new(CHUNKS_UNKNOWN)),
         }
@@ -134,7 +165,7 @@ pub struct PeerClient {
     target: NodeId,
     /// The peer's channel, or why it has none.
     channel: Result<Channel, String>,
-    secret: Option<Arc<str>>,
+    dialer: PeerDialer,
     faults: Faults,
     /// How the peer takes snapshot chunks: [`CHUNKS_UNKNOWN`] until its first answer, then
     /// [`CHUNKS_RAW`] (`InstallSnapshotChunk`) or [`CHUNKS_JSON`] (it answered that call
@@ -216,7 +247,9 @@ impl PeerClient {
         let deadline = option.hard_ttl();
         let mut request = Request::new(RaftPayload { json, data });
         request.set_timeout(deadline);
-        with_secret(&mut request, self.secret.as_deref()).map_err(unreachable)?;
+        self.dialer
+            .authorize(&mut request)
+            .map_err(|status| unreachable(status.message().to_owned()))?;
         let client =
             RaftClient::new(channel).max_decoding_message_size(super::RAFT_MESSAGE_BYTES_MAX);
         let fault = self.faults.between(self.from, self.target);

@@ -1,6 +1,7 @@
 //! `jochat.internal.v1.Raft`: the peer side of openraft's network. Each handler decodes
 //! openraft's request, hands it to the local `Raft`, and encodes its result. When the cluster
-//! has a secret, calls without it are refused and logged with the caller's address.
+//! has a secret, calls without it are refused and logged with the caller's address; when the
+//! node serves TLS, calls from a caller without a cluster node certificate are refused too.
 
 use jochat_proto::internal::v1::raft_server::Raft as RaftService;
 use jochat_proto::internal::v1::{
@@ -18,6 +19,7 @@ use crate::error::NodeError;
 use crate::raft::election::LeaderContact;
 use crate::raft::network::CLUSTER_SECRET_HEADER;
 use crate::raft::TypeConfig;
+use crate::tls::is_cluster_member;
 
 /// How long a join of a node that is already a voter waits for that membership to commit.
 const MEMBERSHIP_SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -30,26 +32,49 @@ pub struct RaftApi {
     contact: LeaderContact,
     /// SHA-256 of the cluster secret, if there is one.
     secret_digest: Option<[u8; 32]>,
+    /// Whether callers must present a node certificate (the node serves TLS).
+    member_certificate_required: bool,
 }
 
 impl RaftApi {
-    /// The service for `raft`, requiring `secret` on every call when given, recording leader
-    /// contact in `contact`.
+    /// The service for `raft`, requiring `secret` on every call when given and a cluster
+    /// node certificate when `member_certificate_required` (the node serves TLS), recording
+    /// leader contact in `contact`.
     pub fn new(
         raft: openraft::Raft<TypeConfig>,
         contact: LeaderContact,
         secret: Option<&str>,
+        member_certificate_required: bool,
     ) -> Self {
         Self {
             raft,
             contact,
             secret_digest: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
+            member_certificate_required,
         }
     }
 
-    /// Refuses the call unless it carries the cluster secret. Digests of equal length are
-    /// compared without an early exit, so the time taken says nothing about the secret.
+    /// Refuses the call unless it carries every credential the node asks for: a node
+    /// certificate of the cluster (with TLS) and the cluster secret (when there is one).
     fn authorize<T>(&self, operation: &'static str, request: &Request<T>) -> Result<(), Status> {
+        if self.member_certificate_required {
+            let member = request
+                .peer_certs()
+                .is_some_and(|chain| chain.first().is_some_and(is_cluster_member));
+            if !member {
+                tracing::warn!(operation, caller = ?request.remote_addr(), "refused an internal call without a cluster node certificate");
+                return Err(Status::permission_denied(
+                    "internal call refused: present a node certificate signed by the cluster CA",
+                ));
+            }
+        }
+        self.check_secret(operation, request)
+    }
+
+    /// Refuses the call unless it carries the cluster secret (if there is one). Digests of
+    /// equal length are compared without an early exit, so the time taken says nothing about
+    /// the secret.
+    fn check_secret<T>(&self, operation: &'static str, request: &Request<T>) -> Result<(), Status> {
         let Some(expected) = &self.secret_digest else {
             return Ok(());
         };
