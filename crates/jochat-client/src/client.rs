@@ -876,6 +876,73 @@ mod tests {
     }
 
     #[test]
+    fn tls_is_one_way_for_every_server_and_its_settings_are_checked_at_build() {
+        // https:// alone turns TLS on (with the system's roots); bare addresses follow.
+        let client = ChatServerClient::builder()
+            .servers(["https://db1.example:5001", "db2.example:5001"])
+            .build()
+            .unwrap();
+        assert!(client.inner.transport.is_tls());
+        assert_eq!(client.servers(), ["db1.example:5001", "db2.example:5001"]);
+        // A CA turns TLS on for bare addresses too.
+        let with_ca = ChatServerClient::builder()
+            .servers(["127.0.0.1:5001"])
+            .ca_certificate(TEST_CA)
+            .build()
+            .unwrap();
+        assert!(with_ca.inner.transport.is_tls());
+        let plain = ChatServerClient::builder()
+            .servers(["127.0.0.1:5001"])
+            .build()
+            .unwrap();
+        assert!(!plain.inner.transport.is_tls());
+
+        let refused = |builder: ChatServerClientBuilder, wanted: &str| {
+            let error = builder.build().unwrap_err();
+            assert!(
+                matches!(&error, ClientError::InvalidTls(m) if m.contains(wanted)),
+                "{error}"
+            );
+        };
+        refused(
+            ChatServerClient::builder().servers(["https://a:1", "http://b:2"]),
+            "mix http:// and https://",
+        );
+        refused(
+            ChatServerClient::builder()
+                .servers(["http://a:1"])
+                .ca_certificate(TEST_CA),
+            "an http:// server",
+        );
+        refused(
+            ChatServerClient::builder().servers(["a:1"]).ca_certificate(
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            ),
+            "ca_certificate",
+        );
+        refused(
+            ChatServerClient::builder()
+                .servers(["a:1"])
+                .ca_certificate(TEST_CA)
+                .client_identity(TEST_CA, "no key here"),
+            "client_identity",
+        );
+    }
+
+    /// A CA certificate in PEM (made once with `jochat cert create-ca`).
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBezCCASKgAwIBAgIUCLxFOfHeAwHs1xY4Hcr7Ubpdlc4wCgYIKoZIzj0EAwIw
+HDEaMBgGA1UEAwwRSm9DaGF0IGNsdXN0ZXIgQ0EwHhcNMjYxMTMwMTMxMDE1WhcN
+MzYxMTI3MTQxMDE1WjAcMRowGAYDVQQDDBFKb0NoYXQgY2x1c3RlciBDQTBZMBMG
+ByqGSM49AgEGCCqGSM49AwEHA0IABOLMBxJHBmdsKlmq3azoFJ+WMRiJeKjdFVU1
+XHX/hkTtHwzbAUzorN2gGF0GpbjOd+KCRSx0W4s6tpfv/iVk2UejQjBAMA4GA1Ud
+DwEB/wQEAwIBhjAdBgNVHQ4EFgQUOBBqhZyv8SZDRHWGYNDB7ViilcowDwYDVR0T
+AQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiB8ud6Dl2yBrONLFcGyrurpz3ab
+H7cRmjqzYutuWsoeNgIgSjzV73dSWQSDbJ/8x6RY9njSNAkq7MnMNRRBxtsflEg=
+-----END CERTIFICATE-----
+";
+
+    #[test]
     fn building_needs_no_runtime_and_the_client_is_shareable() {
         fn shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
         fn sendable<T: Send>(_: T) {}

@@ -93,15 +93,17 @@ impl NodeCommand {
     /// The program cannot be started, or it exits or stays silent for [`START_TIMEOUT`]
     /// without logging its address (it is killed then).
     pub fn spawn(&self) -> io::Result<NodeProcess> {
-        let (child, address) = self.start()?;
+        let log = Log::default();
+        let (child, address) = self.start(&log)?;
         Ok(NodeProcess {
             command: self.clone(),
             child,
             address,
+            log,
         })
     }
 
-    fn start(&self) -> io::Result<(Child, String)> {
+    fn start(&self, log: &Log) -> io::Result<(Child, String)> {
         let mut command = Command::new(&self.program);
         command
             .args(&self.leading_args)
@@ -135,8 +137,10 @@ impl NodeCommand {
         // A thread reads the log: it hands lines over until the address is known, then
         // drains the rest, so the node never blocks writing to a full pipe.
         let (lines_in, lines) = mpsc::channel();
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.keep(&line);
                 // Once the address is known nobody listens: keep reading regardless.
                 let _ = lines_in.send(line);
             }
@@ -174,12 +178,33 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// How many of a node's latest log lines are kept for [`NodeProcess::log_lines`].
+pub const LOG_LINES_KEPT: usize = 10_000;
+
+/// The latest lines a node logged, shared with the thread that reads them.
+#[derive(Debug, Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+impl Log {
+    fn keep(&self, line: &str) {
+        let mut lines = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lines.len() == LOG_LINES_KEPT {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_owned());
+    }
+}
+
 /// A running node; killed when dropped.
 #[derive(Debug)]
 pub struct NodeProcess {
     command: NodeCommand,
     child: Child,
     address: String,
+    log: Log,
 }
 
 impl NodeProcess {
@@ -191,6 +216,24 @@ impl NodeProcess {
     /// `host:port` the node serves at.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The latest lines the node logged (at most [`LOG_LINES_KEPT`], across restarts) that
+    /// contain `pattern`.
+    pub fn log_lines(&self, pattern: &str) -> Vec<String> {
+        self.log
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|line| line.contains(pattern))
+            .cloned()
+            .collect()
     }
 
     /// SIGKILLs the node and reaps it (nothing is flushed: a crash).
@@ -211,7 +254,7 @@ impl NodeProcess {
             .next()
             .and_then(|port| port.parse().ok())
             .ok_or_else(|| io::Error::other(format!("no port in {}", self.address)))?;
-        let (child, address) = self.command.clone().port(port).start()?;
+        let (child, address) = self.command.clone().port(port).start(&self.log)?;
         self.child = child;
         self.address = address;
         Ok(())
