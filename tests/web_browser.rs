@@ -83,7 +83,8 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start(programs: Programs) -> Self {
+    /// Starts the driver and a browser with `extra_args` beside the usual headless ones.
+    async fn start(programs: Programs, extra_args: &[&str]) -> Self {
         let Programs {
             chromium,
             chromedriver,
@@ -99,18 +100,30 @@ impl Browser {
             .spawn()
             .expect("chromedriver starts");
         let profile = tempfile::tempdir().expect("a temporary profile folder");
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,900",
+        ]
+        .iter()
+        .chain(extra_args)
+        .map(|arg| (*arg).to_owned())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".into(), json!("chrome"));
         capabilities.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": chromium,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
+                "args": args,
             }),
         );
         let started = Instant::now();
@@ -155,7 +168,16 @@ where
     F: FnOnce(Page) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let browser = Browser::start(programs).await;
+    in_browser_with(programs, name, &[], test).await;
+}
+
+/// [`in_browser`] with `extra_args` for the browser.
+async fn in_browser_with<F, Fut>(programs: Programs, name: &str, extra_args: &[&str], test: F)
+where
+    F: FnOnce(Page) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let browser = Browser::start(programs, extra_args).await;
     let page = Page {
         client: browser.client.clone(),
     };
@@ -559,4 +581,54 @@ async fn the_page_keeps_working_when_the_leader_stops() {
     })
     .await;
     common::cluster::stop_all(nodes).await;
+}
+
+/// `jochat web` serving HTTPS itself, in front of a node that serves TLS: the page works, its
+/// session cookie is `Secure` (and `HttpOnly`), and its writes pass the same-origin check for
+/// an `https://` origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_works_over_https_with_secure_cookies() {
+    let Some(programs) = programs_or_skip("the_page_works_over_https_with_secure_cookies") else {
+        return;
+    };
+    let certs = common::tls::TestCerts::new();
+    let node = jochat_node::spawn_ephemeral_with(
+        certs.node_config(jochat_node::config::NodeConfig::default()),
+    )
+    .await
+    .expect("a TLS node starts");
+    let web = WebServer::start_tls(&[node.address()], &certs).await;
+    let base = web.base.clone();
+    assert!(base.starts_with("https://"), "{base}");
+
+    // The test CA is not in the browser's store; only certificate errors are waived.
+    in_browser_with(
+        programs,
+        "https",
+        &["--ignore-certificate-errors"],
+        |page| async move {
+            page.open(&base).await;
+            page.wait_shown("auth-view").await;
+            page.click("#mode-signup").await;
+            page.fill("auth-username", "alice").await;
+            page.fill("auth-password", "pw-alice").await;
+            page.fill("auth-confirm", "pw-alice").await;
+            page.click("#auth-submit").await;
+            page.wait_shown("chat-view").await;
+            page.wait_text("#live", "live").await;
+            page.send("alice", "a note over https").await;
+            page.wait_text("#messages", "a note over https").await;
+
+            let cookies = page.client.get_all_cookies().await.expect("the cookies");
+            let session = cookies
+                .iter()
+                .find(|cookie| cookie.name() == jochat_web::SESSION_COOKIE)
+                .expect("the session cookie is set");
+            assert_eq!(session.secure(), Some(true), "{session}");
+            assert_eq!(session.http_only(), Some(true), "{session}");
+        },
+    )
+    .await;
+    drop(web);
+    node.shutdown().await.expect("the node stops");
 }

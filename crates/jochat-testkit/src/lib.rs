@@ -96,4 +96,5 @@ pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 pub mod cluster;
 pub mod process;
+pub mod tls;
 pub mod web;

@@ -57,6 +57,43 @@ impl WebServer {
     }
 }
 
+impl WebServer {
+    /// Serves the page over HTTPS with `certs`' node certificate, calling `servers` over TLS
+    /// and trusting `certs`' CA.
+    pub async fn start_tls(servers: &[String], certs: &crate::tls::TestCerts) -> Self {
+        let client = ChatServerClient::builder()
+            .servers(servers.iter().cloned())
+            .ca_certificate(certs.pem("ca.crt"))
+            .build()
+            .expect("loopback addresses and a PEM CA are valid");
+        let tls = jochat_web::WebTls::from_pem(&certs.pem("node.crt"), &certs.pem("node.key"))
+            .expect("the test certificate serves");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let base = format!(
+            "https://{}",
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(jochat_web::serve_tls(
+            listener,
+            client,
+            jochat_web::WebOptions::default(),
+            tls,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            base,
+            stop: Some(stop),
+        }
+    }
+}
+
 impl Drop for WebServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -233,7 +233,22 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// Refuses cross-site state changes, then adds the security headers to every answer (and
 /// `Secure` to its cookies when browsers see the page over HTTPS).
-async fn guard(State(options): State<Arc<WebOptions>>, request: Request, next: Next) -> Response {
+async fn guard(
+    State(options): State<Arc<WebOptions>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // HTTP/2 carries the host in `:authority` (which hyper puts in the URI), not in a `Host`
+    // header: give the same-origin check one place to look.
+    if !request.headers().contains_key(header::HOST) {
+        if let Some(authority) = request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(header::HOST, authority);
+        }
+    }
     // The page itself may be opened from anywhere (a link, a bookmark); only the API checks.
     let refusal = if request.uri().path().starts_with("/api/") {
         cross_site_refusal(request.method(), request.headers(), &options)
