@@ -5,7 +5,8 @@
 //! [`NodeCommand`] says how to start one node (its program, id, port, database file and
 //! peers); [`NodeCommand::spawn`] starts it and returns once the node has logged the address
 //! it serves at (the `address=HOST:PORT` field of its start-up line). The returned
-//! [`NodeProcess`] keeps draining the node's log so the node never blocks on a full pipe,
+//! [`NodeProcess`] keeps draining the node's log so the node never blocks on a full pipe
+//! (keeping its latest lines for [`NodeProcess::log_lines`]),
 //! can SIGKILL it and start it again on the same file and port, reads its memory from
 //! `/proc`, and kills it when dropped: no node outlives its handle.
 //!
