@@ -354,3 +354,36 @@ fn sighup_makes_a_node_serve_renewed_certificates() {
     let error = trusting(&first).refused(&["cluster", "info"]);
     assert!(error.contains("invalid peer certificate"), "{error}");
 }
+
+#[test]
+fn bench_runs_its_local_cluster_over_tls() {
+    let output = jochat(
+        &[
+            "--json",
+            "bench",
+            "--local",
+            "1",
+            "--tls",
+            "--concurrency",
+            "2",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+        ],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
+    let report: Value =
+        serde_json::from_str(stdout.lines().last().expect("a report line")).expect("JSON");
+    assert!(report["ok"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    // Without --local there is no cluster to give certificates to.
+    let refused = jochat(&["bench", "--tls"], None);
+    assert_eq!(refused.status.code(), Some(2));
+}

@@ -841,6 +841,7 @@ mod tests {
         let parsed = |raw: &str| parse_address(raw).unwrap();
         assert_eq!(parsed("127.0.0.1:5001"), "127.0.0.1:5001");
         assert_eq!(parsed(" http://node-1:80/ "), "node-1:80");
+        assert_eq!(parsed("https://node-1:5001"), "node-1:5001");
         assert_eq!(parsed("[::1]:5001"), "[::1]:5001");
         for bad in [
             "127.0.0.1",
@@ -848,7 +849,7 @@ mod tests {
             "host:99999",
             "host:port",
             ":5001",
-            "https://host:5001",
+            "ftp://host:5001",
             "host:5001/path",
             "::1:5001",
             "[nope]:5001",

@@ -213,3 +213,53 @@ pub(crate) fn refused_certificate(error: &std::io::Error) -> Option<&rustls::Err
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jochat_testkit::tls::TestCerts;
+
+    fn files(certs: &TestCerts) -> TlsFiles {
+        TlsFiles {
+            cert: certs.path("node.crt"),
+            key: certs.path("node.key"),
+            ca: certs.path("ca.crt"),
+        }
+    }
+
+    #[test]
+    fn files_that_do_not_load_are_refused_naming_their_flag() {
+        let certs = TestCerts::new();
+        let tls = NodeTls::load(files(&certs)).expect("the test certificates load");
+        tls.reload().expect("and load again");
+
+        let missing = TlsFiles {
+            cert: certs.path("absent.crt"),
+            ..files(&certs)
+        };
+        let error = NodeTls::load(missing).unwrap_err().to_string();
+        assert!(error.starts_with("--tls-cert: cannot read"), "{error}");
+        let not_a_key = TlsFiles {
+            key: certs.path("ca.crt"),
+            ..files(&certs)
+        };
+        let error = NodeTls::load(not_a_key).unwrap_err().to_string();
+        assert!(error.starts_with("--tls-key: "), "{error}");
+        let not_a_ca = TlsFiles {
+            ca: certs.path("node.key"),
+            ..files(&certs)
+        };
+        let error = NodeTls::load(not_a_ca).unwrap_err().to_string();
+        assert!(error.starts_with("--tls-ca: "), "{error}");
+    }
+
+    #[test]
+    fn only_certificates_issued_for_serving_are_cluster_members() {
+        let certs = TestCerts::new();
+        let node = CertificateDer::from_pem_slice(&certs.pem("node.crt")).unwrap();
+        let ca = CertificateDer::from_pem_slice(&certs.pem("ca.crt")).unwrap();
+        assert!(is_cluster_member(&node));
+        assert!(!is_cluster_member(&ca), "no extended key usage at all");
+        assert!(!is_cluster_member(&CertificateDer::from(vec![0u8; 8])));
+    }
+}
