@@ -17,9 +17,10 @@ const NOT_READY_PREFIX: &str = "Service was not ready";
 /// already name the field and the rule (for example `username: must be 1 to 32 characters`),
 /// so `Display` shows them as they are.
 ///
-/// Only [`ClientError::Unavailable`] is retryable (see [`ClientError::is_retryable`]), and the
-/// client has already retried it with backoff until the deadline before returning it; every
-/// other variant is final for this request: retrying the same request gets the same answer.
+/// Only [`ClientError::Unavailable`] and [`ClientError::NoSpace`] are retryable (see
+/// [`ClientError::is_retryable`]), and the client has already retried them with backoff until
+/// the deadline before returning one; every other variant is final for this request:
+/// retrying the same request gets the same answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -80,6 +81,11 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The leader's disk is nearly full (`RESOURCE_EXHAUSTED` "disk nearly full ..."): the
+    /// cluster refuses writes until an operator makes room. Retryable: the client retries it
+    /// until the call's deadline, so a short shortage is only a slower call.
+    #[error("{0}")]
+    NoSpace(String),
     /// A TLS setting given to the builder cannot be used (a CA certificate or client
     /// identity that is not PEM, or servers that mix `http://` and `https://`).
     #[error("invalid TLS setting: {0}")]
@@ -94,11 +100,12 @@ impl ClientError {
     /// Whether trying the same request again later may succeed.
     ///
     /// True only for [`ClientError::Unavailable`] (an `UNAVAILABLE` status or a transport
-    /// failure). [`ClientError::DeadlineExceeded`] is not retryable: the deadline is the
-    /// caller's budget for the call, and it is spent.
+    /// failure) and [`ClientError::NoSpace`] (the leader's disk is nearly full).
+    /// [`ClientError::DeadlineExceeded`] is not retryable: the deadline is the caller's budget
+    /// for the call, and it is spent.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::NoSpace(_))
     }
 
     /// The gRPC status code this error stands for, or `None` for errors found by the client
@@ -111,7 +118,7 @@ impl ClientError {
             Self::NotFound(_) => Some(Code::NotFound),
             Self::Unauthenticated(_) => Some(Code::Unauthenticated),
             Self::PermissionDenied(_) => Some(Code::PermissionDenied),
-            Self::RateLimited(_) => Some(Code::ResourceExhausted),
+            Self::RateLimited(_) | Self::NoSpace(_) => Some(Code::ResourceExhausted),
             Self::FailedPrecondition(_) => Some(Code::FailedPrecondition),
             Self::Unavailable(_) => Some(Code::Unavailable),
             Self::DeadlineExceeded { .. } => Some(Code::DeadlineExceeded),
@@ -145,6 +152,9 @@ impl ClientError {
             Code::NotFound => Self::NotFound(message),
             Code::Unauthenticated => Self::Unauthenticated(message),
             Code::PermissionDenied => Self::PermissionDenied(message),
+            Code::ResourceExhausted if message.starts_with("disk nearly full") => {
+                Self::NoSpace(message)
+            }
             Code::ResourceExhausted => Self::RateLimited(message),
             Code::FailedPrecondition => Self::FailedPrecondition(message),
             Code::Unavailable => Self::Unavailable(message),

@@ -23,6 +23,11 @@ const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// `--session-ttl-secs` default: a week.
 pub const SESSION_TTL_SECS_DEFAULT: u64 = 7 * 24 * 3600;
+/// Default `--startup-check-secs`: at SQLite's pace (hundreds of MB a second) a few GB.
+pub const STARTUP_CHECK_SECS_DEFAULT: u64 = 10;
+/// Default `--min-free-disk-mb`: more than a node writes in the second between two
+/// measurements of the free space.
+pub const MIN_FREE_DISK_MB_DEFAULT: u64 = 256;
 /// `--session-ttl-secs` at most: a year.
 pub const SESSION_TTL_SECS_LIMIT: u64 = 365 * 24 * 3600;
 /// `--request-bytes-max` default.
@@ -219,6 +224,24 @@ pub struct NodeConfig {
         requires_all = ["tls_cert", "tls_key"]
     )]
     pub tls_ca: Option<PathBuf>,
+    /// Free space (MiB) the data folder's filesystem must keep: below it the node refuses
+    /// writes (RESOURCE_EXHAUSTED) and takes no new log entries until space returns
+    /// (0: no guard).
+    #[arg(
+        long = "min-free-disk-mb",
+        env = "JOCHAT_MIN_FREE_DISK_MB",
+        default_value_t = MIN_FREE_DISK_MB_DEFAULT
+    )]
+    pub min_free_disk_mb: u64,
+    /// How long the start-up check of the database file may take, in seconds (SQLite's
+    /// `quick_check`; a larger file is checked only that far, and a warning says so; 0: no
+    /// check). A file found damaged is refused.
+    #[arg(
+        long = "startup-check-secs",
+        env = "JOCHAT_STARTUP_CHECK_SECS",
+        default_value_t = STARTUP_CHECK_SECS_DEFAULT
+    )]
+    pub startup_check_secs: u64,
     /// How hard commits are made durable.
     #[arg(
         long = "sync-mode",
@@ -365,6 +388,8 @@ impl Default for NodeConfig {
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
+            min_free_disk_mb: MIN_FREE_DISK_MB_DEFAULT,
+            startup_check_secs: STARTUP_CHECK_SECS_DEFAULT,
             sync_mode: SyncMode::Full,
             session_ttl_secs: SESSION_TTL_SECS_DEFAULT,
             content_bytes_max: CONTENT_BYTES_MAX_DEFAULT,

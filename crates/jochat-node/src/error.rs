@@ -41,6 +41,14 @@ pub enum NodeError {
     /// No read connection could be had.
     #[error("read connection pool: {0}")]
     Pool(#[from] r2d2::Error),
+    /// The database file is damaged (the start-up check found it so).
+    #[error("database file {} is corrupted ({detail}): restore it from a backup, or move it aside and let the node join its cluster again as a new member (remove it with `jochat cluster remove`, then add it back)", path.display())]
+    Corrupt {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the check found.
+        detail: String,
+    },
     /// The database file's schema cannot be used.
     #[error("database schema: {0}")]
     Schema(String),
@@ -78,6 +86,22 @@ pub enum NodeError {
     /// The node is stopping and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The node's disk has less free space than `--min-free-disk-mb`: writes are refused
+    /// before they touch it, until space returns. Retry later (the failover client does).
+    #[error("disk nearly full on node {node_id} ({free_mib} MiB free, {required_mib} MiB required): writes are refused until space returns")]
+    DiskFull {
+        /// The node whose disk is low.
+        node_id: u64,
+        /// MiB free at the last measurement.
+        free_mib: u64,
+        /// MiB that must stay free (`--min-free-disk-mb`).
+        required_mib: u64,
+    },
+    /// The node's Raft core stopped on a storage fault (a failed write or fsync of the log
+    /// or the database): the node stops serving and exits so that it is restarted. Retry on
+    /// another node.
+    #[error("this node's storage failed and it is stopping: {0}")]
+    Stopped(String),
     /// Hashing a password failed (out of memory, or a corrupt stored hash).
     #[error("password hashing failed: {0}")]
     Hashing(String),
@@ -123,15 +147,19 @@ impl NodeError {
                 ChatError::IdempotencyKeyReused => Code::FailedPrecondition,
                 ChatError::Storage(_) => Code::Internal,
             },
-            Self::RateLimited { .. } | Self::SubscriberTooSlow { .. } => Code::ResourceExhausted,
+            Self::RateLimited { .. } | Self::SubscriberTooSlow { .. } | Self::DiskFull { .. } => {
+                Code::ResourceExhausted
+            }
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Config { .. } => Code::InvalidArgument,
             Self::ShuttingDown
+            | Self::Stopped(_)
             | Self::Overloaded(_)
             | Self::NotLeader { .. }
             | Self::NoQuorum(_) => Code::Unavailable,
             Self::Raft(_) => Code::Internal,
             Self::Sqlite(_)
+            | Self::Corrupt { .. }
             | Self::Pool(_)
             | Self::Schema(_)
             | Self::Hashing(_)

@@ -44,6 +44,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod events;
 pub mod idle;

@@ -133,6 +133,7 @@ async fn run(
 enum BatchFailure {
     Forward(ForwardToLeader<u64, BasicNode>),
     NoQuorum(String),
+    Stopped(String),
     Raft(String),
 }
 
@@ -141,6 +142,7 @@ impl BatchFailure {
         match self {
             Self::Forward(forward) => NodeError::from(forward.clone()),
             Self::NoQuorum(message) => NodeError::NoQuorum(message.clone()),
+            Self::Stopped(message) => NodeError::Stopped(message.clone()),
             Self::Raft(message) => NodeError::Raft(message.clone()),
         }
     }
@@ -168,6 +170,9 @@ async fn propose(raft: &openraft::Raft<TypeConfig>, deadline: Duration, batch: V
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
             Err(BatchFailure::Forward(forward))
         }
+        // The core stopped (a storage fault): the node is on its way out, and the caller
+        // should try another node.
+        Ok(Err(RaftError::Fatal(fatal))) => Err(BatchFailure::Stopped(fatal.to_string())),
         Ok(Err(error)) => Err(BatchFailure::Raft(error.to_string())),
     };
     match results {

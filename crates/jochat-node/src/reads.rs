@@ -98,7 +98,7 @@ async fn round(raft: &openraft::Raft<TypeConfig>, deadline: Duration) -> Result<
         Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error)))) => {
             Err(NodeError::NoQuorum(error.to_string()))
         }
-        Ok(Err(error)) => Err(NodeError::Raft(error.to_string())),
+        Ok(Err(RaftError::Fatal(fatal))) => Err(NodeError::Stopped(fatal.to_string())),
     }
 }
 
@@ -114,6 +114,7 @@ fn copy(outcome: &Result<(), NodeError>) -> Result<(), NodeError> {
             leader_address: leader_address.clone(),
         }),
         Err(NodeError::NoQuorum(reason)) => Err(NodeError::NoQuorum(reason.clone())),
+        Err(NodeError::Stopped(reason)) => Err(NodeError::Stopped(reason.clone())),
         Err(other) => Err(NodeError::Raft(other.to_string())),
     }
 }

@@ -91,12 +91,15 @@ async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Task(format!("reflection service: {e}")))?;
-    let raft = RaftServer::new(RaftApi::new(
-        node.raft().clone(),
-        node.leader_contact().clone(),
-        config.cluster_secret.as_deref(),
-        tls.is_some(),
-    ))
+    let raft = RaftServer::new(
+        RaftApi::new(
+            node.raft().clone(),
+            node.leader_contact().clone(),
+            config.cluster_secret.as_deref(),
+            tls.is_some(),
+        )
+        .with_disk_guard(Arc::clone(node.disk())),
+    )
     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     let chat = ChatServer::new(ChatApi::new(Arc::clone(&node)))
         .max_decoding_message_size(config.request_bytes_max);
@@ -116,10 +119,20 @@ async fn run(
         .add_service(chat)
         .add_service(legacy)
         .add_service(raft);
+    let disk_watch = tokio::spawn(watch_disk(Arc::clone(&node), health.clone()));
+    // Set when the Raft core stopped on a storage fault: the node then stops serving and
+    // `serve` fails, so that the process exits non-zero and its supervisor restarts it.
+    let (core_failed, core_failure) = oneshot::channel::<String>();
     let shutdown = {
         let node = Arc::clone(&node);
         async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                failure = node.core_stopped() => {
+                    tracing::error!(%failure, "storage fault: the Raft core stopped; this node stops serving and exits so that it is restarted (a failed write is never retried on the same file)");
+                    let _ = core_failed.send(failure);
+                }
+            }
             // Subscriptions never finish by themselves: end them so the server drains.
             node.begin_shutdown();
         }
@@ -140,10 +153,47 @@ async fn run(
             served
         }
     };
+    disk_watch.abort();
+    let mut core_failure = core_failure;
+    if let Ok(failure) = core_failure.try_recv() {
+        node.close().await;
+        return Err(NodeError::Stopped(failure));
+    }
     tracing::info!("stopped accepting requests; committing what was accepted");
     node.close().await;
     tracing::info!("database closed");
     served.map_err(NodeError::from)
+}
+
+/// The health service's name for whether this node takes writes now: `NOT_SERVING` while
+/// its disk is below `--min-free-disk-mb`.
+pub const WRITES_HEALTH_SERVICE: &str = "jochat.writes";
+
+/// Measures the free disk space every [`crate::disk::MEASURE_INTERVAL`] and reports it in
+/// the health service under [`WRITES_HEALTH_SERVICE`].
+async fn watch_disk(node: Arc<Node>, health: tonic_health::server::HealthReporter) {
+    let status = |low: bool| {
+        if low {
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tonic_health::ServingStatus::Serving
+        }
+    };
+    health
+        .set_service_status(WRITES_HEALTH_SERVICE, status(node.disk().is_low()))
+        .await;
+    loop {
+        tokio::time::sleep(crate::disk::MEASURE_INTERVAL).await;
+        let disk = Arc::clone(node.disk());
+        let changed = tokio::task::spawn_blocking(move || disk.measure())
+            .await
+            .unwrap_or(false);
+        if changed {
+            health
+                .set_service_status(WRITES_HEALTH_SERVICE, status(node.disk().is_low()))
+                .await;
+        }
+    }
 }
 
 /// Reads the TLS files again on every SIGHUP, so renewed certificates are used for new

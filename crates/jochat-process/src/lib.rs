@@ -237,6 +237,14 @@ impl NodeProcess {
             .collect()
     }
 
+    /// The node's exit status if it has exited (it is then reaped), else `None`.
+    ///
+    /// # Errors
+    /// The status cannot be read.
+    pub fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
     /// SIGKILLs the node and reaps it (nothing is flushed: a crash).
     pub fn kill(&mut self) {
         kill(&mut self.child);

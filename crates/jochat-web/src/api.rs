@@ -102,6 +102,7 @@ impl From<ClientError> for ApiError {
             ClientError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ClientError::FailedPrecondition(_) => (StatusCode::CONFLICT, "failed_precondition"),
             ClientError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ClientError::NoSpace(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_space"),
             ClientError::DeadlineExceeded { .. } => {
                 (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded")
             }

@@ -28,6 +28,7 @@ use jochat_core::{ChatError, Operation};
 
 use crate::auth::{Hasher, LoginLimiter};
 use crate::config::NodeConfig;
+use crate::disk::DiskGuard;
 use crate::error::NodeError;
 use crate::events::Events;
 use crate::proposer::Proposer;
@@ -88,6 +89,8 @@ pub struct Node {
     read_rounds: ReadRounds,
     /// One permit per live subscription (`--subscribers-max`).
     subscribers: Arc<tokio::sync::Semaphore>,
+    /// The free space of the data folder (`--min-free-disk-mb`).
+    disk: Arc<DiskGuard>,
 }
 
 /// Gives the SQLite caches and the allocator's free memory back each time the node goes
@@ -140,6 +143,17 @@ impl Node {
         dialer: PeerDialer,
         faults: Faults,
     ) -> Result<Self, NodeError> {
+        // A damaged file is refused before anything reads or writes it.
+        match crate::store::integrity::check(
+            &config.db_path(),
+            std::time::Duration::from_secs(config.startup_check_secs),
+        )? {
+            crate::store::integrity::Verdict::Sound => {
+                tracing::info!(db = %config.db_path().display(), "the database file passed its start-up check");
+            }
+            crate::store::integrity::Verdict::Absent
+            | crate::store::integrity::Verdict::Partial => {}
+        }
         // Raft's storage opens (and migrates) the file first; the read pool then joins it.
         let (log, state_machine) =
             raft::storage::open_with(&config.db_path(), config.sync_mode, config.snapshot_rate())?;
@@ -162,6 +176,11 @@ impl Node {
                 );
             }
         }
+        let disk = Arc::new(DiskGuard::new(
+            config.server_id,
+            &config.db_path(),
+            config.min_free_disk_mb,
+        ));
         let db = Arc::new(Database::open(&config.store())?);
         let idle = tokio::spawn(release_when_idle(log.clone(), Arc::clone(&db)));
         let raft = openraft::Raft::new(
@@ -214,7 +233,27 @@ impl Node {
             limiter,
             read_rounds: ReadRounds::default(),
             subscribers,
+            disk,
         })
+    }
+
+    /// Completes when this node's Raft core stops on its own (a storage fault: a failed write
+    /// or fsync of the log or the database), with why. Never completes while it runs.
+    pub async fn core_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core ended".to_owned();
+            }
+        }
+    }
+
+    /// The space guard of this node's data folder.
+    pub fn disk(&self) -> &Arc<DiskGuard> {
+        &self.disk
     }
 
     /// This node's id.
@@ -293,6 +332,10 @@ impl Node {
         operation: O,
     ) -> Result<O::Output, NodeError> {
         self.check_quorum()?;
+        // A follower sends writes on to the leader, whose disk is the one that matters.
+        if self.is_leader() {
+            self.disk.check()?;
+        }
         let outcome = self
             .proposer
             .submit(Command {

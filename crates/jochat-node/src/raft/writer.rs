@@ -284,6 +284,10 @@ fn run(
         tracing::error!(%error, "could not set the writer connection to lazy commits");
     }
     let mut batch = Vec::new();
+    // The first failed write: after it the file is not written again (a failed fsync may
+    // have dropped pages the kernel will not report twice), and every later job fails with
+    // it while the node stops.
+    let mut failed: Option<Failure> = None;
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -292,7 +296,14 @@ fn run(
                 Err(_empty_or_closed) => break,
             }
         }
-        run_batch(conn, tail, sync_mode, lazy, &mut batch);
+        if let Some(failure) = &failed {
+            refuse_batch(failure, &mut batch);
+            continue;
+        }
+        if let Err(failure) = run_batch(conn, tail, sync_mode, lazy, &mut batch) {
+            tracing::error!(%failure, "a write to the database failed: nothing more is written to it");
+            failed = Some(failure);
+        }
         batches.fetch_add(1, Ordering::Relaxed);
         if WAL_PAGES.with(Cell::get) >= CHECKPOINT_AT_PAGES {
             // Full: one is asked for already, and it will see these pages too.
@@ -301,15 +312,28 @@ fn run(
     }
 }
 
+/// Fails every job of `batch` with `failure`, writing nothing.
+fn refuse_batch(failure: &Failure, batch: &mut Vec<Job>) {
+    for job in batch.drain(..) {
+        match job {
+            Job::Log { done, .. } => done.report(Err(failure.clone())),
+            // Dropped unrun: whoever waits on it hears that the writer is gone.
+            Job::Own(_) => {}
+        }
+    }
+}
+
 /// Runs `batch` in order: consecutive log jobs in one transaction each, the last such group
 /// committing durably if any log job of the batch needs it; then reports the log jobs.
+/// Returns the first failure of a group, if any.
 fn run_batch(
     conn: &mut Connection,
     tail: &Mutex<Tail>,
     sync_mode: SyncMode,
     lazy: SyncMode,
     batch: &mut Vec<Job>,
-) {
+) -> Result<(), Failure> {
+    let mut first_failure: Option<Failure> = None;
     let needs_sync = sync_mode == SyncMode::Full
         && batch
             .iter()
@@ -329,6 +353,9 @@ fn run_batch(
                 if Some(position) == last_log {
                     let committed =
                         commit_group(conn, tail, &mut group, needs_sync, lazy, &mut reports);
+                    if let Err(error) = &committed {
+                        first_failure.get_or_insert_with(|| error.clone());
+                    }
                     if let (true, Err(error)) = (needs_sync, committed) {
                         // The earlier groups were made durable by this commit only.
                         for (_, result) in &mut reports {
@@ -342,15 +369,22 @@ fn run_batch(
             Job::Own(work) => {
                 if !group.is_empty() {
                     // Its failure is reported to its own jobs.
-                    let _ = commit_group(conn, tail, &mut group, false, lazy, &mut reports);
+                    if let Err(error) =
+                        commit_group(conn, tail, &mut group, false, lazy, &mut reports)
+                    {
+                        first_failure.get_or_insert(error);
+                    }
                 }
-                work(conn);
+                if first_failure.is_none() {
+                    work(conn);
+                }
             }
         }
     }
     for (done, result) in reports {
         done.report(result);
     }
+    first_failure.map_or(Ok(()), Err)
 }
 
 /// Runs the log jobs of `group` in one transaction, records what to report for each, and

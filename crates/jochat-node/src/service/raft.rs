@@ -15,6 +15,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use crate::disk::DiskGuard;
 use crate::error::NodeError;
 use crate::raft::election::LeaderContact;
 use crate::raft::network::CLUSTER_SECRET_HEADER;
@@ -34,6 +37,9 @@ pub struct RaftApi {
     secret_digest: Option<[u8; 32]>,
     /// Whether callers must present a node certificate (the node serves TLS).
     member_certificate_required: bool,
+    /// While it says the disk is low, log entries and snapshots are refused (the leader
+    /// retries them later): this node falls behind rather than fill its disk.
+    disk: Option<Arc<DiskGuard>>,
 }
 
 impl RaftApi {
@@ -51,6 +57,24 @@ impl RaftApi {
             contact,
             secret_digest: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
             member_certificate_required,
+            disk: None,
+        }
+    }
+
+    /// The same service, refusing log entries and snapshots while `disk` is low.
+    #[must_use]
+    pub fn with_disk_guard(self, disk: Arc<DiskGuard>) -> Self {
+        Self {
+            disk: Some(disk),
+            ..self
+        }
+    }
+
+    /// Refuses what would grow this node's files while its disk is low.
+    fn check_disk(&self) -> Result<(), Status> {
+        match &self.disk {
+            Some(disk) => disk.check().map_err(Status::from),
+            None => Ok(()),
         }
     }
 
@@ -162,6 +186,11 @@ impl RaftService for RaftApi {
         // the entries are written, as writing them may take a while.
         if rpc.vote >= self.raft.metrics().borrow().vote {
             self.contact.heard_leader();
+        }
+        // Heartbeats (no entries) still count, so a node with a full disk stays a follower
+        // instead of calling elections; the entries wait until space returns.
+        if !rpc.entries.is_empty() {
+            self.check_disk()?;
         }
         encode(&self.raft.append_entries(rpc).await)
     }
@@ -292,6 +321,7 @@ impl RaftService for RaftApi {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.authorize("install_snapshot", &request)?;
+        self.check_disk()?;
         let rpc = decode(request.get_ref())?;
         self.install(rpc).await
     }
@@ -301,6 +331,7 @@ impl RaftService for RaftApi {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.authorize("install_snapshot_chunk", &request)?;
+        self.check_disk()?;
         let payload = request.into_inner();
         let mut rpc: InstallSnapshotRequest<TypeConfig> = decode(&payload)?;
         if !rpc.data.is_empty() {

@@ -11,6 +11,7 @@
 //! `crate::raft::storage`'s state machine on its one writer connection. Readers use their own
 //! connections and never wait for it (WAL).
 
+pub mod integrity;
 pub mod schema;
 pub mod sqlite;
 
@@ -233,6 +234,8 @@ pub fn apply_commands<T, E>(
     };
     let mut results = Vec::with_capacity(commands.len());
     let mut made = Vec::new();
+    // Only failures met from here on count.
+    let _ = sqlite::take_environmental_failure();
     for group in commands.chunks(COMMANDS_PER_SAVEPOINT) {
         statement("SAVEPOINT commands")?;
         let mut isolated = false;
@@ -246,6 +249,13 @@ pub fn apply_commands<T, E>(
                 } else {
                     apply(&mut SqliteChat::new(tx), command)
                 };
+                if matches!(result, Err(ChatError::Storage(_))) {
+                    // The disk, memory or file failed, not the command: fail the whole apply
+                    // (a storage fault) rather than record a failure other replicas would not.
+                    if let Some(error) = sqlite::take_environmental_failure() {
+                        return Err(sqlite(error));
+                    }
+                }
                 if let Ok(outcome) = &result {
                     group_made.extend(on_applied(tx, outcome)?);
                 } else if !isolated && matches!(result, Err(ChatError::Storage(_))) {

@@ -21,7 +21,55 @@ impl<'c> SqliteChat<'c> {
 }
 
 fn storage(error: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(failure, _) = &error {
+        if is_environmental(failure.code) {
+            ENVIRONMENTAL_FAILURE.with(|slot| {
+                slot.replace(Some((*failure, error.to_string())));
+            });
+        }
+    }
     StoreError(format!("sqlite: {error}"))
+}
+
+thread_local! {
+    /// The last failure of this thread's chat statements that came from the machine rather
+    /// than from the command (see [`take_environmental_failure`]).
+    static ENVIRONMENTAL_FAILURE: std::cell::Cell<Option<(rusqlite::ffi::Error, String)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Whether SQLite failing with `code` says something about this machine (its disk, memory,
+/// file or locks), which another replica applying the same command would not meet, rather
+/// than about the command (a constraint, a value too big), which every replica meets alike.
+pub fn is_environmental(code: rusqlite::ErrorCode) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        code,
+        PermissionDenied
+            | DatabaseBusy
+            | DatabaseLocked
+            | OutOfMemory
+            | ReadOnly
+            | OperationInterrupted
+            | SystemIoFailure
+            | DatabaseCorrupt
+            | NotFound
+            | DiskFull
+            | CannotOpen
+            | FileLockingProtocolFailed
+            | NoLargeFileSupport
+            | NotADatabase
+    )
+}
+
+/// Takes the environmental failure (disk full, I/O error, corruption...) that a chat
+/// statement on this thread met since the last call, if any. A command that failed that way
+/// must not be recorded as failed: the node's storage is at fault, not the command, and the
+/// other replicas apply it. The caller fails the whole apply instead (a storage fault).
+pub fn take_environmental_failure() -> Option<rusqlite::Error> {
+    ENVIRONMENTAL_FAILURE
+        .with(std::cell::Cell::take)
+        .map(|(failure, message)| rusqlite::Error::SqliteFailure(failure, Some(message)))
 }
 
 /// Rebuilds a validated value read back from the database. The database is written only

@@ -90,6 +90,10 @@ impl LogStore {
     }
 }
 
+/// The most entry bytes one AppendEntries carries (one entry more if a single entry is
+/// larger): small enough to cross, be written and fsynced within a heartbeat interval.
+pub const REPLICATION_BYTES_PER_MESSAGE: usize = 256 * 1024;
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -136,6 +140,28 @@ impl RaftLogReader<TypeConfig> for LogStore {
         .await
         .map_err(read_logs)??;
         entries.extend(cached);
+        Ok(entries)
+    }
+
+    /// Entries from `start`, at most [`REPLICATION_BYTES_PER_MESSAGE`] of them by size (and
+    /// always at least one): what one AppendEntries to a peer carries. openraft gives that
+    /// call one heartbeat interval (50 ms by default) and sends the same range again when it
+    /// times out, so a batch of large entries that cannot cross in time would never cross.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, Failure> {
+        let mut entries = self.try_get_log_entries(start..end).await?;
+        let mut bytes = 0;
+        let fit = entries
+            .iter()
+            .position(|entry| {
+                bytes += entry_bytes(entry);
+                bytes > REPLICATION_BYTES_PER_MESSAGE
+            })
+            .map_or(entries.len(), |past| past.max(1));
+        entries.truncate(fit);
         Ok(entries)
     }
 }
