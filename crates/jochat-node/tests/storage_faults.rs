@@ -325,6 +325,21 @@ async fn replicas_hold_exactly(
     }
 }
 
+/// A failover client of `nodes` with a long deadline, once node 1 leads them all.
+async fn failover_client(nodes: &[&NodeProcess]) -> ChatServerClient {
+    let client = ChatServerClient::builder()
+        .servers(nodes.iter().map(|n| n.address().to_owned()))
+        .deadline(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    eventually("node 1 leads every node as a voter", || async {
+        let info = client.cluster_info().await.ok()?;
+        (info.leader_id == Some(1) && info.members.len() == nodes.len()).then_some(())
+    })
+    .await;
+    client
+}
+
 /// Node `node`'s applied index, as it reports it.
 async fn applied(node: &NodeProcess) -> Option<u64> {
     let info = client_of(node).cluster_info().await.ok()?;
@@ -348,16 +363,7 @@ async fn a_nearly_full_disk_stops_writes_or_replication_until_space_returns() {
         &[&n1, &n2],
         &guard,
     );
-    let client = ChatServerClient::builder()
-        .servers([&n1, &n2, &n3].map(|n| n.address().to_owned()))
-        .deadline(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    eventually("node 1 leads three voters", || async {
-        let info = client.cluster_info().await.ok()?;
-        (info.leader_id == Some(1) && info.members.len() == 3).then_some(())
-    })
-    .await;
+    let client = failover_client(&[&n1, &n2, &n3]).await;
     let (alice, bob) = accounts(&client).await;
     let term = client.cluster_info().await.unwrap().term;
     let writers = Writers::start(&client, &alice, 4, 2000);
@@ -476,16 +482,7 @@ async fn a_disk_that_fills_anyway_stops_the_node_and_loses_nothing() {
     let mut n1 = start(1, &leader_disk.path().join("node-1.db"), &[], &unguarded);
     let n2 = start(2, &plain.path().join("node-2.db"), &[&n1], &unguarded);
     let n3 = start(3, &plain.path().join("node-3.db"), &[&n1, &n2], &unguarded);
-    let client = ChatServerClient::builder()
-        .servers([&n1, &n2, &n3].map(|n| n.address().to_owned()))
-        .deadline(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    eventually("node 1 leads three voters", || async {
-        let info = client.cluster_info().await.ok()?;
-        (info.leader_id == Some(1) && info.members.len() == 3).then_some(())
-    })
-    .await;
+    let client = failover_client(&[&n1, &n2, &n3]).await;
     let (alice, bob) = accounts(&client).await;
     leader_disk.fill_leaving(12 * MIB);
     let writers = Writers::start(&client, &alice, 4, 60_000);
