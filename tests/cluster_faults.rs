@@ -223,3 +223,99 @@ async fn a_follower_behind_the_leader_sends_log_ins_to_it_instead_of_judging_the
     setup.faults.heal();
     stop_all(nodes).await;
 }
+
+/// A failed fsync on the leader (injected into its log writer): the node stops (its `serve`
+/// fails with the storage fault, which makes `jochat-node` exit non-zero), the others elect a
+/// leader, writers through the failover client see only slower calls, and the node restarted
+/// on its file catches up: no acknowledged write lost or doubled, identical files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_stops_the_leader_and_the_cluster_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let setup = faulty();
+    let (mut nodes, _, alice) = led_by_node_1(dir.path(), 3, &setup).await;
+    let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    let client = jochat_client::ChatServerClient::builder()
+        .servers(addresses.clone())
+        .deadline(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writers: Vec<_> = (0..3)
+        .map(|writer| {
+            let (client, alice) = (client.clone(), alice.clone());
+            let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let content = format!("w{writer}-{n}");
+                    client.send_message(&alice, "bob", &content).await?;
+                    acknowledged.lock().unwrap().push(content);
+                    n += 1;
+                }
+                Ok::<(), jochat_client::ClientError>(())
+            })
+        })
+        .collect();
+    let count = || acknowledged.lock().unwrap().len();
+    eventually("the writers are under way", || async { count() > 30 }).await;
+
+    // The leader's next commit fails as a failed fsync: it stops by itself.
+    assert!(setup.faults.fail_next_write(1));
+    let first = nodes.remove(0);
+    let exited = tokio::time::timeout(Duration::from_secs(30), first.exited())
+        .await
+        .expect("the leader stops within 30 s");
+    assert!(
+        matches!(&exited, Err(jochat_node::NodeError::Stopped(reason)) if reason.contains("fsync")),
+        "{exited:?}"
+    );
+    let written = count();
+    eventually("the others carry on", || async { count() > written + 30 }).await;
+
+    // Restarted on its file and address, it catches up.
+    let listener = tokio::net::TcpListener::bind(&addresses[0]).await.unwrap();
+    let peers = (2..=3)
+        .map(|id| jochat_node::config::Peer {
+            id,
+            address: addresses[id as usize - 1].clone(),
+        })
+        .collect();
+    nodes.insert(0, start_node(dir.path(), 1, listener, peers, &setup));
+    let written = count();
+    eventually("writes go on with node 1 back", || async {
+        count() > written + 30
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer
+            .await
+            .unwrap()
+            .expect("writers see slower calls, never a final error");
+    }
+
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eventually(
+        "every file holds the same rows, each acknowledged write once",
+        || async {
+            let dumps: Vec<_> = nodes.iter().map(|n| dump_file(&n.db)).collect();
+            let contents: Vec<&str> = dumps[0]
+                .messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect();
+            let every_once = acknowledged
+                .iter()
+                .all(|c| contents.iter().filter(|held| **held == c.as_str()).count() == 1);
+            every_once && dumps.iter().all(|d| *d == dumps[0])
+        },
+    )
+    .await;
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -41,6 +41,12 @@ impl ClusterNode {
         }
     }
 
+    /// Waits until the node stops by itself (it is not asked to), and returns what its
+    /// `serve` returned.
+    pub async fn exited(self) -> Result<(), NodeError> {
+        self.task.await.expect("the node's task does not panic")
+    }
+
     /// Stops the node and waits until it has shut down cleanly.
     pub async fn stop(mut self) {
         self.signal_stop();

@@ -157,6 +157,10 @@ impl Node {
         // Raft's storage opens (and migrates) the file first; the read pool then joins it.
         let (log, state_machine) =
             raft::storage::open_with(&config.db_path(), config.sync_mode, config.snapshot_rate())?;
+        faults.register_storage(config.server_id, {
+            let log = log.clone();
+            Arc::new(move || log.fail_next_write())
+        });
         let events = state_machine.events();
         let snapshot_gauge = state_machine.snapshot_gauge();
         if config.force_new_cluster {

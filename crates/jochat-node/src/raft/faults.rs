@@ -25,11 +25,25 @@ pub enum Fault {
 /// The fault on each faulty link, keyed by (sender, receiver).
 type Table = HashMap<(u64, u64), Fault>;
 
-/// The faults between chosen pairs of nodes. Cheap to clone; clones share the table.
-#[derive(Debug, Clone, Default)]
+/// Makes the next write of one node's storage fail (see [`Faults::fail_next_write`]).
+pub type WriteFault = Arc<dyn Fn() + Send + Sync>;
+
+/// The faults between chosen pairs of nodes, and the storage faults of each node. Cheap to
+/// clone; clones share the table.
+#[derive(Clone, Default)]
 pub struct Faults {
     /// `None` for a production node: no table, nothing to consult.
     table: Option<Arc<Mutex<Table>>>,
+    /// How to make each node's next storage write fail, as the nodes register themselves.
+    storage: Option<Arc<Mutex<HashMap<u64, WriteFault>>>>,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Faults {
@@ -42,7 +56,32 @@ impl Faults {
     pub fn injectable() -> Self {
         Self {
             table: Some(Arc::default()),
+            storage: Some(Arc::default()),
         }
+    }
+
+    /// Node `node` tells how to make its next storage write fail (nothing for a production
+    /// node).
+    pub fn register_storage(&self, node: u64, fault: WriteFault) {
+        if let Some(storage) = &self.storage {
+            storage
+                .lock()
+                .expect("the storage fault table's mutex is never held across a panic")
+                .insert(node, fault);
+        }
+    }
+
+    /// Makes the next commit of node `node`'s storage fail as a failed fsync does, writing
+    /// nothing; returns whether the node had registered.
+    pub fn fail_next_write(&self, node: u64) -> bool {
+        let fault = self.storage.as_ref().and_then(|storage| {
+            storage
+                .lock()
+                .expect("the storage fault table's mutex is never held across a panic")
+                .get(&node)
+                .cloned()
+        });
+        fault.map(|fault| fault()).is_some()
     }
 
     fn with_table(&self, change: impl FnOnce(&mut Table)) {

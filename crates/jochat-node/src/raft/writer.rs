@@ -174,6 +174,8 @@ pub struct Writer {
     jobs: tokio::sync::mpsc::Sender<Job>,
     /// How many batches the thread has run: grows while the node writes.
     batches: Arc<AtomicU64>,
+    /// Set by tests ([`Writer::fail_next_write`]): the next commit fails as a failed fsync.
+    fail_next: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -197,10 +199,30 @@ impl Writer {
         let (jobs, queue) = tokio::sync::mpsc::channel(WRITER_QUEUE_JOBS_MAX);
         let batches = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&batches);
+        let fail_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failing = Arc::clone(&fail_next);
         std::thread::Builder::new()
             .name("jochat-log-writer".into())
-            .spawn(move || run(&mut conn, &tail, sync_mode, queue, &counter, &checkpoints))?;
-        Ok(Self { jobs, batches })
+            .spawn(move || {
+                let context = Context {
+                    tail: &tail,
+                    sync_mode,
+                    lazy: lazy_mode(sync_mode),
+                    fail_next: &failing,
+                };
+                run(&mut conn, &context, queue, &counter, &checkpoints);
+            })?;
+        Ok(Self {
+            jobs,
+            batches,
+            fail_next,
+        })
+    }
+
+    /// Fault injection for tests: the next commit fails as a failed fsync would
+    /// (`SQLITE_IOERR_FSYNC`), without writing anything.
+    pub fn fail_next_write(&self) {
+        self.fail_next.store(true, Ordering::Relaxed);
     }
 
     /// How many batches of jobs the writer has run so far (unchanged while it is idle).
@@ -270,17 +292,24 @@ fn lazy_mode(sync_mode: SyncMode) -> SyncMode {
     }
 }
 
+/// What every batch of the writer thread needs.
+struct Context<'a> {
+    tail: &'a Mutex<Tail>,
+    sync_mode: SyncMode,
+    /// How commits that need not be durable are made.
+    lazy: SyncMode,
+    fail_next: &'a std::sync::atomic::AtomicBool,
+}
+
 /// The writer thread: takes a batch of queued jobs at a time and runs it.
 fn run(
     conn: &mut Connection,
-    tail: &Mutex<Tail>,
-    sync_mode: SyncMode,
+    context: &Context<'_>,
     mut queue: tokio::sync::mpsc::Receiver<Job>,
     batches: &AtomicU64,
     checkpoints: &SyncSender<()>,
 ) {
-    let lazy = lazy_mode(sync_mode);
-    if let Err(error) = conn.pragma_update(None, "synchronous", lazy.pragma()) {
+    if let Err(error) = conn.pragma_update(None, "synchronous", context.lazy.pragma()) {
         tracing::error!(%error, "could not set the writer connection to lazy commits");
     }
     let mut batch = Vec::new();
@@ -300,7 +329,7 @@ fn run(
             refuse_batch(failure, &mut batch);
             continue;
         }
-        if let Err(failure) = run_batch(conn, tail, sync_mode, lazy, &mut batch) {
+        if let Err(failure) = run_batch(conn, context, &mut batch) {
             tracing::error!(%failure, "a write to the database failed: nothing more is written to it");
             failed = Some(failure);
         }
@@ -328,13 +357,11 @@ fn refuse_batch(failure: &Failure, batch: &mut Vec<Job>) {
 /// Returns the first failure of a group, if any.
 fn run_batch(
     conn: &mut Connection,
-    tail: &Mutex<Tail>,
-    sync_mode: SyncMode,
-    lazy: SyncMode,
+    context: &Context<'_>,
     batch: &mut Vec<Job>,
 ) -> Result<(), Failure> {
     let mut first_failure: Option<Failure> = None;
-    let needs_sync = sync_mode == SyncMode::Full
+    let needs_sync = context.sync_mode == SyncMode::Full
         && batch
             .iter()
             .any(|job| matches!(job, Job::Log { durable: true, .. }));
@@ -352,7 +379,7 @@ fn run_batch(
                 group.push((work, append_job, done));
                 if Some(position) == last_log {
                     let committed =
-                        commit_group(conn, tail, &mut group, needs_sync, lazy, &mut reports);
+                        commit_group(conn, context, &mut group, needs_sync, &mut reports);
                     if let Err(error) = &committed {
                         first_failure.get_or_insert_with(|| error.clone());
                     }
@@ -369,8 +396,7 @@ fn run_batch(
             Job::Own(work) => {
                 if !group.is_empty() {
                     // Its failure is reported to its own jobs.
-                    if let Err(error) =
-                        commit_group(conn, tail, &mut group, false, lazy, &mut reports)
+                    if let Err(error) = commit_group(conn, context, &mut group, false, &mut reports)
                     {
                         first_failure.get_or_insert(error);
                     }
@@ -391,12 +417,12 @@ fn run_batch(
 /// returns whether it committed.
 fn commit_group(
     conn: &mut Connection,
-    tail: &Mutex<Tail>,
+    context: &Context<'_>,
     group: &mut Vec<(LogWork, Option<u64>, Done)>,
     durable: bool,
-    lazy: SyncMode,
     reports: &mut Vec<(Done, Result<(), Failure>)>,
 ) -> Result<(), Failure> {
+    let lazy = context.lazy;
     let mut works = Vec::with_capacity(group.len());
     let mut dones = Vec::with_capacity(group.len());
     let mut last_append = None;
@@ -416,6 +442,13 @@ fn commit_group(
         for work in works {
             work(&mut tx)?;
         }
+        if context.fail_next.swap(false, Ordering::Relaxed) {
+            // Rolled back when `tx` drops: nothing of the group reaches the file.
+            return Err(commit_failure(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+                Some("injected fault: fsync failed".into()),
+            )));
+        }
         tx.commit().map_err(commit_failure)
     })();
     if durable {
@@ -425,7 +458,8 @@ fn commit_group(
     }
     match (&result, last_append) {
         (Err(error), _) => tracing::error!(%error, jobs = dones.len(), "a log write failed"),
-        (Ok(()), Some(job)) => tail
+        (Ok(()), Some(job)) => context
+            .tail
             .lock()
             .expect("the log tail's mutex is never held across a panic")
             .written(job),

@@ -61,6 +61,12 @@ impl LogStore {
         self.shared.writer.batches_run()
     }
 
+    /// Fault injection for tests: the next commit of the log or the chat tables fails as a
+    /// failed fsync does, writing nothing.
+    pub fn fail_next_write(&self) {
+        self.shared.writer.fail_next_write();
+    }
+
     /// Lets go of the log tail's written entries and lets SQLite give back the page caches
     /// of the writer and log-reader connections (they refill from the file as needed). In
     /// order with the writes; for an idle node.
