@@ -319,3 +319,113 @@ async fn a_failed_fsync_stops_the_leader_and_the_cluster_loses_nothing() {
         node.stop().await;
     }
 }
+
+/// A value changed behind the back of one follower's database (a damaged page would do the
+/// same): the leader's periodic state check finds that follower's hash different from the
+/// majority's, raises the alarm (log, ClusterInfo on the leader and on the follower), and the
+/// follower refuses reads; restarted with `--rebuild` it leaves, sets its file aside, joins
+/// again from the leader's snapshot and log, and the next check finds every member equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_follower_is_found_by_the_state_check_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        state_check_secs: Some(1),
+        ..Setup::default()
+    };
+    let (mut nodes, first, alice) = led_by_node_1(dir.path(), 3, &setup).await;
+    for n in 0..20 {
+        first
+            .send_message(&alice, "bob", &format!("before {n}"))
+            .await
+            .unwrap();
+    }
+    let target = first.cluster_info().await.unwrap().commit_index;
+    let third = nodes[2].client();
+    eventually("node 3 has applied everything", || async {
+        matches!(third.cluster_info().await, Ok(info) if info.commit_index >= target)
+    })
+    .await;
+    eventually("a check finds every member equal", || async {
+        matches!(first.cluster_info().await, Ok(info) if info.alarms.is_empty())
+    })
+    .await;
+
+    // One row of node 3's file changes behind its back.
+    rusqlite::Connection::open(&nodes[2].db)
+        .unwrap()
+        .execute(
+            "UPDATE messages SET content = 'tampered' WHERE id = (SELECT min(id) FROM messages)",
+            [],
+        )
+        .unwrap();
+    let alarm = eventually_some("the leader raises the alarm for node 3", || async {
+        let info = first.cluster_info().await.ok()?;
+        info.alarms.into_iter().find(|a| a.starts_with("node 3 "))
+    })
+    .await;
+    assert!(alarm.contains("--rebuild"), "{alarm}");
+    eventually("node 3 knows its own alarm", || async {
+        matches!(third.cluster_info().await, Ok(info) if info.node_id == 3 && !info.alarms.is_empty())
+    })
+    .await;
+    let read = nodes[2]
+        .client()
+        .list_messages(
+            &alice,
+            &jochat_client::InboxQuery::default()
+                .consistency(jochat_client::ReadConsistency::Stale),
+        )
+        .await;
+    assert!(
+        matches!(&read, Err(jochat_client::ClientError::Unavailable(m)) if m.contains("differs")),
+        "{read:?}"
+    );
+
+    // Rebuilt: it leaves, sets its file aside, joins again and catches up.
+    let address = nodes[2].address.clone();
+    let old = nodes.pop().unwrap();
+    old.stop().await;
+    let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+    let peers = (1..=2)
+        .map(|id| jochat_node::config::Peer {
+            id,
+            address: nodes[id as usize - 1].address.clone(),
+        })
+        .collect();
+    let rebuild = Setup {
+        rebuild: true,
+        ..setup.clone()
+    };
+    nodes.push(start_node(dir.path(), 3, listener, peers, &rebuild));
+    wait_for_leader(&first, 1, 3).await;
+    eventually(
+        "node 3 is a voter with the cluster's state, and no alarm is left",
+        || async {
+            let Ok(info) = first.cluster_info().await else {
+                return false;
+            };
+            let voters = info
+                .members
+                .iter()
+                .filter(|m| m.role == jochat_client::MemberRole::Voter)
+                .count();
+            voters == 3
+                && info.alarms.is_empty()
+                && dump_file(&nodes[2].db) == dump_file(&nodes[0].db)
+        },
+    )
+    .await;
+    let set_aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("node-3.db.rebuilt-")
+        });
+    assert!(set_aside, "the damaged file is kept beside the new one");
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -112,8 +112,12 @@ pub fn cluster(info: &ClusterInfo) -> Output {
             m.applied_index
         ));
     }
+    for alarm in &info.alarms {
+        text.push_str(&format!("  ALARM: {alarm}\n"));
+    }
     text.pop();
     let json = json!({
+        "alarms": info.alarms,
         "node_id": info.node_id,
         "leader_id": info.leader_id,
         "leader_address": info.leader_address,
@@ -224,8 +228,16 @@ mod tests {
                 reachable: true,
                 applied_index: 5,
             }],
+            alarms: vec!["node 3 (127.0.0.1:5003): chat state differs".into()],
         };
         let rendered = cluster(&info);
+        assert!(rendered
+            .text
+            .ends_with("\n  ALARM: node 3 (127.0.0.1:5003): chat state differs"));
+        assert_eq!(
+            rendered.json["alarms"][0],
+            "node 3 (127.0.0.1:5003): chat state differs"
+        );
         assert_eq!(rendered.json["leader_id"], Value::Null);
         assert_eq!(rendered.json["members"][0]["role"], "voter");
         assert_eq!(rendered.json["members"][0]["applied_index"], 5);

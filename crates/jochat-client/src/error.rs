@@ -168,11 +168,14 @@ impl ClientError {
 }
 
 impl ClientError {
-    /// A plaintext call that failed the way calls to a TLS server fail (the server's TLS
-    /// alert read as an HTTP/2 frame) says what to do about it.
+    /// A plaintext call that failed the way calls to a TLS server fail (the connection was
+    /// made, then HTTP/2 broke: the server's TLS alert read as a frame, or the connection
+    /// closed at once) says what to do about it.
     pub(crate) fn with_plaintext_hint(self) -> Self {
         match self {
-            Self::Unavailable(message) if message.contains("frame with invalid size") => {
+            Self::Unavailable(message)
+                if message.starts_with("cannot reach ") && !message.contains("tcp connect") =>
+            {
                 Self::Unavailable(format!(
                     "{message} (the server may serve TLS only: call it with https:// or a CA \
                      certificate)"
@@ -321,6 +324,18 @@ mod tests {
             map(&status),
             ClientError::Unavailable("cannot reach 127.0.0.1:5001: connection reset".into())
         );
+        // A plaintext client whose connection broke after it was made is told about TLS; one
+        // that could not connect at all is not.
+        let hinted = map(&status).with_plaintext_hint().to_string();
+        assert!(
+            hinted.ends_with(
+                "(the server may serve TLS only: call it with https:// or a CA certificate)"
+            ),
+            "{hinted}"
+        );
+        let refused =
+            ClientError::Unavailable("cannot reach 127.0.0.1:5001: tcp connect error".into());
+        assert_eq!(refused.clone().with_plaintext_hint(), refused);
 
         // 2. The generated client's "not ready" status has no source but is local too.
         let status = Status::unknown(format!("{NOT_READY_PREFIX}: buffer closed"));

@@ -356,6 +356,9 @@ pub struct ClusterInfo {
     pub commit_index: u64,
     /// Every member.
     pub members: Vec<Member>,
+    /// Alarms the answering node knows of, one line each (a member whose chat state differs
+    /// from the majority's); empty when all is well.
+    pub alarms: Vec<String>,
 }
 
 impl TryFrom<v1::ClusterInfoResponse> for ClusterInfo {
@@ -383,6 +386,7 @@ impl TryFrom<v1::ClusterInfoResponse> for ClusterInfo {
             term: wire.term,
             commit_index: wire.commit_index,
             members,
+            alarms: wire.alarms,
         })
     }
 }
@@ -446,8 +450,10 @@ mod tests {
             term: 3,
             commit_index: 9,
             node_id: 2,
+            alarms: vec!["an alarm".into()],
         };
         let info = ClusterInfo::try_from(wire.clone()).unwrap();
+        assert_eq!(info.alarms, ["an alarm"]);
         assert_eq!((info.leader_id, info.leader_address), (None, None));
         assert_eq!(info.members[0].role, MemberRole::Learner);
         let unknown = v1::ClusterInfoResponse {

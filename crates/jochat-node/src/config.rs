@@ -23,6 +23,8 @@ const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// `--session-ttl-secs` default: a week.
 pub const SESSION_TTL_SECS_DEFAULT: u64 = 7 * 24 * 3600;
+/// Default `--state-check-secs`: every five minutes.
+pub const STATE_CHECK_SECS_DEFAULT: u64 = 300;
 /// Default `--startup-check-secs`: at SQLite's pace (hundreds of MB a second) a few GB.
 pub const STARTUP_CHECK_SECS_DEFAULT: u64 = 10;
 /// Default `--min-free-disk-mb`: more than a node writes in the second between two
@@ -233,6 +235,21 @@ pub struct NodeConfig {
         default_value_t = MIN_FREE_DISK_MB_DEFAULT
     )]
     pub min_free_disk_mb: u64,
+    /// Rebuilds this node from its cluster: asks the leader (found through `--peers`) to
+    /// remove it, sets its database file aside (renamed `<file>.rebuilt-<time>`), and joins
+    /// again empty, receiving the cluster's state. For a node whose file is damaged or whose
+    /// state differs from the cluster's. Remove the flag afterwards.
+    #[arg(long, env = "JOCHAT_REBUILD")]
+    pub rebuild: bool,
+    /// How often the leader compares the members' chat state (hashes of their tables at one
+    /// applied index), in seconds; a member that differs from the majority is flagged and
+    /// stops serving reads (0: never).
+    #[arg(
+        long = "state-check-secs",
+        env = "JOCHAT_STATE_CHECK_SECS",
+        default_value_t = STATE_CHECK_SECS_DEFAULT
+    )]
+    pub state_check_secs: u64,
     /// How long the start-up check of the database file may take, in seconds (SQLite's
     /// `quick_check`; a larger file is checked only that far, and a warning says so; 0: no
     /// check). A file found damaged is refused.
@@ -390,6 +407,8 @@ impl Default for NodeConfig {
             tls_ca: None,
             min_free_disk_mb: MIN_FREE_DISK_MB_DEFAULT,
             startup_check_secs: STARTUP_CHECK_SECS_DEFAULT,
+            state_check_secs: STATE_CHECK_SECS_DEFAULT,
+            rebuild: false,
             sync_mode: SyncMode::Full,
             session_ttl_secs: SESSION_TTL_SECS_DEFAULT,
             content_bytes_max: CONTENT_BYTES_MAX_DEFAULT,

@@ -97,6 +97,10 @@ pub enum NodeError {
         /// MiB that must stay free (`--min-free-disk-mb`).
         required_mib: u64,
     },
+    /// The leader found this node's chat state different from the majority's: it serves no
+    /// reads until rebuilt (`jochat-node --rebuild`). Read from another node.
+    #[error("this node's chat state differs from the cluster's and is not served: {0}")]
+    Diverged(String),
     /// The node's Raft core stopped on a storage fault (a failed write or fsync of the log
     /// or the database): the node stops serving and exits so that it is restarted. Retry on
     /// another node.
@@ -154,6 +158,7 @@ impl NodeError {
             Self::Config { .. } => Code::InvalidArgument,
             Self::ShuttingDown
             | Self::Stopped(_)
+            | Self::Diverged(_)
             | Self::Overloaded(_)
             | Self::NotLeader { .. }
             | Self::NoQuorum(_) => Code::Unavailable,

@@ -98,7 +98,8 @@ async fn run(
             config.cluster_secret.as_deref(),
             tls.is_some(),
         )
-        .with_disk_guard(Arc::clone(node.disk())),
+        .with_disk_guard(Arc::clone(node.disk()))
+        .with_state_check(node.state_hasher().clone(), node.state_alarms().clone()),
     )
     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     let chat = ChatServer::new(ChatApi::new(Arc::clone(&node)))

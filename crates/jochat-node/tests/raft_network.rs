@@ -11,6 +11,7 @@ use jochat_node::raft::TypeConfig;
 use jochat_proto::internal::v1::raft_server::{Raft, RaftServer};
 use jochat_proto::internal::v1::{
     JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply, ProbeRequest, RaftPayload,
+    StateAlarmReply, StateAlarmRequest, StateHashReply, StateHashRequest,
 };
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -91,6 +92,18 @@ impl Raft for FakePeer {
         Err(Status::unimplemented("not in this test"))
     }
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn state_hash(
+        &self,
+        _: Request<StateHashRequest>,
+    ) -> Result<Response<StateHashReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn state_alarm(
+        &self,
+        _: Request<StateAlarmRequest>,
+    ) -> Result<Response<StateAlarmReply>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
 }

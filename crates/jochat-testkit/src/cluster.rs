@@ -72,6 +72,10 @@ pub struct Setup {
     pub force_new_cluster: bool,
     /// `--subscriber-buffer`, when not the default.
     pub subscriber_buffer: Option<usize>,
+    /// `--state-check-secs`, when not the default.
+    pub state_check_secs: Option<u64>,
+    /// `--rebuild`.
+    pub rebuild: bool,
 }
 
 impl Setup {
@@ -85,6 +89,8 @@ impl Setup {
             admin_user: self.admin_user.clone(),
             cluster_secret: self.cluster_secret.clone(),
             force_new_cluster: self.force_new_cluster,
+            rebuild: self.rebuild,
+            state_check_secs: self.state_check_secs.unwrap_or(defaults.state_check_secs),
             subscriber_buffer: self.subscriber_buffer.unwrap_or(defaults.subscriber_buffer),
             snapshot_threshold: self
                 .snapshot_threshold
@@ -211,6 +217,22 @@ where
 {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` until it gives a value or 60 s pass, and returns the value.
+pub async fn eventually_some<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

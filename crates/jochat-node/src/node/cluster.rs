@@ -145,6 +145,76 @@ async fn ask_to_join(
     client.join(request).await.map(drop)
 }
 
+/// How long `--rebuild` keeps asking the cluster to remove this node before it gives up.
+const REBUILD_LEAVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `--rebuild`, before the old file is set aside: asks the cluster's leader (found through
+/// `config`'s peers, and not this node) to remove this node from the membership, and waits
+/// until it has. The node then starts empty and joins again as a new member (learner, then
+/// voter once it has the leader's snapshot), so no vote it cast with its old file can count
+/// twice and nothing committed can be lost with that file.
+///
+/// # Errors
+/// `Config` on `rebuild` when no peers are given or no leader removes this node in time.
+pub(super) async fn leave_for_rebuild(
+    config: &NodeConfig,
+    dialer: &PeerDialer,
+) -> Result<(), NodeError> {
+    let me = config.server_id;
+    let fail = |rule: String| NodeError::Config {
+        flag: "rebuild",
+        rule,
+    };
+    if config.peers.is_empty() {
+        return Err(fail(
+            "needs --peers: the node is rebuilt from its cluster, which must have a leader".into(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    loop {
+        for peer in &config.peers {
+            let Some((leader_id, leader_address)) = leader_seen_by(dialer, &peer.address).await
+            else {
+                continue;
+            };
+            if leader_id == me {
+                continue;
+            }
+            match ask_to_leave(me, dialer, &leader_address).await {
+                Ok(()) => {
+                    tracing::warn!(leader_id, "--rebuild: this node was removed from the cluster; setting its file aside and joining again");
+                    return Ok(());
+                }
+                Err(status) => {
+                    tracing::warn!(leader_id, %status, "--rebuild: the leader did not remove this node yet; retrying")
+                }
+            }
+        }
+        if started.elapsed() > REBUILD_LEAVE_PATIENCE {
+            return Err(fail(format!(
+                "no leader among --peers removed node {me} within {REBUILD_LEAVE_PATIENCE:?}"
+            )));
+        }
+        tokio::time::sleep(JOIN_RETRY_INTERVAL).await;
+    }
+}
+
+async fn ask_to_leave(me: u64, dialer: &PeerDialer, leader: &str) -> Result<(), tonic::Status> {
+    let channel = dialer
+        .endpoint(leader)
+        .map_err(tonic::Status::invalid_argument)?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(jochat_proto::internal::v1::LeaveRequest { node_id: me });
+    request.set_timeout(JOIN_TIMEOUT);
+    dialer.authorize(&mut request)?;
+    jochat_proto::internal::v1::raft_client::RaftClient::new(channel)
+        .leave(request)
+        .await
+        .map(drop)
+}
+
 /// Starts this node's part in forming its cluster. A node with no state either bootstraps:
 /// alone when it has no peers, or with all of them when it has the lowest id and no peer
 /// knows a leader (nodes started together). Otherwise it joins through the leader in the

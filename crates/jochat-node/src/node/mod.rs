@@ -35,6 +35,8 @@ use crate::proposer::Proposer;
 use crate::raft::election::{self, ElectionSettings, LeaderContact};
 use crate::raft::faults::Faults;
 use crate::raft::network::{NetworkFactory, PeerDialer};
+use crate::raft::state_check::{StateAlarms, StateCheck};
+use crate::raft::storage::StateHasher;
 use crate::raft::{self, TypeConfig};
 use crate::reads::ReadRounds;
 use crate::store::{Database, SqliteChat};
@@ -91,6 +93,12 @@ pub struct Node {
     subscribers: Arc<tokio::sync::Semaphore>,
     /// The free space of the data folder (`--min-free-disk-mb`).
     disk: Arc<DiskGuard>,
+    /// Hashes the chat tables at a chosen index (the state check, `StateHash`).
+    state_hasher: StateHasher,
+    /// State alarms: this node's own, and what it found leading.
+    alarms: StateAlarms,
+    /// The periodic state check (`--state-check-secs`), stopped at shutdown.
+    state_check: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Gives the SQLite caches and the allocator's free memory back each time the node goes
@@ -113,6 +121,24 @@ async fn release_when_idle(log: raft::storage::LogStore, db: Arc<Database>) {
         }
     })
     .await;
+}
+
+/// `--rebuild`: renames the database file and what goes with it (`-wal`, `-shm`, the
+/// snapshots folder) to `<name>.rebuilt-<unix seconds>`, keeping them for inspection.
+fn set_aside(db: &std::path::Path) -> Result<(), NodeError> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let name = db.display().to_string();
+    for companion in ["", "-wal", "-shm", ".snapshots"] {
+        let from = std::path::PathBuf::from(format!("{name}{companion}"));
+        if from.exists() {
+            let to = std::path::PathBuf::from(format!("{name}{companion}.rebuilt-{stamp}"));
+            std::fs::rename(&from, &to)?;
+            tracing::warn!(from = %from.display(), to = %to.display(), "--rebuild: set aside");
+        }
+    }
+    Ok(())
 }
 
 /// How long a write or a linearizable read may wait for a majority before it is answered
@@ -143,6 +169,10 @@ impl Node {
         dialer: PeerDialer,
         faults: Faults,
     ) -> Result<Self, NodeError> {
+        if config.rebuild {
+            cluster::leave_for_rebuild(&config, &dialer).await?;
+            set_aside(&config.db_path())?;
+        }
         // A damaged file is refused before anything reads or writes it.
         match crate::store::integrity::check(
             &config.db_path(),
@@ -162,6 +192,7 @@ impl Node {
             Arc::new(move || log.fail_next_write())
         });
         let events = state_machine.events();
+        let state_hasher = state_machine.hasher();
         let snapshot_gauge = state_machine.snapshot_gauge();
         if config.force_new_cluster {
             let changed = log
@@ -209,10 +240,24 @@ impl Node {
                 id: config.server_id,
                 election_timeout_ms: config.election_timeout_ms,
                 heartbeat_ms: config.heartbeat_ms,
-                dialer,
-                faults,
+                dialer: dialer.clone(),
+                faults: faults.clone(),
             },
         ));
+        let alarms = StateAlarms::default();
+        let state_check = (config.state_check_secs > 0).then(|| {
+            tokio::spawn(raft::state_check::run(
+                StateCheck {
+                    id: config.server_id,
+                    raft: raft.clone(),
+                    hasher: state_hasher.clone(),
+                    alarms: alarms.clone(),
+                    dialer: dialer.clone(),
+                    faults: faults.clone(),
+                },
+                std::time::Duration::from_secs(config.state_check_secs),
+            ))
+        });
         let snapshots = tokio::spawn(raft::snapshots::run(
             raft.clone(),
             snapshot_gauge,
@@ -238,7 +283,20 @@ impl Node {
             read_rounds: ReadRounds::default(),
             subscribers,
             disk,
+            state_hasher,
+            alarms,
+            state_check,
         })
+    }
+
+    /// Hashes this node's chat tables at a chosen applied index.
+    pub fn state_hasher(&self) -> &StateHasher {
+        &self.state_hasher
+    }
+
+    /// This node's state alarms.
+    pub fn state_alarms(&self) -> &StateAlarms {
+        &self.alarms
     }
 
     /// Completes when this node's Raft core stops on its own (a storage fault: a failed write
@@ -375,6 +433,9 @@ impl Node {
         T: Send + 'static,
         F: FnOnce(&SqliteChat<'_>) -> Result<T, ChatError> + Send + 'static,
     {
+        if let Some(alarm) = self.alarms.own() {
+            return Err(NodeError::Diverged(alarm));
+        }
         match consistency {
             Consistency::Stale => {}
             Consistency::Linearizable => {
@@ -475,6 +536,9 @@ impl Node {
             joining.abort();
         }
         self.elections.abort();
+        if let Some(check) = &self.state_check {
+            check.abort();
+        }
         self.idle.abort();
         self.snapshots.abort();
         self.proposer.stop();

@@ -23,6 +23,7 @@ pub mod election;
 pub mod faults;
 pub mod network;
 pub mod snapshots;
+pub mod state_check;
 pub mod storage;
 pub mod tail;
 pub mod writer;

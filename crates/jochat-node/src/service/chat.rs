@@ -341,6 +341,7 @@ impl Chat for ChatApi {
                 term: view.term,
                 commit_index: view.applied_index,
                 node_id: view.node_id,
+                alarms: node.state_alarms().lines(),
             })
         })
         .await

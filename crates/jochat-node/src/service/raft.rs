@@ -6,6 +6,7 @@
 use jochat_proto::internal::v1::raft_server::Raft as RaftService;
 use jochat_proto::internal::v1::{
     JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply, ProbeRequest, RaftPayload,
+    StateAlarmReply, StateAlarmRequest, StateHashReply, StateHashRequest,
 };
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
@@ -21,6 +22,8 @@ use crate::disk::DiskGuard;
 use crate::error::NodeError;
 use crate::raft::election::LeaderContact;
 use crate::raft::network::CLUSTER_SECRET_HEADER;
+use crate::raft::state_check::{StateAlarms, HASH_WAIT};
+use crate::raft::storage::{StateHash, StateHasher};
 use crate::raft::TypeConfig;
 use crate::tls::is_cluster_member;
 
@@ -40,6 +43,8 @@ pub struct RaftApi {
     /// While it says the disk is low, log entries and snapshots are refused (the leader
     /// retries them later): this node falls behind rather than fill its disk.
     disk: Option<Arc<DiskGuard>>,
+    /// Answers `StateHash` and takes `StateAlarm` (none: both refused UNIMPLEMENTED).
+    state: Option<(StateHasher, StateAlarms)>,
 }
 
 impl RaftApi {
@@ -58,6 +63,16 @@ impl RaftApi {
             secret_digest: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
             member_certificate_required,
             disk: None,
+            state: None,
+        }
+    }
+
+    /// The same service, answering state hashes with `hasher` and raising alarms in `alarms`.
+    #[must_use]
+    pub fn with_state_check(self, hasher: StateHasher, alarms: StateAlarms) -> Self {
+        Self {
+            state: Some((hasher, alarms)),
+            ..self
         }
     }
 
@@ -314,6 +329,48 @@ impl RaftService for RaftApi {
             .map_err(membership_refusal)?;
         tracing::info!(node_id, "node joined as a voter");
         Ok(Response::new(JoinReply {}))
+    }
+
+    async fn state_hash(
+        &self,
+        request: Request<StateHashRequest>,
+    ) -> Result<Response<StateHashReply>, Status> {
+        self.authorize("state_hash", &request)?;
+        let Some((hasher, _)) = &self.state else {
+            return Err(Status::unimplemented("this node does not hash its state"));
+        };
+        let index = request.get_ref().index;
+        let reply = match hasher
+            .hash_at(index, HASH_WAIT)
+            .await
+            .map_err(Status::from)?
+        {
+            StateHash::Hashed { index, sha256 } => StateHashReply {
+                hashed: true,
+                sha256: sha256.to_vec(),
+                applied_index: index,
+            },
+            StateHash::Passed { applied } => StateHashReply {
+                hashed: false,
+                sha256: Vec::new(),
+                applied_index: applied,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn state_alarm(
+        &self,
+        request: Request<StateAlarmRequest>,
+    ) -> Result<Response<StateAlarmReply>, Status> {
+        self.authorize("state_alarm", &request)?;
+        let Some((_, alarms)) = &self.state else {
+            return Err(Status::unimplemented(
+                "this node does not take state alarms",
+            ));
+        };
+        alarms.raise_own(request.into_inner().detail);
+        Ok(Response::new(StateAlarmReply {}))
     }
 
     async fn install_snapshot(

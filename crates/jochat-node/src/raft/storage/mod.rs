@@ -34,7 +34,10 @@
 
 mod log_store;
 mod snapshot_files;
+mod state_hash;
 mod state_machine;
+
+pub use state_hash::{StateHash, StateHasher};
 
 use log_store::delete_purged;
 use snapshot_files::{remove_replaced, CurrentSnapshot};
@@ -105,6 +108,8 @@ struct Shared {
     purged_upto: tokio::sync::watch::Sender<u64>,
     /// The receiving end, until the first purge starts the deletion task with it.
     purged_rows: Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
+    /// Read views to hand over when an entry is applied (`state_hash`).
+    hash_hooks: state_hash::Hooks,
 }
 
 /// The Raft log, openraft's `RaftLogStorage`. Cheap to clone; clones share the connection.
@@ -189,6 +194,7 @@ pub fn open_with(
         gauge: Arc::new(SnapshotGauge::new(snapshot_bytes)),
         purged_upto,
         purged_rows: Mutex::new(Some(purged_rows)),
+        hash_hooks: state_hash::Hooks::default(),
     });
     Ok((
         LogStore {

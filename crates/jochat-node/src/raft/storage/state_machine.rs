@@ -89,6 +89,59 @@ fn event_of(
 }
 
 impl StateMachineStore {
+    /// Applies `entries` in one transaction and publishes their events once it commits.
+    async fn apply_run(
+        &mut self,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<Vec<Applied>, Failure> {
+        let bytes: usize = entries.iter().map(entry_bytes).sum();
+        // With nobody subscribed, stored messages are not read back for events. Anyone who
+        // subscribes meanwhile hears `Resync` once the transaction has committed, and reads
+        // what it missed from the database (it joined the channel before that read).
+        let messages_read = self.events.has_receivers();
+        let applied = self
+            .shared
+            .in_log_group(false, move |tx| apply_entries(tx, &entries, messages_read))
+            .await?;
+        let (results, mut events, stored) = applied;
+        self.shared.gauge.applied(bytes as u64);
+        if stored && !messages_read {
+            events.push(ChatEvent::Resync);
+        }
+        // Published only now that the transaction has committed.
+        self.events.publish(events);
+        Ok(results)
+    }
+
+    /// Gives every state hash waiting for `index` (just applied) a read view of the tables
+    /// as they stand now, before anything more is applied.
+    async fn hand_over_views(&self, index: u64) {
+        let waiting = self
+            .shared
+            .hash_hooks
+            .lock()
+            .expect("the hash hooks' mutex is never held across a panic")
+            .remove(&index)
+            .unwrap_or_default();
+        for sender in waiting {
+            let path = self.shared.path.clone();
+            match tokio::task::spawn_blocking(move || super::state_hash::open_view(&path)).await {
+                Ok(Ok(view)) => {
+                    let _ = sender.send(view);
+                }
+                Ok(Err(error)) => tracing::warn!(%error, index, "no read view for a state hash"),
+                Err(error) => tracing::warn!(%error, index, "no read view for a state hash"),
+            }
+        }
+    }
+
+    /// Hashes this node's chat tables at chosen indexes (`raft::state_check`).
+    pub fn hasher(&self) -> super::StateHasher {
+        super::StateHasher {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// The channel this state machine publishes applied messages and session changes on.
     pub fn events(&self) -> Events {
         self.events.clone()
@@ -127,23 +180,33 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let bytes: usize = entries.iter().map(entry_bytes).sum();
-        // With nobody subscribed, stored messages are not read back for events. Anyone who
-        // subscribes meanwhile hears `Resync` once the transaction has committed, and reads
-        // what it missed from the database (it joined the channel before that read).
-        let messages_read = self.events.has_receivers();
-        let applied = self
-            .shared
-            .in_log_group(false, move |tx| apply_entries(tx, &entries, messages_read))
-            .await?;
-        let (results, mut events, stored) = applied;
-        self.shared.gauge.applied(bytes as u64);
-        if stored && !messages_read {
-            events.push(ChatEvent::Resync);
+        let mut rest: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        // A state hash waits for one of these entries: apply up to it, hand over a read view
+        // of the tables there, then apply the rest.
+        let hooked: Vec<u64> = match (rest.first(), rest.last()) {
+            (Some(first), Some(last)) => self
+                .shared
+                .hash_hooks
+                .lock()
+                .expect("the hash hooks' mutex is never held across a panic")
+                .range(first.log_id.index..=last.log_id.index)
+                .map(|(index, _)| *index)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut results = Vec::with_capacity(rest.len());
+        for index in hooked {
+            let Some(cut) = rest.iter().position(|e| e.log_id.index == index) else {
+                continue;
+            };
+            let after = rest.split_off(cut + 1);
+            results.extend(self.apply_run(rest).await?);
+            rest = after;
+            self.hand_over_views(index).await;
         }
-        // Published only now that the transaction has committed.
-        self.events.publish(events);
+        if !rest.is_empty() {
+            results.extend(self.apply_run(rest).await?);
+        }
         Ok(results)
     }
 
