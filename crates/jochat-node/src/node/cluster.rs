@@ -129,13 +129,7 @@ async fn ask_to_join(
     dialer: &PeerDialer,
     leader_address: &str,
 ) -> Result<(), tonic::Status> {
-    let channel = dialer
-        .endpoint(leader_address)
-        .map_err(tonic::Status::invalid_argument)?
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut client = jochat_proto::internal::v1::raft_client::RaftClient::new(channel);
+    let mut client = dialer.raft_client(leader_address).await?;
     let mut request = tonic::Request::new(jochat_proto::internal::v1::JoinRequest {
         node_id: config.server_id,
         address: address.to_owned(),
@@ -200,19 +194,11 @@ pub(super) async fn leave_for_rebuild(
 }
 
 async fn ask_to_leave(me: u64, dialer: &PeerDialer, leader: &str) -> Result<(), tonic::Status> {
-    let channel = dialer
-        .endpoint(leader)
-        .map_err(tonic::Status::invalid_argument)?
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = dialer.raft_client(leader).await?;
     let mut request = tonic::Request::new(jochat_proto::internal::v1::LeaveRequest { node_id: me });
     request.set_timeout(JOIN_TIMEOUT);
     dialer.authorize(&mut request)?;
-    jochat_proto::internal::v1::raft_client::RaftClient::new(channel)
-        .leave(request)
-        .await
-        .map(drop)
+    client.leave(request).await.map(drop)
 }
 
 /// Starts this node's part in forming its cluster. A node with no state either bootstraps:

@@ -75,6 +75,20 @@ impl PeerDialer {
         }
     }
 
+    /// A client of the internal service of the node at `address`, connected now.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for an unusable address, UNAVAILABLE when it cannot be reached.
+    pub async fn raft_client(&self, address: &str) -> Result<RaftClient<Channel>, Status> {
+        let channel = self
+            .endpoint(address)
+            .map_err(Status::invalid_argument)?
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach {address}: {e}")))?;
+        Ok(RaftClient::new(channel))
+    }
+
     /// Puts the cluster secret, if any, on `request`.
     ///
     /// # Errors

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jochat_proto::internal::v1::raft_client::RaftClient;
 use jochat_proto::internal::v1::{StateAlarmRequest, StateHashRequest};
 
 use super::faults::Faults;
@@ -191,15 +190,11 @@ impl StateCheck {
         if self.faults.between(self.id, member).is_some() {
             return None;
         }
-        let channel = self.dialer.endpoint(address).ok()?.connect().await.ok()?;
+        let mut client = self.dialer.raft_client(address).await.ok()?;
         let mut request = tonic::Request::new(StateHashRequest { index });
         request.set_timeout(HASH_WAIT + Duration::from_secs(5));
         self.dialer.authorize(&mut request).ok()?;
-        let reply = RaftClient::new(channel)
-            .state_hash(request)
-            .await
-            .ok()?
-            .into_inner();
+        let reply = client.state_hash(request).await.ok()?.into_inner();
         if !reply.hashed {
             return Some(StateHash::Passed {
                 applied: reply.applied_index,
@@ -213,10 +208,7 @@ impl StateCheck {
     }
 
     async fn tell(&self, member: u64, address: &str, index: u64, detail: &str) {
-        let Ok(endpoint) = self.dialer.endpoint(address) else {
-            return;
-        };
-        let Ok(channel) = endpoint.connect().await else {
+        let Ok(mut client) = self.dialer.raft_client(address).await else {
             return;
         };
         let mut request = tonic::Request::new(StateAlarmRequest {
@@ -226,7 +218,7 @@ impl StateCheck {
         if self.dialer.authorize(&mut request).is_err() {
             return;
         }
-        if let Err(status) = RaftClient::new(channel).state_alarm(request).await {
+        if let Err(status) = client.state_alarm(request).await {
             tracing::warn!(member, %status, "could not tell a member about its state alarm");
         }
     }
