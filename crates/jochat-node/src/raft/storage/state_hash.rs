@@ -65,6 +65,7 @@ impl StateHasher {
             .map_err(|e| NodeError::Task(e.to_string()))??;
         let applied = applied_index(&now)?;
         let conn = if applied >= index {
+            drop(view);
             self.unhook(index);
             if applied > index {
                 return Ok(StateHash::Passed { applied });
@@ -96,11 +97,11 @@ impl StateHasher {
             .expect("the hash hooks' mutex is never held across a panic")
     }
 
+    /// Forgets the hooks at `index` whose waiter has gone (dropped its receiving end).
     fn unhook(&self, index: u64) {
         let mut hooks = self.hooks();
         if let Some(waiting) = hooks.get_mut(&index) {
             waiting.retain(|sender| !sender.is_closed());
-            waiting.pop();
             if waiting.is_empty() {
                 hooks.remove(&index);
             }
