@@ -368,8 +368,13 @@ async fn a_damaged_follower_is_found_by_the_state_check_and_rebuilt() {
         matches!(third.cluster_info().await, Ok(info) if info.node_id == 3 && !info.alarms.is_empty())
     })
     .await;
-    let read = nodes[2]
-        .client()
+    // UNAVAILABLE is retried until the deadline: a short one.
+    let read = jochat_client::ChatServerClient::builder()
+        .servers([nodes[2].address.clone()])
+        .discover_members(false)
+        .deadline(Duration::from_millis(500))
+        .build()
+        .unwrap()
         .list_messages(
             &alice,
             &jochat_client::InboxQuery::default()
