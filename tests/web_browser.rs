@@ -599,6 +599,16 @@ async fn the_page_works_over_https_with_secure_cookies() {
     .expect("a TLS node starts");
     let web = WebServer::start_tls(&[node.address()], &certs).await;
     let base = web.base.clone();
+    // Bob, to write to, through the client library over TLS.
+    let client = jochat_client::ChatServerClient::builder()
+        .servers([node.address()])
+        .ca_certificate(certs.pem("ca.crt"))
+        .build()
+        .unwrap();
+    client
+        .sign_up("bob", "pw-bob")
+        .await
+        .expect("bob signs up over TLS");
     assert!(base.starts_with("https://"), "{base}");
 
     // The test CA is not in the browser's store; only certificate errors are waived.
@@ -616,8 +626,7 @@ async fn the_page_works_over_https_with_secure_cookies() {
             page.click("#auth-submit").await;
             page.wait_shown("chat-view").await;
             page.wait_text("#live", "live").await;
-            page.send("alice", "a note over https").await;
-            page.wait_text("#messages", "a note over https").await;
+            page.send("bob", "a note over https").await;
 
             let cookies = page.client.get_all_cookies().await.expect("the cookies");
             let session = cookies
@@ -629,6 +638,13 @@ async fn the_page_works_over_https_with_secure_cookies() {
         },
     )
     .await;
+    let bob = client.log_in("bob", "pw-bob").await.unwrap();
+    let inbox = client
+        .list_messages(&bob.token, &jochat_client::InboxQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(inbox.messages[0].content, "a note over https");
+    assert_eq!(inbox.messages[0].sender, "alice");
     drop(web);
     node.shutdown().await.expect("the node stops");
 }
