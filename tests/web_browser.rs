@@ -12,7 +12,6 @@
 use jochat_testkit as common;
 
 use std::future::Future;
-use std::io::Write as _;
 use std::net::TcpListener as StdListener;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -62,16 +61,7 @@ fn programs_or_skip(test: &str) -> Option<Programs> {
          or JOCHAT_CHROMIUM / JOCHAT_CHROMEDRIVER",
         missing.join(" and ")
     );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{why} (CI=true: the browser tests must run)"
-    );
-    // Straight to the process's stderr, past the test harness's capture, so that the skip
-    // shows in `cargo test`'s output.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED web_browser::{test}: {why} ***\n"
-    );
+    common::runs_here(&format!("web_browser::{test}"), Some(why));
     None
 }
 

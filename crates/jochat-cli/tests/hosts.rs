@@ -10,18 +10,15 @@
 //! fails it. Every namespace (and with it every interface) and every process it starts is
 //! removed at the end, also when it fails.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use jochat_process::{binary_beside, NodeCommand, NodeProcess};
+use jochat_testkit::{runs_here, wait_until};
 use serde_json::Value;
 
 /// Messages the client writes before the leader is killed.
 const MESSAGES: usize = 20;
-/// How long the cluster may take to form, and to recover after the kill.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Why the test cannot run here, if it cannot.
 fn missing_privilege() -> Option<String> {
@@ -144,21 +141,6 @@ fn jochat(
     serde_json::from_slice(&output.stdout).map_err(|error| error.to_string())
 }
 
-/// Polls `check` until it returns `Some`, for at most [`PATIENCE`].
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "timed out waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The contents of bob's inbox as `servers` answer (linearizable, or `--stale`).
 fn inbox(namespace: &str, servers: &str, session: &Path, stale: bool) -> Option<Vec<String>> {
     let mut args = vec!["inbox", "--limit", "1000"];
@@ -177,16 +159,10 @@ fn inbox(namespace: &str, servers: &str, session: &Path, stale: bool) -> Option<
 
 #[test]
 fn a_cluster_of_three_hosts_survives_its_leader() {
-    if let Some(why) = missing_privilege() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "hosts::a_cluster_of_three_hosts_survives_its_leader cannot run: {why} \
-             (CI=true: it must run)"
-        );
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPED hosts::a_cluster_of_three_hosts_survives_its_leader: {why} ***\n"
-        );
+    if !runs_here(
+        "hosts::a_cluster_of_three_hosts_survives_its_leader",
+        missing_privilege(),
+    ) {
         return;
     }
     let node_binary: PathBuf = binary_beside("jochat-node")
@@ -240,7 +216,7 @@ fn a_cluster_of_three_hosts_survives_its_leader() {
     //    advertised address.
     let alice = dir.path().join("alice.json");
     let bob = dir.path().join("bob.json");
-    let info = eventually("node 1 leads three voters", || {
+    let info = wait_until("node 1 leads three voters", || {
         let info = jochat(&client_host, &servers, &alice, "", &["cluster", "info"]).ok()?;
         let voters = info["members"]
             .as_array()?
@@ -303,7 +279,7 @@ fn a_cluster_of_three_hosts_survives_its_leader() {
         .filter(|(index, _)| *index as u64 + 1 != leader)
         .map(|(_, address)| address.clone())
         .collect();
-    let read = eventually("the survivors serve a linearizable read", || {
+    let read = wait_until("the survivors serve a linearizable read", || {
         inbox(&client_host, &survivors.join(","), &bob, false)
     });
     assert_eq!(
@@ -319,7 +295,7 @@ fn a_cluster_of_three_hosts_survives_its_leader() {
     )
     .expect("the survivors take writes");
     for survivor in &survivors {
-        let stale = eventually("a survivor has applied everything", || {
+        let stale = wait_until("a survivor has applied everything", || {
             inbox(&client_host, survivor, &bob, true).filter(|read| read.len() == MESSAGES + 1)
         });
         assert!(

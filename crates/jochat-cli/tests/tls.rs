@@ -8,13 +8,11 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jochat_process::{binary_beside, NodeCommand, NodeProcess};
+use jochat_testkit::wait_until;
 use serde_json::Value;
-
-/// How long a condition may take to hold.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Runs `jochat` with `args` (nothing from the environment).
 fn jochat(args: &[&str], password: Option<&str>) -> Output {
@@ -99,21 +97,6 @@ impl Cli {
     }
 }
 
-/// Polls `check` until it returns `Some`, for at most [`PATIENCE`].
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "timed out waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The `--tls-*` flags of a node.
 fn tls_flags(cert: &Path, key: &Path, ca: &Path) -> Vec<std::ffi::OsString> {
     vec![
@@ -186,7 +169,7 @@ fn a_tls_cluster_from_jochat_cert_serves_the_cli_and_refuses_strangers() {
         session: dir.path().join(format!("{name}.json")),
     };
     let (alice, bob) = (client("alice"), client("bob"));
-    eventually("the three nodes form a cluster over mutual TLS", || {
+    wait_until("the three nodes form a cluster over mutual TLS", || {
         (voters_with_a_leader(&alice)? == 3).then_some(())
     });
 
@@ -222,7 +205,7 @@ fn a_tls_cluster_from_jochat_cert_serves_the_cli_and_refuses_strangers() {
             let _ = lines_in.send(line);
         }
     });
-    let seen = eventually("watch prints a message sent over TLS", || {
+    let seen = wait_until("watch prints a message sent over TLS", || {
         alice.ok(&["send", "bob", "live", "over", "tls"], None);
         lines
             .recv_timeout(Duration::from_millis(500))
@@ -281,7 +264,7 @@ fn a_tls_cluster_from_jochat_cert_serves_the_cli_and_refuses_strangers() {
         &certs.join("ca.crt"),
     );
     let intruder = start(4, dir.path(), &[&n1], &intruder_flags);
-    eventually(
+    wait_until(
         "node 1 logs that it refused the intruder's certificate",
         || n1.log_lines("refused a TLS connection").first().cloned(),
     );
@@ -295,7 +278,7 @@ fn a_tls_cluster_from_jochat_cert_serves_the_cli_and_refuses_strangers() {
         ..client("operator")
     };
     operator.ok(&["cluster", "remove", "3"], None);
-    eventually("the cluster has two voters", || {
+    wait_until("the cluster has two voters", || {
         (voters_with_a_leader(&alice)? == 2).then_some(())
     });
     drop((n1, n2, n3));
@@ -345,7 +328,7 @@ fn sighup_makes_a_node_serve_renewed_certificates() {
         .status()
         .expect("kill runs");
     assert!(hangup.success());
-    eventually("the node logs the reload", || {
+    wait_until("the node logs the reload", || {
         node.log_lines("reloaded the TLS certificates")
             .first()
             .cloned()

@@ -155,15 +155,14 @@ async fn run(
         }
     };
     disk_watch.abort();
-    let mut core_failure = core_failure;
-    if let Ok(failure) = core_failure.try_recv() {
-        node.close().await;
-        return Err(NodeError::Stopped(failure));
-    }
     tracing::info!("stopped accepting requests; committing what was accepted");
     node.close().await;
     tracing::info!("database closed");
-    served.map_err(NodeError::from)
+    match core_failure.await {
+        Ok(failure) => Err(NodeError::Stopped(failure)),
+        // The sender is gone without a word: the shutdown was asked for.
+        Err(_) => served.map_err(NodeError::from),
+    }
 }
 
 /// The health service's name for whether this node takes writes now: `NOT_SERVING` while

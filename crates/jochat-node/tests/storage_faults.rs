@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use jochat_client::{ChatServerClient, ClientError, InboxQuery, ReadConsistency, SessionToken};
 use jochat_process::{binary_beside, NodeCommand, NodeProcess};
+use jochat_testkit::cluster::eventually_some;
+use jochat_testkit::runs_here;
 
 /// How long a condition may take to hold.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -38,19 +40,6 @@ fn missing_privilege() -> Option<String> {
         return Some("it needs root to mount a small tmpfs as a nearly full disk".into());
     }
     None
-}
-
-/// Returns whether `test` may run; says loudly why not, and fails under `CI=true`.
-fn may_run(test: &str) -> bool {
-    let Some(why) = missing_privilege() else {
-        return true;
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} cannot run in CI: {why}"
-    );
-    eprintln!("*** SKIPPED {test}: {why} ***");
-    false
 }
 
 /// A tmpfs of its own, unmounted (and its folder removed) when dropped.
@@ -132,24 +121,6 @@ fn start(id: u64, db: &Path, peers: &[&NodeProcess], args: &[&str]) -> NodeProce
         )
         .spawn()
         .expect("the node starts")
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A client of one node only.
@@ -332,7 +303,7 @@ async fn failover_client(nodes: &[&NodeProcess]) -> ChatServerClient {
         .deadline(Duration::from_secs(60))
         .build()
         .unwrap();
-    eventually("node 1 leads every node as a voter", || async {
+    eventually_some("node 1 leads every node as a voter", || async {
         let info = client.cluster_info().await.ok()?;
         (info.leader_id == Some(1) && info.members.len() == nodes.len()).then_some(())
     })
@@ -348,7 +319,10 @@ async fn applied(node: &NodeProcess) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nearly_full_disk_stops_writes_or_replication_until_space_returns() {
-    if !may_run("a_nearly_full_disk_stops_writes_or_replication_until_space_returns") {
+    if !runs_here(
+        "storage_faults::a_nearly_full_disk_stops_writes_or_replication_until_space_returns",
+        missing_privilege(),
+    ) {
         return;
     }
     let leader_disk = Tmpfs::mount(96);
@@ -371,13 +345,13 @@ async fn a_nearly_full_disk_stops_writes_or_replication_until_space_returns() {
     // 1. The follower's disk nearly fills: it takes no entries and falls behind; the others
     //    carry on.
     follower_disk.fill_leaving(16 * MIB);
-    eventually("node 3 says its disk is nearly full", || async {
+    eventually_some("node 3 says its disk is nearly full", || async {
         n3.log_lines("disk nearly full").first().cloned()
     })
     .await;
     let behind_at = applied(&n3).await.expect("node 3 answers reads");
     let written = writers.count();
-    eventually(
+    eventually_some(
         "the cluster writes on while node 3 stays behind",
         || async {
             let leader = applied(&n1).await?;
@@ -393,7 +367,7 @@ async fn a_nearly_full_disk_stops_writes_or_replication_until_space_returns() {
     // 2. Space returns: it catches up, no restart needed.
     follower_disk.free_up();
     let target = applied(&n1).await.unwrap();
-    eventually("node 3 catches up", || async {
+    eventually_some("node 3 catches up", || async {
         (applied(&n3).await? >= target).then_some(())
     })
     .await;
@@ -404,7 +378,7 @@ async fn a_nearly_full_disk_stops_writes_or_replication_until_space_returns() {
     let raw = client_of(&n1);
     // Probes sent before the guard notices are ordinary acknowledged writes.
     let probes = Mutex::new(Vec::new());
-    let refusal = eventually("the leader refuses writes for its disk", || async {
+    let refusal = eventually_some("the leader refuses writes for its disk", || async {
         let content = format!("probe {}", probes.lock().unwrap().len());
         match raw.send_message(&alice, "bob", &content).await {
             Err(ClientError::NoSpace(message)) => Some(message),
@@ -456,7 +430,7 @@ async fn a_nearly_full_disk_stops_writes_or_replication_until_space_returns() {
     // 4. Space returns: writes resume on the same leader; the writers never saw a final
     //    error.
     leader_disk.free_up();
-    eventually("writes are acknowledged again", || async {
+    eventually_some("writes are acknowledged again", || async {
         (writers.count() > paused_at + 50).then_some(())
     })
     .await;
@@ -472,7 +446,10 @@ async fn a_nearly_full_disk_stops_writes_or_replication_until_space_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_that_fills_anyway_stops_the_node_and_loses_nothing() {
-    if !may_run("a_disk_that_fills_anyway_stops_the_node_and_loses_nothing") {
+    if !runs_here(
+        "storage_faults::a_disk_that_fills_anyway_stops_the_node_and_loses_nothing",
+        missing_privilege(),
+    ) {
         return;
     }
     let leader_disk = Tmpfs::mount(48);
@@ -504,7 +481,7 @@ async fn a_disk_that_fills_anyway_stops_the_node_and_loses_nothing() {
     assert_eq!(line.len(), 1, "{line:?}");
     // The others elect a leader and the writers carry on.
     let written = writers.count();
-    eventually("writes go on without node 1", || async {
+    eventually_some("writes go on without node 1", || async {
         (writers.count() > written + 20).then_some(())
     })
     .await;

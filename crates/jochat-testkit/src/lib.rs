@@ -10,6 +10,9 @@
 //! - [`process`]: `jochat-node` processes ([`jochat_process::NodeProcess`]) and raw clients
 //!   for them.
 //! - [`web`]: `jochat web` in process, and an HTTP client with a cookie jar.
+//! - [`tls`]: a throwaway CA and node certificate.
+//! - this file also: [`runs_here`], the one rule for tests that need something the machine
+//!   may lack (root, a browser), and [`wait_until`], polling for tests without a runtime.
 //!
 //! Tests wait on conditions (polling with a deadline), never for fixed times, use port 0 and
 //! temporary folders, and stop whatever they start.
@@ -98,3 +101,47 @@ pub mod cluster;
 pub mod process;
 pub mod tls;
 pub mod web;
+
+/// Whether `test` may run here, given what the machine lacks for it (`None`: nothing). When
+/// something is missing the test is skipped, said loudly on the process's stderr (past the
+/// harness's capture, so it shows in `cargo test`'s output), except under `CI=true`, where
+/// it must run: the test then fails.
+///
+/// # Panics
+/// Under `CI=true`, when something is missing.
+pub fn runs_here(test: &str, missing: Option<String>) -> bool {
+    let Some(why) = missing else {
+        return true;
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} cannot run: {why} (CI=true: it must run)"
+    );
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\n*** SKIPPED {test}: {why} ***\n\n").as_bytes(),
+    );
+    false
+}
+
+/// How long [`wait_until`] waits.
+pub const WAIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most [`WAIT_PATIENCE`], and
+/// returns the value (for tests that drive processes without a runtime).
+///
+/// # Panics
+/// When `check` has not returned `Some` in time.
+pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < WAIT_PATIENCE,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -101,6 +101,8 @@ impl StateCheck {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             if metrics.current_leader != Some(self.id) {
+                // What it found while leading is the new leader's to find again.
+                self.alarms.set_found(BTreeMap::new());
                 return;
             }
             let Some(applied) = metrics.last_applied else {
