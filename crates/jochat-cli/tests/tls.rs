@@ -54,6 +54,8 @@ struct Cli {
 
 impl Cli {
     fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        // A refused client retries until the deadline and then reports its last failure
+        // (the reason), also when the deadline cuts a retry short.
         let mut args = vec![
             "--json",
             "--servers",

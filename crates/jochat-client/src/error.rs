@@ -55,7 +55,8 @@ pub enum ClientError {
     /// already retried until the deadline.
     #[error("{0}")]
     Unavailable(String),
-    /// The call did not finish within its deadline, retries included. Final for this call;
+    /// The call did not finish within its deadline, retries included, and no attempt failed
+    /// otherwise (when one did, that failure is returned instead: it says more). Final for this call;
     /// a write may or may not have happened, so a caller that tries again should expect, for
     /// example, `AlreadyExists` after a sign-up that did happen.
     #[error("{operation}: no answer within the deadline of {} ms", deadline.as_millis())]

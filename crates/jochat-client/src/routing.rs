@@ -349,9 +349,12 @@ impl ChatServerClient {
         let mut backoff = self.inner.backoff_initial;
         let mut hints_followed = 0;
         let mut failed_in_round = 0;
+        // When the deadline cuts a retry short, the failure that made it retry says more
+        // than "no answer" (for example a certificate the client does not trust).
+        let mut last_failure: Option<ClientError> = None;
         loop {
             let Some(remaining) = deadline.checked_sub(started.elapsed()) else {
-                return Err(exceeded);
+                return Err(last_failure.unwrap_or(exceeded));
             };
             let server = self.inner.pick();
             let client =
@@ -360,7 +363,7 @@ impl ChatServerClient {
                 tokio::time::timeout(remaining, attempt(client, Attempt { token, remaining }))
                     .await;
             let status = match outcome {
-                Err(_elapsed) => return Err(exceeded),
+                Err(_elapsed) => return Err(last_failure.unwrap_or(exceeded)),
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
             };
@@ -380,6 +383,7 @@ impl ChatServerClient {
                 }
             }
             tracing::debug!(operation, server = %server.address, %error, "trying another server");
+            last_failure = Some(error.clone());
             self.inner.passed_over(&server);
             failed_in_round += 1;
             if failed_in_round < self.inner.server_count() {
