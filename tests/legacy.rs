@@ -1,6 +1,7 @@
 //! The prototype's `ChatService`, driven through its generated client against a real node:
-//! every call, its reply shapes, ResetDB's permissions, the refused internal calls, and data
-//! flowing between it and `jochat.v1` in both directions.
+//! every call with the status and text `legacy/REPLIES.md` gives for each condition,
+//! ResetDB's permissions, the refused internal calls, passwords as the prototype's client and
+//! scripts sent them, and data flowing between it and `jochat.v1` in both directions.
 
 use jochat_testkit as common;
 
@@ -36,7 +37,10 @@ async fn legacy_user(client: &mut ChatServiceClient<Channel>, name: &str) -> Str
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(signed.status, "ok", "{}", signed.msg);
+    assert_eq!(
+        (signed.status.as_str(), signed.msg.as_str()),
+        ("ok", "Signup successful")
+    );
     let login = client
         .login(LoginRequest {
             username: name.into(),
@@ -45,7 +49,10 @@ async fn legacy_user(client: &mut ChatServiceClient<Channel>, name: &str) -> Str
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(login.status, "ok", "{}", login.msg);
+    assert_eq!(
+        (login.status.as_str(), login.msg.as_str()),
+        ("ok", "Login successful")
+    );
     login.auth_token
 }
 
@@ -66,7 +73,7 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         .into_inner();
     assert_eq!(
         (taken.status.as_str(), taken.msg.as_str()),
-        ("error", "username: \"alice\" is already taken")
+        ("error", "Username already taken")
     );
     let bad = old
         .signup(SignupRequest {
@@ -76,8 +83,38 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(bad.status, "error");
-    assert_eq!(bad.msg, "username: must be 1 to 32 characters, got 0");
+    assert_eq!(
+        (bad.status.as_str(), bad.msg.as_str()),
+        ("error", "Username/password required")
+    );
+    for (username, password) in [("", "x"), ("alice", ""), ("", "")] {
+        let login = old
+            .login(LoginRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (login.status.as_str(), login.msg.as_str()),
+            ("error", "Username/password required"),
+            "{username:?} {password:?}"
+        );
+    }
+    // A rule the prototype never checked: JoChat's own message, naming the field.
+    let long = old
+        .signup(SignupRequest {
+            username: "a".repeat(33),
+            password: "x".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (long.status.as_str(), long.msg.as_str()),
+        ("error", "username: must be 1 to 32 characters, got 33")
+    );
     let wrong = old
         .login(LoginRequest {
             username: "alice".into(),
@@ -94,6 +131,16 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         ),
         ("error", "wrong username or password", "")
     );
+    // An unknown name gets the same text: nobody learns which names exist.
+    let unknown_name = old
+        .login(LoginRequest {
+            username: "nobody".into(),
+            password: "x".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unknown_name.msg, "wrong username or password");
 
     // 2. Bob signs up but stays away; Alice sends him three messages.
     old.signup(SignupRequest {
@@ -112,7 +159,10 @@ async fn every_chat_call_in_the_prototypes_shapes() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(sent.status, "ok", "{}", sent.msg);
+        assert_eq!(
+            (sent.status.as_str(), sent.msg.as_str()),
+            ("ok", "Message sent")
+        );
     }
     let unknown = old
         .send_message(SendMessageRequest {
@@ -125,7 +175,7 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         .into_inner();
     assert_eq!(
         (unknown.status.as_str(), unknown.msg.as_str()),
-        ("error", "recipient: no account named \"zed\"")
+        ("error", "Recipient not found")
     );
 
     // 3. Bob logs in with three unread, fetches two, counts one, lists newest first.
@@ -147,7 +197,10 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(fetched.status, "ok");
+    assert_eq!(
+        (fetched.status.as_str(), fetched.msg.as_str()),
+        ("ok", "Messages retrieved successfully")
+    );
     let contents: Vec<&str> = fetched
         .messages
         .iter()
@@ -162,7 +215,14 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((unread.status.as_str(), unread.unread_count), ("ok", 1));
+    assert_eq!(
+        (
+            unread.status.as_str(),
+            unread.msg.as_str(),
+            unread.unread_count
+        ),
+        ("ok", "Unread count fetched", 1)
+    );
     let listed = old
         .list_messages(ListMessagesRequest {
             auth_token: bob.clone(),
@@ -172,6 +232,10 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(
+        (listed.status.as_str(), listed.msg.as_str()),
+        ("ok", "Messages retrieved successfully")
+    );
     assert_eq!(listed.total_count, 3);
     assert_eq!(listed.messages.len(), 1);
     assert_eq!(listed.messages[0].content, "two");
@@ -209,10 +273,12 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         start: 0,
         count: 0,
     };
+    let all = old.list_accounts(search("*")).await.unwrap().into_inner();
     assert_eq!(
-        names(old.list_accounts(search("*")).await.unwrap().into_inner()),
-        ["alice", "alina", "bob"]
+        (all.status.as_str(), all.msg.as_str()),
+        ("ok", "Accounts retrieved successfully")
     );
+    assert_eq!(names(all), ["alice", "alina", "bob"]);
     assert_eq!(
         names(old.list_accounts(search("LI")).await.unwrap().into_inner()),
         ["alice", "alina"]
@@ -235,8 +301,12 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         .unwrap()
         .into_inner();
     assert_eq!(
-        (alice_tries.status.as_str(), alice_tries.deleted_count),
-        ("ok", 0)
+        (
+            alice_tries.status.as_str(),
+            alice_tries.msg.as_str(),
+            alice_tries.deleted_count
+        ),
+        ("ok", "Messages deleted successfully", 0)
     );
     let bob_deletes = old
         .delete_messages(DeleteMessagesRequest {
@@ -248,32 +318,96 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         .into_inner();
     assert_eq!(bob_deletes.deleted_count, 1);
 
-    // 6. Log out, then the token is refused in the prototype's shape.
+    // 6. Log out, then every call that needs a session says "Not logged in", as does a
+    //    token that was never valid.
+    let logout = old.logout(empty(&bob)).await.unwrap().into_inner();
     assert_eq!(
-        old.logout(empty(&bob)).await.unwrap().into_inner().status,
-        "ok"
+        (logout.status.as_str(), logout.msg.as_str()),
+        ("ok", "You have been logged out.")
     );
-    let after = old
-        .count_unread(CountUnreadRequest {
-            auth_token: bob.clone(),
-        })
+    for token in [bob.as_str(), "garbage", ""] {
+        let mut replies: Vec<(&str, String, String)> = Vec::new();
+        let r = old.logout(empty(token)).await.unwrap().into_inner();
+        replies.push(("Logout", r.status, r.msg));
+        let r = old
+            .count_unread(CountUnreadRequest {
+                auth_token: token.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        replies.push(("CountUnread", r.status, r.msg));
+        let r = old
+            .send_message(SendMessageRequest {
+                auth_token: token.into(),
+                recipient: "alice".into(),
+                content: "x".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        replies.push(("SendMessage", r.status, r.msg));
+        let r = old
+            .list_messages(ListMessagesRequest {
+                auth_token: token.into(),
+                start: 0,
+                count: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        replies.push(("ListMessages", r.status, r.msg));
+        let r = old
+            .fetch_away_msgs(FetchAwayMsgsRequest {
+                auth_token: token.into(),
+                limit: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        replies.push(("FetchAwayMsgs", r.status, r.msg));
+        let r = old
+            .list_accounts(ListAccountsRequest {
+                auth_token: token.into(),
+                pattern: "*".into(),
+                start: 0,
+                count: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        replies.push(("ListAccounts", r.status, r.msg));
+        let r = old
+            .delete_messages(DeleteMessagesRequest {
+                auth_token: token.into(),
+                message_ids_to_delete: vec![1],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        replies.push(("DeleteMessages", r.status, r.msg));
+        let r = old.delete_account(empty(token)).await.unwrap().into_inner();
+        replies.push(("DeleteAccount", r.status, r.msg));
+        let r = old.reset_db(empty(token)).await.unwrap().into_inner();
+        replies.push(("ResetDB", r.status, r.msg));
+        for (call, status, msg) in replies {
+            assert_eq!(
+                (status.as_str(), msg.as_str()),
+                ("error", "Not logged in"),
+                "{call} with {token:?}"
+            );
+        }
+    }
+
+    // 7. Delete account (the prototype's call carries only the token).
+    let deleted = old
+        .delete_account(empty(&alice))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(after.status, "error");
     assert_eq!(
-        after.msg,
-        "session token is not valid (unknown or revoked): log in again"
-    );
-
-    // 7. Delete account (the prototype's call carries only the token).
-    assert_eq!(
-        old.delete_account(empty(&alice))
-            .await
-            .unwrap()
-            .into_inner()
-            .status,
-        "ok"
+        (deleted.status.as_str(), deleted.msg.as_str()),
+        ("ok", "Account deleted successfully")
     );
     assert!(dump(&node)
         .users
@@ -290,7 +424,10 @@ async fn every_chat_call_in_the_prototypes_shapes() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(info.status, "ok");
+    assert_eq!(
+        (info.status.as_str(), info.msg.as_str()),
+        ("ok", "Success. There is a leader.")
+    );
     assert_eq!(info.leader.as_ref().unwrap().server_id, 1);
     assert_eq!(info.servers.len(), 1);
     assert_eq!(info.leader.unwrap().address, node.address());
@@ -302,11 +439,13 @@ async fn reset_db_is_for_the_administrator_only() {
     let node = node_with(NodeConfig::default()).await;
     let mut old = legacy(&node).await;
     let alice = legacy_user(&mut old, "alice").await;
-    let refused = old.reset_db(empty(&alice)).await.unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied);
+    let refused = old.reset_db(empty(&alice)).await.unwrap().into_inner();
     assert_eq!(
-        refused.message(),
-        "resetting the database is disabled: the node has no --admin-user"
+        (refused.status.as_str(), refused.msg.as_str()),
+        (
+            "error",
+            "resetting the database is disabled: the node has no --admin-user"
+        )
     );
 
     // 2. With it, a normal user is refused and changes nothing; the administrator resets all.
@@ -326,18 +465,26 @@ async fn reset_db_is_for_the_administrator_only() {
     .await
     .unwrap();
     let before = dump(&node);
-    let refused = old.reset_db(empty(&alice)).await.unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied);
+    let refused = old.reset_db(empty(&alice)).await.unwrap().into_inner();
     assert_eq!(
-        refused.message(),
-        "only the administrator may reset the database"
+        (refused.status.as_str(), refused.msg.as_str()),
+        ("error", "only the administrator may reset the database")
     );
     assert_eq!(dump(&node), before);
-    let unauthenticated = old.reset_db(empty("garbage")).await.unwrap_err();
-    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+    let unauthenticated = old.reset_db(empty("garbage")).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            unauthenticated.status.as_str(),
+            unauthenticated.msg.as_str()
+        ),
+        ("error", "Not logged in")
+    );
 
     let reset = old.reset_db(empty(&root)).await.unwrap().into_inner();
-    assert_eq!(reset.status, "ok");
+    assert_eq!(
+        (reset.status.as_str(), reset.msg.as_str()),
+        ("ok", "Database reset successfully")
+    );
     let after = dump(&node);
     assert!(after.users.is_empty() && after.messages.is_empty() && after.sessions.is_empty());
     // Ids are still never reused after a reset.
@@ -442,4 +589,78 @@ async fn data_flows_between_the_two_services() {
         .unwrap()
         .into_inner();
     assert_eq!(stale.status, "error");
+}
+
+#[tokio::test]
+async fn passwords_as_the_prototypes_scripts_sent_them_work_everywhere() {
+    let node = node_with(NodeConfig::default()).await;
+    let mut old = legacy(&node).await;
+    let new = client(&node);
+
+    // 1. A test script signs up with a plain password: the same password logs in through
+    //    the prototype's service (plain) and through jochat.v1 (the client sends its digest).
+    let signed = old
+        .signup(SignupRequest {
+            username: "carol".into(),
+            password: "plain-pw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(signed.status, "ok", "{}", signed.msg);
+    let login = |username: &str, password: &str| LoginRequest {
+        username: username.into(),
+        password: password.into(),
+    };
+    let plain = old
+        .login(login("carol", "plain-pw"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (plain.status.as_str(), plain.msg.as_str()),
+        ("ok", "Login successful")
+    );
+    let digest = old
+        .login(login("carol", &hash_password("plain-pw")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(digest.status, "ok", "{}", digest.msg);
+    new.log_in("carol", "plain-pw").await.unwrap();
+    let wrong = old
+        .login(login("carol", "plain-PW"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (wrong.status.as_str(), wrong.msg.as_str()),
+        ("error", "wrong username or password")
+    );
+
+    // 2. An account whose stored hash is over the plain text itself (as earlier builds
+    //    stored a plain password from the prototype's service) still logs in with it there.
+    let mut raw =
+        jochat_proto::v1::chat_client::ChatClient::connect(format!("http://{}", node.address()))
+            .await
+            .unwrap();
+    raw.sign_up(jochat_proto::v1::SignUpRequest {
+        username: "dave".into(),
+        password: "older-plain".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let older = old
+        .login(login("dave", "older-plain"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(older.status, "ok", "{}", older.msg);
+    let older_wrong = old
+        .login(login("dave", "older-PLAIN"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(older_wrong.status, "error");
 }

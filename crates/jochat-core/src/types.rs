@@ -126,10 +126,34 @@ impl Credential {
         Ok(Self(raw.to_owned()))
     }
 
+    /// The credential JoChat's own clients would send for a password as the prototype's
+    /// clients sent it. The prototype's client sent the SHA-256 hex digest of the password,
+    /// which is what JoChat's client library sends too: it is kept (in lower case). Its test
+    /// scripts sent the password as plain text: that is digested, so the account logs in
+    /// through `jochat.v1`, the CLI and the web page with the same password. (A plain
+    /// password that is itself 64 hex digits is taken for a digest.)
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `password` when empty.
+    pub fn from_prototype(raw: &str) -> Result<Self, ChatError> {
+        if raw.is_empty() {
+            return Err(ChatError::invalid("password", "must not be empty"));
+        }
+        if is_sha256_hex(raw) {
+            return Ok(Self(raw.to_ascii_lowercase()));
+        }
+        Ok(Self(hex::encode(Sha256::digest(raw.as_bytes()))))
+    }
+
     /// The bytes to hash or verify.
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
+}
+
+/// Whether `raw` has the form of a SHA-256 hex digest: 64 hex digits, in either case.
+pub fn is_sha256_hex(raw: &str) -> bool {
+    raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl fmt::Debug for Credential {
@@ -398,6 +422,29 @@ pub fn is_host_name(host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prototype_credentials_become_what_jochat_clients_send() {
+        let digest = hex::encode(Sha256::digest(b"hunter2"));
+        // The prototype's client sent the digest: kept, lower-cased.
+        let from_client = Credential::from_prototype(&digest.to_ascii_uppercase()).unwrap();
+        assert_eq!(from_client.as_bytes(), digest.as_bytes());
+        // Its scripts sent the password itself: digested.
+        let from_script = Credential::from_prototype("hunter2").unwrap();
+        assert_eq!(from_script.as_bytes(), digest.as_bytes());
+        // Longer than a plain credential may be, still one digest.
+        let long = "p".repeat(1000);
+        assert_eq!(
+            Credential::from_prototype(&long).unwrap().as_bytes().len(),
+            64
+        );
+        assert_eq!(
+            Credential::from_prototype("").unwrap_err(),
+            ChatError::invalid("password", "must not be empty")
+        );
+        assert!(!is_sha256_hex(&digest[1..]));
+        assert!(!is_sha256_hex(&format!("{}g", &digest[1..])));
+    }
+
     #[test]
     fn host_names_are_dns_labels_joined_by_dots() {
         for good in [

@@ -7,10 +7,17 @@
 //! are taken as the prototype's client sent them (and stored as argon2id like any other);
 //! account search follows the prototype's rules (`*` lists all, other text is a substring).
 //! The prototype's own replication calls are refused: Raft replicates in JoChat.
+//!
+//! Every reply carries the status and text the prototype gave for that call and condition
+//! (`legacy/REPLIES.md`, kept in [`text`]), since its scripts compare them exactly. Where
+//! JoChat deliberately differs: one text for every failed log-in ("wrong username or
+//! password", so that nobody learns which names exist), and conditions the prototype never
+//! checked (oversized input, foreign ids, rate limits, ResetDB by someone other than
+//! `--admin-user`) answer "error" with JoChat's own message naming the field and the rule.
 
 use std::sync::Arc;
 
-use jochat_core::Pattern;
+use jochat_core::{ChatError, Pattern};
 use jochat_proto::legacy as pb;
 use jochat_proto::legacy::chat_service_server::ChatService;
 use tonic::{Request, Response, Status};
@@ -21,8 +28,43 @@ use crate::node::{Consistency, Node};
 
 const OK: &str = "ok";
 const ERROR: &str = "error";
-/// What the prototype's client looks for to move on to the leader.
-const NOT_LEADER: &str = "NOT_LEADER";
+
+/// The prototype's reply texts, call by call (`legacy/REPLIES.md`).
+pub mod text {
+    /// What the prototype's client looks for to move on to the leader.
+    pub const NOT_LEADER: &str = "NOT_LEADER";
+    /// Sign-up or log-in with an empty username or password.
+    pub const REQUIRED: &str = "Username/password required";
+    /// Sign-up with a name taken (JoChat: ignoring case).
+    pub const TAKEN: &str = "Username already taken";
+    /// Any call that needs a session, without a valid one.
+    pub const NOT_LOGGED_IN: &str = "Not logged in";
+    /// SendMessage to a name that is no account.
+    pub const NO_RECIPIENT: &str = "Recipient not found";
+    /// Signup done.
+    pub const SIGNED_UP: &str = "Signup successful";
+    /// Login done.
+    pub const LOGGED_IN: &str = "Login successful";
+    /// Logout done.
+    pub const LOGGED_OUT: &str = "You have been logged out.";
+    /// CountUnread done.
+    pub const UNREAD: &str = "Unread count fetched";
+    /// SendMessage done.
+    pub const SENT: &str = "Message sent";
+    /// ListMessages and FetchAwayMsgs done.
+    pub const MESSAGES: &str = "Messages retrieved successfully";
+    /// ListAccounts done.
+    pub const ACCOUNTS: &str = "Accounts retrieved successfully";
+    /// DeleteMessages done.
+    pub const DELETED_MESSAGES: &str = "Messages deleted successfully";
+    /// DeleteAccount done.
+    pub const DELETED_ACCOUNT: &str = "Account deleted successfully";
+    /// ResetDB done.
+    pub const RESET: &str = "Database reset successfully";
+    /// ClusterInfo on the leader.
+    pub const LEADER: &str = "Success. There is a leader.";
+}
+use text::NOT_LEADER;
 
 /// The prototype's `ChatService` over one [`Node`].
 #[derive(Clone)]
@@ -37,14 +79,30 @@ impl LegacyApi {
     }
 }
 
-/// The prototype's way to report a refusal: the same message `jochat.v1` sends with its
-/// status code (internal details stay in the log).
+/// The prototype's way to report a refusal: its own text where it had one for the
+/// condition, otherwise the message `jochat.v1` sends with its status code (internal details
+/// stay in the log).
 fn refusal(error: NodeError) -> String {
     tracing::info!(%error, "refused (answered with status \"error\")");
-    if matches!(error, NodeError::NotLeader { .. }) {
-        return NOT_LEADER.into();
+    match &error {
+        NodeError::NotLeader { .. } => NOT_LEADER.into(),
+        NodeError::Chat(ChatError::Unauthenticated(_)) => text::NOT_LOGGED_IN.into(),
+        NodeError::Chat(ChatError::AlreadyExists { field, .. }) if field == "username" => {
+            text::TAKEN.into()
+        }
+        NodeError::Chat(ChatError::NotFound { field, .. }) if field == "recipient" => {
+            text::NO_RECIPIENT.into()
+        }
+        _ => Status::from(error).message().to_owned(),
     }
-    Status::from(error).message().to_owned()
+}
+
+/// The prototype's first check of Signup and Login: both fields given.
+fn require_both(username: &str, password: &str) -> Result<(), String> {
+    if username.is_empty() || password.is_empty() {
+        return Err(text::REQUIRED.into());
+    }
+    Ok(())
 }
 
 fn generic(result: Result<String, NodeError>) -> pb::GenericResponse {
@@ -127,10 +185,16 @@ impl ChatService for LegacyApi {
         let node = &self.node;
         let request = request.into_inner();
         observe(node.id(), "legacy.signup", async move {
-            let result = node.sign_up(&request.username, &request.password, "").await;
-            Ok(generic(result.map(|signed_up| {
-                format!("signed up as {}", signed_up.username)
-            })))
+            if let Err(msg) = require_both(&request.username, &request.password) {
+                return Ok(pb::GenericResponse {
+                    status: ERROR.into(),
+                    msg,
+                });
+            }
+            let result = node
+                .sign_up_prototype(&request.username, &request.password)
+                .await;
+            Ok(generic(result.map(|_| text::SIGNED_UP.to_owned())))
         })
         .await
     }
@@ -142,12 +206,22 @@ impl ChatService for LegacyApi {
         let node = &self.node;
         let request = request.into_inner();
         observe(node.id(), "legacy.login", async move {
+            if let Err(msg) = require_both(&request.username, &request.password) {
+                return Ok(pb::LoginResponse {
+                    status: ERROR.into(),
+                    msg,
+                    ..Default::default()
+                });
+            }
             Ok(
-                match node.log_in(&request.username, &request.password).await {
+                match node
+                    .log_in_prototype(&request.username, &request.password)
+                    .await
+                {
                     Ok(session) => pb::LoginResponse {
                         auth_token: session.token.as_str().to_owned(),
                         status: OK.into(),
-                        msg: format!("logged in as {}", session.username),
+                        msg: text::LOGGED_IN.into(),
                         unread_count: count32(session.unread_count),
                     },
                     Err(error) => pb::LoginResponse {
@@ -171,7 +245,7 @@ impl ChatService for LegacyApi {
             Ok(generic(
                 node.log_out(&token, "")
                     .await
-                    .map(|()| "logged out".to_owned()),
+                    .map(|()| text::LOGGED_OUT.to_owned()),
             ))
         })
         .await
@@ -191,7 +265,7 @@ impl ChatService for LegacyApi {
             Ok(match unread.await {
                 Ok(unread) => pb::CountUnreadResponse {
                     status: OK.into(),
-                    msg: format!("{unread} unread message(s)"),
+                    msg: text::UNREAD.into(),
                     unread_count: count32(unread),
                 },
                 Err(error) => pb::CountUnreadResponse {
@@ -214,9 +288,7 @@ impl ChatService for LegacyApi {
             let result = node
                 .send_message(&request.auth_token, &request.recipient, request.content, "")
                 .await;
-            Ok(generic(
-                result.map(|sent| format!("message {} sent", sent.id.0)),
-            ))
+            Ok(generic(result.map(|_| text::SENT.to_owned())))
         })
         .await
     }
@@ -245,7 +317,7 @@ impl ChatService for LegacyApi {
             Ok(match result {
                 Ok((messages, total)) => pb::ListMessagesResponse {
                     status: OK.into(),
-                    msg: format!("{} of {total} message(s)", messages.len()),
+                    msg: text::MESSAGES.into(),
                     messages,
                     total_count: count32(total),
                 },
@@ -270,16 +342,13 @@ impl ChatService for LegacyApi {
                 let fetched = node
                     .fetch_away(&request.auth_token, i64::from(request.limit), "")
                     .await?;
-                Ok::<_, NodeError>((chat_messages(fetched.messages)?, fetched.remaining))
+                chat_messages(fetched.messages)
             }
             .await;
             Ok(match result {
-                Ok((messages, remaining)) => pb::ListMessagesResponse {
+                Ok(messages) => pb::ListMessagesResponse {
                     status: OK.into(),
-                    msg: format!(
-                        "{} message(s) fetched, {remaining} still waiting",
-                        messages.len()
-                    ),
+                    msg: text::MESSAGES.into(),
                     total_count: count32(messages.len() as u64),
                     messages,
                 },
@@ -316,7 +385,7 @@ impl ChatService for LegacyApi {
             Ok(match result {
                 Ok(page) => pb::ListAccountsResponse {
                     status: OK.into(),
-                    msg: format!("{} of {} account(s)", page.accounts.len(), page.total_count),
+                    msg: text::ACCOUNTS.into(),
                     users: page
                         .accounts
                         .into_iter()
@@ -352,7 +421,7 @@ impl ChatService for LegacyApi {
                 match node.delete_messages(&request.auth_token, &ids, "").await {
                     Ok(deleted) => pb::DeleteMessagesResponse {
                         status: OK.into(),
-                        msg: format!("{deleted} message(s) deleted"),
+                        msg: text::DELETED_MESSAGES.into(),
                         deleted_count: count32(deleted),
                     },
                     Err(error) => pb::DeleteMessagesResponse {
@@ -374,9 +443,7 @@ impl ChatService for LegacyApi {
         let token = request.into_inner().auth_token.unwrap_or_default();
         observe(node.id(), "legacy.delete_account", async move {
             let result = node.delete_account_by_session(&token).await;
-            Ok(generic(
-                result.map(|n| format!("account deleted with {n} message(s)")),
-            ))
+            Ok(generic(result.map(|_| text::DELETED_ACCOUNT.to_owned())))
         })
         .await
     }
@@ -387,14 +454,12 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::GenericResponse>, Status> {
         let node = &self.node;
         let token = request.into_inner().auth_token.unwrap_or_default();
-        // A refused reset is answered with the PERMISSION_DENIED status rather than an
-        // "error" reply: it is an administrative call, refused for who makes it.
         observe(node.id(), "legacy.reset_db", async move {
-            node.reset_all(&token).await?;
-            Ok(pb::GenericResponse {
-                status: OK.into(),
-                msg: "database reset".into(),
-            })
+            Ok(generic(
+                node.reset_all(&token)
+                    .await
+                    .map(|()| text::RESET.to_owned()),
+            ))
         })
         .await
     }
@@ -432,7 +497,7 @@ impl ChatService for LegacyApi {
             Ok(pb::ClusterInfoResponse {
                 status: if leads { OK } else { ERROR }.into(),
                 msg: if leads {
-                    "this node is the leader".into()
+                    text::LEADER.into()
                 } else {
                     NOT_LEADER.into()
                 },

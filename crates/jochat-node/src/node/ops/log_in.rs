@@ -34,6 +34,38 @@ impl Node {
     pub async fn log_in(&self, username: &str, password: &str) -> Result<LoggedIn, NodeError> {
         let username = Username::new(username)?;
         let credential = Credential::new(password)?;
+        self.log_in_with(username, vec![credential]).await
+    }
+
+    /// [`Node::log_in`] with the password as the prototype's clients send it: accepted as
+    /// [`Credential::from_prototype`] makes it (accounts imported from the prototype's files
+    /// and signed up through its service), or as it arrived (accounts that earlier builds
+    /// signed up through the prototype's service with a plain password).
+    ///
+    /// # Errors
+    /// As [`Node::log_in`].
+    pub async fn log_in_prototype(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<LoggedIn, NodeError> {
+        let username = Username::new(username)?;
+        let mut credentials = vec![Credential::from_prototype(password)?];
+        if let Ok(raw) = Credential::new(password) {
+            if raw != credentials[0] {
+                credentials.push(raw);
+            }
+        }
+        self.log_in_with(username, credentials).await
+    }
+
+    /// Logs in when any of `credentials` matches the account's hash (each costs one argon2
+    /// verification, also for an unknown name).
+    async fn log_in_with(
+        &self,
+        username: Username,
+        credentials: Vec<Credential>,
+    ) -> Result<LoggedIn, NodeError> {
         let folded = username.folded();
         self.refuse_unless_leader()?;
         self.limiter.check(&folded)?;
@@ -45,7 +77,14 @@ impl Node {
             })
             .await?;
         let stored = user.as_ref().map(|u| u.password_hash.clone());
-        if !self.hasher.verify(&credential, stored).await? {
+        let mut matched = false;
+        for credential in &credentials {
+            if self.hasher.verify(credential, stored.clone()).await? {
+                matched = true;
+                break;
+            }
+        }
+        if !matched {
             self.limiter.record_failure(&folded);
             return Err(ChatError::WrongCredentials.into());
         }

@@ -13,12 +13,13 @@ impl Node {
     /// `PermissionDenied` when no administrator is configured or the caller is someone else;
     /// `Unauthenticated`.
     pub async fn reset_all(&self, token: &str) -> Result<(), NodeError> {
+        // The session first, as the prototype did: a caller without one is "not logged in".
+        let user = self.authenticate(token).await?;
         let Some(admin) = &self.config.admin_user else {
             return Err(NodeError::PermissionDenied(
                 "resetting the database is disabled: the node has no --admin-user".into(),
             ));
         };
-        let user = self.authenticate(token).await?;
         if !user.username.as_str().eq_ignore_ascii_case(admin) {
             tracing::warn!(user = %user.username, "refused a database reset by a non-administrator");
             return Err(NodeError::PermissionDenied(

@@ -23,6 +23,31 @@ impl Node {
         let username = Username::new(username)?;
         let credential = Credential::new(password)?;
         let key = IdempotencyKey::optional(key)?;
+        self.create_account(username, credential, key).await
+    }
+
+    /// [`Node::sign_up`] with the password as the prototype's clients send it
+    /// ([`Credential::from_prototype`]): the account then logs in with the same password
+    /// through every front end.
+    ///
+    /// # Errors
+    /// As [`Node::sign_up`].
+    pub async fn sign_up_prototype(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<SignedUp, NodeError> {
+        let username = Username::new(username)?;
+        let credential = Credential::from_prototype(password)?;
+        self.create_account(username, credential, None).await
+    }
+
+    async fn create_account(
+        &self,
+        username: Username,
+        credential: Credential,
+        key: Option<IdempotencyKey>,
+    ) -> Result<SignedUp, NodeError> {
         self.refuse_unless_leader()?;
         // Refuse a taken name before spending an argon2 hash on it; the state machine checks
         // again, authoritatively. A retry of a sign-up that already succeeded finds its own
