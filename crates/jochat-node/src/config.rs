@@ -150,7 +150,14 @@ fn check_host_port(raw: &str) -> Result<(), String> {
 
 /// Configuration of one `jochat-node`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "jochat-node", version, about = "A JoChat server node")]
+#[command(
+    name = "jochat-node",
+    version,
+    about = "A JoChat server node",
+    after_help = "Started on the prototype's database file (--db_file), the node forming the \
+                  cluster imports it and the others set theirs aside. Offline: \
+                  jochat-node import-prototype --from OLD.db --db-file NEW.db (--help there)."
+)]
 pub struct NodeConfig {
     /// This node's server id (positive; the lowest live id is preferred as leader).
     #[arg(

@@ -29,6 +29,9 @@ use jochat_proto::internal::v1::raft_server::RaftServer;
 
 /// How long a one-node cluster may take to elect itself at start-up.
 const SOLE_LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long each step of publishing imported state may take at start-up (the snapshot of a
+/// large import is written at `--snapshot-rate-mib`).
+const SEED_PUBLISH_WAIT: Duration = Duration::from_secs(600);
 /// How often an idle client connection is pinged, so dead peers are noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -108,6 +111,7 @@ async fn run(
         .max_decoding_message_size(config.request_bytes_max);
 
     node.wait_for_sole_leadership(SOLE_LEADER_WAIT).await?;
+    node.publish_seed(SEED_PUBLISH_WAIT).await?;
     // `address=` (what peers and clients call) comes first: `jochat_process` reads it.
     let listen = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };

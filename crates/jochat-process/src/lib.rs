@@ -38,6 +38,7 @@ pub struct NodeCommand {
     peers: Vec<(u64, String)>,
     extra_args: Vec<OsString>,
     log_filter: String,
+    prototype_spelling: bool,
 }
 
 impl NodeCommand {
@@ -53,6 +54,7 @@ impl NodeCommand {
             peers: Vec::new(),
             extra_args: Vec::new(),
             log_filter: "info".into(),
+            prototype_spelling: false,
         }
     }
 
@@ -72,6 +74,13 @@ impl NodeCommand {
     /// The other nodes, as (id, `host:port`), passed as `--peers`.
     pub fn peers(mut self, peers: impl IntoIterator<Item = (u64, String)>) -> Self {
         self.peers = peers.into_iter().collect();
+        self
+    }
+
+    /// Spells the id, port and database flags as the prototype's run commands do
+    /// (`--server_id=1 --port=5001 --db_file=test_chat1.db`).
+    pub fn prototype_flags(mut self) -> Self {
+        self.prototype_spelling = true;
         self
     }
 
@@ -106,12 +115,22 @@ impl NodeCommand {
 
     fn start(&self, log: &Log) -> io::Result<(Child, String)> {
         let mut command = Command::new(&self.program);
+        command.args(&self.leading_args);
+        if self.prototype_spelling {
+            let mut db_file = OsString::from("--db_file=");
+            db_file.push(&self.db_file);
+            command
+                .arg(format!("--server_id={}", self.id))
+                .arg(format!("--port={}", self.port))
+                .arg(db_file);
+        } else {
+            command
+                .args(["--server-id", &self.id.to_string()])
+                .args(["--port", &self.port.to_string()])
+                .arg("--db-file")
+                .arg(&self.db_file);
+        }
         command
-            .args(&self.leading_args)
-            .args(["--server-id", &self.id.to_string()])
-            .args(["--port", &self.port.to_string()])
-            .arg("--db-file")
-            .arg(&self.db_file)
             .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

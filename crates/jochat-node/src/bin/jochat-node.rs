@@ -1,8 +1,10 @@
-//! `jochat-node`: parses flags, sets up logging, and serves until SIGINT or SIGTERM.
+//! `jochat-node`: parses flags, sets up logging, and serves until SIGINT or SIGTERM; or, as
+//! `jochat-node import-prototype`, builds a JoChat database from the prototype's file.
 
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,9 +12,28 @@ use jochat_node::{serve, NodeConfig};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = NodeConfig::parse();
+/// `jochat-node import-prototype`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "jochat-node import-prototype",
+    about = "Builds a JoChat database from the prototype's database file, offline, and prints \
+             the report of rows changed or left out. A node started on the new file forms a \
+             new cluster with that state."
+)]
+struct ImportPrototype {
+    /// The prototype's database file (read only, left as it is).
+    #[arg(long)]
+    from: PathBuf,
+    /// The JoChat database to create; an existing file is never overwritten.
+    #[arg(long = "db-file", alias = "db_file")]
+    db_file: PathBuf,
+    /// Longest message content kept, in bytes (longer ones are left out and reported); use
+    /// the value the nodes run with.
+    #[arg(long = "content-bytes-max", alias = "content_bytes_max", default_value_t = jochat_core::limits::CONTENT_BYTES_MAX_DEFAULT)]
+    content_bytes_max: usize,
+}
+
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -20,6 +41,25 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|first| first == "import-prototype") {
+        let import = ImportPrototype::parse_from(std::env::args_os().skip(1));
+        init_logging();
+        let report = jochat_node::node::import::import_offline(
+            &import.from,
+            &import.db_file,
+            import.content_bytes_max,
+        )
+        .await?;
+        print!("{report}");
+        return Ok(());
+    }
+    let config = NodeConfig::parse();
+    init_logging();
     config.validate()?;
     let address = config.listen_address()?;
     let listener = TcpListener::bind(address)

@@ -80,6 +80,13 @@ async fn any_peer_knows_a_leader(config: &NodeConfig, dialer: &PeerDialer) -> bo
     false
 }
 
+/// Whether this node is the one to form its cluster: it has no peers, or it has the lowest
+/// id of them and none of them knows a leader.
+pub(super) async fn forms_the_cluster(config: &NodeConfig, dialer: &PeerDialer) -> bool {
+    let lowest = config.peers.iter().all(|peer| config.server_id < peer.id);
+    config.peers.is_empty() || (lowest && !any_peer_knows_a_leader(config, dialer).await)
+}
+
 /// How long to wait between attempts to join.
 const JOIN_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 /// How long one join may take: the leader answers once this node has caught up.
@@ -206,19 +213,48 @@ async fn ask_to_leave(me: u64, dialer: &PeerDialer, leader: &str) -> Result<(), 
 /// knows a leader (nodes started together). Otherwise it joins through the leader in the
 /// background; the returned task runs until the node is a voter.
 ///
+/// A node whose file holds a [`Seed`](crate::raft::storage::Seed) (state that did not come
+/// through Raft) forms a new cluster alone, whatever its peers, which then join it and
+/// receive that state as a snapshot ([`Node::publish_seed`]); it must be the node that forms
+/// the cluster.
+///
 /// # Errors
-/// `Raft` when Raft cannot say whether it holds state, or refuses the initial membership.
+/// `Raft` when Raft cannot say whether it holds state, or refuses the initial membership;
+/// `Config` on `db-file` for a seeded file on a node that is not the one to form the cluster.
 pub(super) async fn bootstrap_or_join(
     config: &NodeConfig,
     address: &str,
     dialer: &PeerDialer,
     raft: &openraft::Raft<TypeConfig>,
+    seeded: bool,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
     let initialized = raft
         .is_initialized()
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
     if initialized {
+        return Ok(None);
+    }
+    if seeded {
+        if !forms_the_cluster(config, dialer).await {
+            return Err(NodeError::Config {
+                flag: "db-file",
+                rule: format!(
+                    "{} holds imported state that can only form a new cluster, but this node \
+                     does not form one (a peer knows a leader, or has a lower id): start it \
+                     without --peers, or as the lowest id before the others",
+                    config.db_path().display()
+                ),
+            });
+        }
+        let members = BTreeMap::from([(config.server_id, BasicNode::new(address))]);
+        raft.initialize(members)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        tracing::info!(
+            "formed a new cluster with the imported state; the other nodes join it and receive \
+             the state as a snapshot"
+        );
         return Ok(None);
     }
     let lowest = config.peers.iter().all(|peer| config.server_id < peer.id);

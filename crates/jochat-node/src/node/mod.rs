@@ -13,9 +13,11 @@
 //! - `mod.rs` (here): [`Node`], its start and stop, and the two paths every operation takes
 //!   ([`Node::write`], [`Node::read`]).
 //! - [`cluster`]: forming or joining a cluster at start-up, and [`ClusterView`].
+//! - [`import`]: starting on the prototype's database file (importing or setting it aside).
 //! - [`ops`]: one file per operation.
 
 pub mod cluster;
+pub mod import;
 pub mod ops;
 
 use std::sync::Arc;
@@ -99,6 +101,9 @@ pub struct Node {
     alarms: StateAlarms,
     /// The periodic state check (`--state-check-secs`), stopped at shutdown.
     state_check: Option<tokio::task::JoinHandle<()>>,
+    /// Imported state not yet published as the cluster's first snapshot
+    /// ([`Node::publish_seed`]), with the log store that records it.
+    seed: std::sync::Mutex<Option<(raft::storage::Seed, raft::storage::LogStore)>>,
 }
 
 /// Gives the SQLite caches and the allocator's free memory back each time the node goes
@@ -173,6 +178,8 @@ impl Node {
             cluster::leave_for_rebuild(&config, &dialer).await?;
             set_aside(&config.db_path())?;
         }
+        let hasher = Hasher::new();
+        import::take_over_prototype_file(&config, &dialer, &hasher).await?;
         // A damaged file is refused before anything reads or writes it.
         match crate::store::integrity::check(
             &config.db_path(),
@@ -191,6 +198,11 @@ impl Node {
             let log = log.clone();
             Arc::new(move || log.fail_next_write())
         });
+        let seed = log
+            .seed()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+            .map(|seed| (seed, log.clone()));
         let events = state_machine.events();
         let state_hasher = state_machine.hasher();
         let snapshot_gauge = state_machine.snapshot_gauge();
@@ -227,7 +239,8 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let joining = cluster::bootstrap_or_join(&config, &address, &dialer, &raft).await?;
+        let joining =
+            cluster::bootstrap_or_join(&config, &address, &dialer, &raft, seed.is_some()).await?;
         let limiter = LoginLimiter::new(
             config.login_failures_max,
             std::time::Duration::from_secs(config.login_lockout_secs),
@@ -278,7 +291,7 @@ impl Node {
             contact,
             events,
             stopping: tokio::sync::watch::Sender::new(false),
-            hasher: Hasher::new(),
+            hasher,
             limiter,
             read_rounds: ReadRounds::default(),
             subscribers,
@@ -286,7 +299,78 @@ impl Node {
             state_hasher,
             alarms,
             state_check,
+            seed: std::sync::Mutex::new(seed),
         })
+    }
+
+    /// Publishes imported state (a [`Seed`](raft::storage::Seed)) as the first snapshot of
+    /// the cluster this node formed with it, before the node serves: waits until it leads,
+    /// snapshots everything applied, purges the log below it (so a joining node can only
+    /// start from the snapshot, never replay the log without the state), then forgets the
+    /// seed. Nothing to do for a node without one.
+    ///
+    /// # Errors
+    /// `Raft` when a step does not complete within `timeout`; the seed cannot be cleared.
+    pub async fn publish_seed(&self, timeout: std::time::Duration) -> Result<(), NodeError> {
+        let seed = self
+            .seed
+            .lock()
+            .expect("the seed's mutex is never held across a panic")
+            .take();
+        let Some((seed, log)) = seed else {
+            return Ok(());
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            NodeError::Raft(format!("publishing the imported state: {e}"))
+        };
+        let id = self.config.server_id;
+        self.raft
+            .wait(Some(timeout))
+            .current_leader(id, "this node leads the cluster it formed")
+            .await
+            .map_err(|e| failed(&e))?;
+        let last = self.raft.metrics().borrow().last_log_index;
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(last, "the log is applied")
+            .await
+            .map_err(|e| failed(&e))?;
+        let index = last.unwrap_or(0);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| failed(&e))?;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= index),
+                "the imported state is in a snapshot",
+            )
+            .await
+            .map_err(|e| failed(&e))?;
+        self.raft
+            .trigger()
+            .purge_log(index)
+            .await
+            .map_err(|e| failed(&e))?;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= index),
+                "the log below the snapshot is purged",
+            )
+            .await
+            .map_err(|e| failed(&e))?;
+        log.clear_seed().await.map_err(|e| failed(&e))?;
+        tracing::info!(
+            source = %seed.source,
+            accounts = seed.users,
+            messages = seed.messages,
+            snapshot_index = index,
+            "the imported state is the cluster's first snapshot; joining nodes receive it"
+        );
+        Ok(())
     }
 
     /// Hashes this node's chat tables at a chosen applied index.

@@ -12,6 +12,7 @@
 //! connections and never wait for it (WAL).
 
 pub mod integrity;
+pub mod prototype;
 pub mod schema;
 pub mod sqlite;
 

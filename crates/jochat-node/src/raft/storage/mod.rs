@@ -311,6 +311,57 @@ impl Shared {
     }
 }
 
+/// A database whose chat state did not come through Raft (imported from the prototype's file,
+/// see `crate::node::import`): its node forms a new cluster alone and publishes the state as
+/// its first snapshot, purging the log below it, before it serves; every other node then
+/// receives the state as that snapshot, as any joining node does. Recorded in `raft_state`
+/// in the same transaction as the rows, and cleared once the snapshot is published, so a
+/// crash in between resumes the publishing at the next start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seed {
+    /// Where the state came from, for the log.
+    pub source: String,
+    /// Accounts in it.
+    pub users: u64,
+    /// Messages in it.
+    pub messages: u64,
+}
+
+/// Records `seed` in the database behind `conn` (a new file, before Raft opens it).
+///
+/// # Errors
+/// SQLite fails.
+pub fn write_seed(conn: &Connection, seed: &Seed) -> Result<(), NodeError> {
+    put_state(conn, SEED, seed).map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+/// The `raft_state` row of an unpublished [`Seed`].
+const SEED: &str = "seed";
+
+impl LogStore {
+    /// The database's unpublished [`Seed`], if any.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub async fn seed(&self) -> Result<Option<Seed>, Failure> {
+        self.shared.with_conn(|conn| get_state(conn, SEED)).await
+    }
+
+    /// Forgets the [`Seed`] once it is published (durably, in order with the log's writes).
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub async fn clear_seed(&self) -> Result<(), Failure> {
+        self.shared
+            .in_log_group(true, |tx| {
+                tx.execute("DELETE FROM raft_state WHERE name = ?1", [SEED])
+                    .map_err(write_state)?;
+                Ok(())
+            })
+            .await
+    }
+}
+
 fn get_state<T: DeserializeOwned>(conn: &Connection, name: &str) -> Result<Option<T>, Failure> {
     let raw: Option<Vec<u8>> = conn
         .query_row(
