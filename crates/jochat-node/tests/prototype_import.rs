@@ -260,14 +260,14 @@ async fn one_node_started_on_a_prototype_file_carries_everything_over() {
     assert_eq!(after.messages, before.messages);
 }
 
-/// Polls until node 1 knows a leader and all three members as voters, and every node holds
-/// node 1's rows (users and messages).
+/// Polls until node 1 knows a leader and all the nodes as voters, and every node's rows are
+/// node 1's: every table, row for row.
 async fn converged(nodes: &[NodeProcess], dbs: &[PathBuf]) {
     let leader = client_of(&nodes[0]);
-    poll("all three nodes are voters under a leader", || async {
+    poll("every node is a voter under a leader", || async {
         leader.cluster_info().await.is_ok_and(|info| {
             info.leader_id.is_some()
-                && info.members.len() == 3
+                && info.members.len() == nodes.len()
                 && info
                     .members
                     .iter()
@@ -277,10 +277,9 @@ async fn converged(nodes: &[NodeProcess], dbs: &[PathBuf]) {
     .await;
     poll("every node holds node 1's rows", || async {
         let first = jochat_testkit::cluster::dump_file(&dbs[0]);
-        dbs[1..].iter().all(|db| {
-            let other = jochat_testkit::cluster::dump_file(db);
-            other.users == first.users && other.messages == first.messages
-        })
+        dbs[1..]
+            .iter()
+            .all(|db| jochat_testkit::cluster::dump_file(db) == first)
     })
     .await;
 }
@@ -453,4 +452,41 @@ async fn import_prototype_builds_a_database_offline_and_never_overwrites() {
         1
     );
     drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lowest_node_imports_even_when_it_lists_peers() {
+    // Node 1 lists peers that are not up yet (as when all are started together): it is the
+    // lowest and no peer knows a leader, so it imports and forms the cluster alone; node 2,
+    // started on its own prototype file, sets it aside and joins.
+    let dir = tempfile::tempdir().unwrap();
+    let dbs: Vec<PathBuf> = (1..=2)
+        .map(|id| dir.path().join(format!("test_chat{id}.db")))
+        .collect();
+    standard_prototype(&dbs[0]);
+    standard_prototype(&dbs[1]);
+    let unused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let first = prototype_node(1, &dbs[0])
+        .peers([(2, unused)])
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        first.log_lines("imported the prototype's database").len(),
+        1
+    );
+    let second = prototype_node(2, &dbs[1])
+        .peers([(1, first.address().to_owned())])
+        .spawn()
+        .unwrap();
+    assert_eq!(second.log_lines("set aside, not imported").len(), 1);
+    let nodes = vec![first, second];
+    converged(&nodes, &dbs).await;
+    let bob = client_of(&nodes[1])
+        .log_in("bob", "bob-plain")
+        .await
+        .unwrap();
+    assert_eq!(bob.unread_count, 3);
 }
