@@ -121,24 +121,31 @@ async fn three_nodes_started_together_form_one_cluster_led_by_node_1() {
     let mut old_follower = ChatServiceClient::connect(format!("http://{}", nodes[2].address))
         .await
         .unwrap();
-    let signup = old_follower
-        .signup(jochat_proto::legacy::SignupRequest {
-            username: "dave".into(),
-            password: "x".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (signup.status.as_str(), signup.msg.as_str()),
-        ("error", "NOT_LEADER")
-    );
+    // The leader check comes first, as in the prototype: empty fields too are NOT_LEADER.
+    for (username, password) in [("dave", "x"), ("", "")] {
+        let signup = old_follower
+            .signup(jochat_proto::legacy::SignupRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (signup.status.as_str(), signup.msg.as_str()),
+            ("error", "NOT_LEADER"),
+            "{username:?}"
+        );
+    }
     let info = old_follower
         .cluster_info(jochat_proto::legacy::EmptyRequest { auth_token: None })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(info.status, "error");
+    assert_eq!(
+        (info.status.as_str(), info.msg.as_str()),
+        ("error", "NOT_LEADER")
+    );
     assert_eq!(info.servers.len(), 3);
     assert_eq!(info.leader.unwrap().server_id, 1);
     let mut old_leader = ChatServiceClient::connect(format!("http://{}", nodes[0].address))
@@ -149,7 +156,10 @@ async fn three_nodes_started_together_form_one_cluster_led_by_node_1() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(info.status, "ok");
+    assert_eq!(
+        (info.status.as_str(), info.msg.as_str()),
+        ("ok", "Success. There is a leader.")
+    );
 
     // 7. Stop every node and wait for each.
     stop_all(nodes).await;

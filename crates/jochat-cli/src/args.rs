@@ -175,6 +175,19 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Save a consistent copy of the cluster's chat state: the leader copies it (with every
+    /// write acknowledged before the command; writes go on meanwhile) and streams it here.
+    /// The file is written atomically, checked against the leader's SHA-256 (also written to
+    /// FILE.sha256) and is plain SQLite; `jochat-node --restore FILE` starts a new cluster
+    /// from it. Needs the cluster secret, or under TLS a node certificate as
+    /// `--client-cert`/`--client-key`, when the cluster has them.
+    Backup {
+        /// Where to write the backup (replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        secret: SecretArg,
+    },
 }
 
 /// Certificate commands.

@@ -321,6 +321,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Output> {
                 json!({"added": id, "address": address}),
             ))
         }
+        Command::Backup {
+            ref out,
+            ref secret,
+        } => backup(&client, out, secret.cluster_secret.as_deref()).await,
         Command::Cluster {
             command: ClusterCommand::Remove { id, ref secret },
         } => {
@@ -421,6 +425,49 @@ async fn web(
     Ok(Output::new(
         "JoChat web stopped",
         json!({"stopped": address.to_string()}),
+    ))
+}
+
+/// `jochat backup`: the copy, with a progress bar on a terminal.
+async fn backup(
+    client: &ChatServerClient,
+    out: &std::path::Path,
+    secret: Option<&str>,
+) -> anyhow::Result<Output> {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let saved = client
+        .backup_to(out, secret, |received, total| {
+            bar.set_length(total);
+            bar.set_position(received);
+        })
+        .await;
+    bar.finish_and_clear();
+    let saved = saved?;
+    Ok(Output::new(
+        format!(
+            "backup at log index {} written to {} ({} bytes, SHA-256 {})",
+            saved.index,
+            out.display(),
+            saved.bytes,
+            saved.sha256
+        ),
+        json!({
+            "index": saved.index,
+            "file": out.display().to_string(),
+            "bytes": saved.bytes,
+            "sha256": saved.sha256,
+        }),
     ))
 }
 

@@ -172,12 +172,12 @@ async fn send(
                     node_id: id,
                     address: address.to_owned(),
                 };
-                let request = with_secret(message, cluster_secret, remaining)?;
+                let request = with_secret(message, cluster_secret, Some(remaining))?;
                 client.join(request).await.map(drop)
             }
             Change::Remove { id } => {
                 let message = LeaveRequest { node_id: id };
-                let request = with_secret(message, cluster_secret, remaining)?;
+                let request = with_secret(message, cluster_secret, Some(remaining))?;
                 client.leave(request).await.map(drop)
             }
         }
@@ -187,14 +187,17 @@ async fn send(
         .map_err(|_| Status::deadline_exceeded("the membership change did not finish in time"))?
 }
 
-/// Wraps `message` with the secret and the deadline.
-fn with_secret<M>(
+/// Wraps `message` with the secret and, when given, the deadline (a stream's deadline would
+/// bound the whole transfer).
+pub(crate) fn with_secret<M>(
     message: M,
     cluster_secret: Option<&str>,
-    remaining: Duration,
+    remaining: Option<Duration>,
 ) -> Result<Request<M>, Status> {
     let mut request = Request::new(message);
-    request.set_timeout(remaining);
+    if let Some(remaining) = remaining {
+        request.set_timeout(remaining);
+    }
     if let Some(secret) = cluster_secret {
         let value = secret
             .parse()

@@ -95,6 +95,9 @@ pub enum ClientError {
     /// enum had an unknown value. Final: the server and client disagree about the API.
     #[error("invalid response from the server: {0}")]
     InvalidResponse(String),
+    /// A local file could not be read or written (a backup being saved). Final.
+    #[error("{0}")]
+    Io(String),
 }
 
 impl ClientError {
@@ -124,7 +127,10 @@ impl ClientError {
             Self::Unavailable(_) => Some(Code::Unavailable),
             Self::DeadlineExceeded { .. } => Some(Code::DeadlineExceeded),
             Self::Server { code, .. } => Some(*code),
-            Self::InvalidAddress { .. } | Self::InvalidTls(_) | Self::InvalidResponse(_) => None,
+            Self::InvalidAddress { .. }
+            | Self::InvalidTls(_)
+            | Self::InvalidResponse(_)
+            | Self::Io(_) => None,
         }
     }
 

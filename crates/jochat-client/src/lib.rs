@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod backup;
 mod client;
 mod error;
 #[cfg(test)]
@@ -48,6 +49,7 @@ mod types;
 
 use sha2::{Digest, Sha256};
 
+pub use backup::{Backup, BACKUP_CHUNK_TIMEOUT};
 pub use client::{
     ChatServerClient, ChatServerClientBuilder, BACKOFF_INITIAL, BACKOFF_MAX,
     CONNECT_TIMEOUT_DEFAULT, DEADLINE_DEFAULT, REPLY_BYTES_MAX,

@@ -356,6 +356,14 @@ pub struct NodeConfig {
         env = "JOCHAT_FORCE_NEW_CLUSTER"
     )]
     pub force_new_cluster: bool,
+    /// Disaster recovery from a backup (`jochat backup`): start a new one-node cluster
+    /// holding exactly the state in FILE. Only into an empty data folder (no `--db-file`
+    /// yet); the file is checked first (its `FILE.sha256` beside it when present, SQLite's
+    /// integrity check, JoChat's schema) and refused, with nothing changed, if corrupt,
+    /// truncated or not a JoChat backup. Other nodes then join as usual. Remove the flag once
+    /// the node has started.
+    #[arg(long, env = "JOCHAT_RESTORE", value_name = "FILE")]
+    pub restore: Option<PathBuf>,
     /// The account allowed to reset the whole database through the prototype's ResetDB call
     /// (refused to everyone when unset).
     #[arg(long = "admin-user", alias = "admin_user", env = "JOCHAT_ADMIN_USER")]
@@ -416,6 +424,7 @@ impl Default for NodeConfig {
             startup_check_secs: STARTUP_CHECK_SECS_DEFAULT,
             state_check_secs: STATE_CHECK_SECS_DEFAULT,
             rebuild: false,
+            restore: None,
             sync_mode: SyncMode::Full,
             session_ttl_secs: SESSION_TTL_SECS_DEFAULT,
             content_bytes_max: CONTENT_BYTES_MAX_DEFAULT,
@@ -449,6 +458,14 @@ impl NodeConfig {
         }
         if let Some(peer) = self.peers.iter().find(|p| p.id == self.server_id) {
             return fail("peers", format!("lists this node's own id {}", peer.id));
+        }
+        if self.restore.is_some() && (self.rebuild || self.force_new_cluster) {
+            return fail(
+                "restore",
+                "starts a new cluster from a backup: it cannot go with --rebuild or \
+                 --force-new-cluster"
+                    .into(),
+            );
         }
         if !(1..=SESSION_TTL_SECS_LIMIT).contains(&self.session_ttl_secs) {
             return fail(

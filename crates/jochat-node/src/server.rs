@@ -102,7 +102,8 @@ async fn run(
             tls.is_some(),
         )
         .with_disk_guard(Arc::clone(node.disk()))
-        .with_state_check(node.state_hasher().clone(), node.state_alarms().clone()),
+        .with_state_check(node.state_hasher().clone(), node.state_alarms().clone())
+        .with_backups(Arc::clone(&node)),
     )
     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     let chat = ChatServer::new(ChatApi::new(Arc::clone(&node)))

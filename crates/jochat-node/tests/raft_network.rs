@@ -10,8 +10,9 @@ use jochat_node::raft::network::NetworkFactory;
 use jochat_node::raft::TypeConfig;
 use jochat_proto::internal::v1::raft_server::{Raft, RaftServer};
 use jochat_proto::internal::v1::{
-    JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply, ProbeRequest, RaftPayload,
-    StateAlarmReply, StateAlarmRequest, StateHashReply, StateHashRequest,
+    BackupChunk, BackupRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply,
+    ProbeRequest, RaftPayload, StateAlarmReply, StateAlarmRequest, StateHashReply,
+    StateHashRequest,
 };
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -104,6 +105,13 @@ impl Raft for FakePeer {
         &self,
         _: Request<StateAlarmRequest>,
     ) -> Result<Response<StateAlarmReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    type BackupStream = futures::stream::Empty<Result<BackupChunk, Status>>;
+    async fn backup(
+        &self,
+        _: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
 }

@@ -14,8 +14,10 @@
 //!   ([`Node::write`], [`Node::read`]).
 //! - [`cluster`]: forming or joining a cluster at start-up, and [`ClusterView`].
 //! - [`import`]: starting on the prototype's database file (importing or setting it aside).
+//! - [`backup`]: backup copies on the leader, and restoring one (`--restore`).
 //! - [`ops`]: one file per operation.
 
+pub mod backup;
 pub mod cluster;
 pub mod import;
 pub mod ops;
@@ -178,8 +180,7 @@ impl Node {
             cluster::leave_for_rebuild(&config, &dialer).await?;
             set_aside(&config.db_path())?;
         }
-        let hasher = Hasher::new();
-        import::take_over_prototype_file(&config, &dialer, &hasher).await?;
+        backup::restore_backup(&config)?;
         // A damaged file is refused before anything reads or writes it.
         match crate::store::integrity::check(
             &config.db_path(),
@@ -191,6 +192,9 @@ impl Node {
             crate::store::integrity::Verdict::Absent
             | crate::store::integrity::Verdict::Partial => {}
         }
+        // The prototype's file (its run command, unchanged) is imported or set aside.
+        let hasher = Hasher::new();
+        import::take_over_prototype_file(&config, &dialer, &hasher).await?;
         // Raft's storage opens (and migrates) the file first; the read pool then joins it.
         let (log, state_machine) =
             raft::storage::open_with(&config.db_path(), config.sync_mode, config.snapshot_rate())?;

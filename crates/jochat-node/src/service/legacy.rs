@@ -97,10 +97,16 @@ fn refusal(error: NodeError) -> String {
     }
 }
 
-/// The prototype's first check of Signup and Login: both fields given.
-fn require_both(username: &str, password: &str) -> Result<(), String> {
+/// The prototype's first checks of Signup and Login: a node that does not lead answers
+/// NOT_LEADER, and the leader wants both fields.
+fn require_both(node: &Node, username: &str, password: &str) -> Result<(), String> {
     if username.is_empty() || password.is_empty() {
-        return Err(text::REQUIRED.into());
+        return Err(if node.is_leader() {
+            text::REQUIRED
+        } else {
+            NOT_LEADER
+        }
+        .into());
     }
     Ok(())
 }
@@ -185,7 +191,7 @@ impl ChatService for LegacyApi {
         let node = &self.node;
         let request = request.into_inner();
         observe(node.id(), "legacy.signup", async move {
-            if let Err(msg) = require_both(&request.username, &request.password) {
+            if let Err(msg) = require_both(node, &request.username, &request.password) {
                 return Ok(pb::GenericResponse {
                     status: ERROR.into(),
                     msg,
@@ -206,7 +212,7 @@ impl ChatService for LegacyApi {
         let node = &self.node;
         let request = request.into_inner();
         observe(node.id(), "legacy.login", async move {
-            if let Err(msg) = require_both(&request.username, &request.password) {
+            if let Err(msg) = require_both(node, &request.username, &request.password) {
                 return Ok(pb::LoginResponse {
                     status: ERROR.into(),
                     msg,

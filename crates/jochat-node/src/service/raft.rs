@@ -5,8 +5,9 @@
 
 use jochat_proto::internal::v1::raft_server::Raft as RaftService;
 use jochat_proto::internal::v1::{
-    JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply, ProbeRequest, RaftPayload,
-    StateAlarmReply, StateAlarmRequest, StateHashReply, StateHashRequest,
+    BackupChunk, BackupRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply,
+    ProbeRequest, RaftPayload, StateAlarmReply, StateAlarmRequest, StateHashReply,
+    StateHashRequest,
 };
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use crate::disk::DiskGuard;
 use crate::error::NodeError;
+use crate::node::Node;
 use crate::raft::election::LeaderContact;
 use crate::raft::network::CLUSTER_SECRET_HEADER;
 use crate::raft::state_check::{StateAlarms, HASH_WAIT};
@@ -45,6 +47,8 @@ pub struct RaftApi {
     disk: Option<Arc<DiskGuard>>,
     /// Answers `StateHash` and takes `StateAlarm` (none: both refused UNIMPLEMENTED).
     state: Option<(StateHasher, StateAlarms)>,
+    /// Makes backup copies (none: `Backup` refused UNIMPLEMENTED).
+    backups: Option<Arc<Node>>,
 }
 
 impl RaftApi {
@@ -64,6 +68,16 @@ impl RaftApi {
             member_certificate_required,
             disk: None,
             state: None,
+            backups: None,
+        }
+    }
+
+    /// The same service, answering `Backup` with copies made by `node`.
+    #[must_use]
+    pub fn with_backups(self, node: Arc<Node>) -> Self {
+        Self {
+            backups: Some(node),
+            ..self
         }
     }
 
@@ -373,6 +387,25 @@ impl RaftService for RaftApi {
         Ok(Response::new(StateAlarmReply {}))
     }
 
+    type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<BackupChunk, Status>>;
+
+    async fn backup(
+        &self,
+        request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        self.authorize("backup", &request)?;
+        let Some(node) = &self.backups else {
+            return Err(Status::unimplemented("this node does not make backups"));
+        };
+        tracing::info!(caller = ?request.remote_addr(), "backup requested");
+        let copy = node.backup_copy().await?;
+        let (chunks, stream) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_AHEAD);
+        tokio::spawn(stream_backup(copy, chunks));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            stream,
+        )))
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<RaftPayload>,
@@ -398,5 +431,66 @@ impl RaftService for RaftApi {
         }
         rpc.data = payload.data;
         self.install(rpc).await
+    }
+}
+
+/// Bytes per `BackupChunk`.
+const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks read ahead of the caller.
+const BACKUP_CHUNKS_AHEAD: usize = 4;
+
+/// Sends `copy` in chunks to `chunks`, then its SHA-256, and removes it (when `copy` drops).
+async fn stream_backup(
+    copy: crate::node::backup::BackupCopy,
+    chunks: tokio::sync::mpsc::Sender<Result<BackupChunk, Status>>,
+) {
+    use tokio::io::AsyncReadExt;
+    let result = async {
+        let mut file = tokio::fs::File::open(copy.path()).await?;
+        let mut hasher = Sha256::new();
+        let mut first = true;
+        loop {
+            let mut data = vec![0u8; BACKUP_CHUNK_BYTES];
+            let mut filled = 0;
+            while filled < data.len() {
+                let n = file.read(&mut data[filled..]).await?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            data.truncate(filled);
+            hasher.update(&data);
+            let last = filled < BACKUP_CHUNK_BYTES;
+            let chunk = BackupChunk {
+                index: if first { copy.index } else { 0 },
+                total_bytes: if first { copy.bytes } else { 0 },
+                data,
+                sha256: if last {
+                    hasher.clone().finalize().to_vec()
+                } else {
+                    Vec::new()
+                },
+            };
+            first = false;
+            if chunks.send(Ok(chunk)).await.is_err() {
+                tracing::warn!("the backup's caller went away before the end");
+                return Ok(());
+            }
+            if last {
+                tracing::info!(index = copy.index, bytes = copy.bytes, "backup sent");
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    if let Err(error) = result {
+        let error: std::io::Error = error;
+        tracing::error!(%error, "could not read the backup copy");
+        let _ = chunks
+            .send(Err(Status::internal(format!(
+                "reading the backup copy failed: {error}"
+            ))))
+            .await;
     }
 }

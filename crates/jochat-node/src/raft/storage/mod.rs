@@ -335,6 +335,18 @@ pub fn write_seed(conn: &Connection, seed: &Seed) -> Result<(), NodeError> {
     put_state(conn, SEED, seed).map_err(|e| NodeError::Raft(e.to_string()))
 }
 
+/// The last log index applied in the database file at `path` (a snapshot or backup copy
+/// records it), 0 when none is recorded.
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn applied_index_in(path: &Path) -> Result<u64, NodeError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let applied: Option<Option<LogId<NodeId>>> =
+        get_state(&conn, "last_applied").map_err(|e| NodeError::Raft(e.to_string()))?;
+    Ok(applied.flatten().map_or(0, |id| id.index))
+}
+
 /// The `raft_state` row of an unpublished [`Seed`].
 const SEED: &str = "seed";
 
