@@ -256,11 +256,11 @@ async fn restore_refuses_a_bad_file_or_a_used_folder_and_changes_nothing() {
         .unwrap();
     assert_eq!(inbox.total_count, 20);
     node.shutdown().await.unwrap();
-    let before = std::fs::read(&db).unwrap();
+    let before = dump_file(&db);
     let why = refusal(&db, &good).await;
     assert!(
         why.contains("exists") && why.contains("empty data folder"),
         "{why}"
     );
-    assert_eq!(std::fs::read(&db).unwrap(), before);
+    assert_eq!(dump_file(&db), before);
 }

@@ -117,6 +117,24 @@ impl ChatServerClient {
             Change::Add { .. } => "add_member",
             Change::Remove { .. } => "remove_member",
         };
+        self.at_leader(operation, |leader, remaining| async move {
+            send(self, &leader, change, cluster_secret, remaining).await
+        })
+        .await
+    }
+
+    /// Finds the leader through ClusterInfo and runs `attempt` against it (with the time
+    /// left), retrying retryable failures (no leader yet, a leader change, a change already
+    /// in progress elsewhere) with backoff until the client's deadline.
+    pub(crate) async fn at_leader<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(String, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
         let deadline = self.deadline();
         let started = Instant::now();
         let mut backoff = BACKOFF_INITIAL;
@@ -125,8 +143,8 @@ impl ChatServerClient {
                 None => ClientError::Unavailable("the cluster has no leader right now".into()),
                 Some(leader) => {
                     let remaining = deadline.saturating_sub(started.elapsed());
-                    match send(self, &leader, change, cluster_secret, remaining).await {
-                        Ok(()) => return Ok(()),
+                    match attempt(leader.clone(), remaining).await {
+                        Ok(value) => return Ok(value),
                         Err(status) => {
                             ClientError::from_status(&status, operation, deadline, &leader)
                         }

@@ -2,7 +2,7 @@
 //! internal service (`jochat.internal.v1.Raft`, `Backup`), saved to a local file.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jochat_proto::internal::v1::raft_client::RaftClient;
 use jochat_proto::internal::v1::BackupRequest;
@@ -10,9 +10,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::admin::with_secret;
-use crate::client::{ChatServerClient, BACKOFF_INITIAL, BACKOFF_MAX};
+use crate::client::ChatServerClient;
 use crate::error::ClientError;
-use crate::routing::jittered;
 
 /// How long the stream may stay silent between two chunks before the backup is abandoned.
 pub const BACKUP_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -152,59 +151,39 @@ impl ChatServerClient {
     }
 
     /// Finds the leader and starts its backup stream, retrying retryable failures (no
-    /// leader yet, a leader change) until the deadline.
+    /// leader yet, a leader change) until the client's deadline.
     async fn start_backup(
         &self,
         cluster_secret: Option<&str>,
     ) -> Result<tonic::Streaming<jochat_proto::internal::v1::BackupChunk>, ClientError> {
-        let deadline = self.deadline();
-        let started = Instant::now();
-        let mut backoff = BACKOFF_INITIAL;
-        loop {
-            let error = match self.cluster_info().await?.leader_address {
-                None => ClientError::Unavailable("the cluster has no leader right now".into()),
-                Some(leader) => {
-                    let remaining = deadline.saturating_sub(started.elapsed());
-                    let attempt = async {
-                        let channel = self
-                            .inner
-                            .transport
-                            .endpoint(&leader, &leader)
-                            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-                            .connect()
-                            .await
-                            .map_err(|e| {
-                                tonic::Status::unavailable(format!(
-                                    "cannot reach the leader at {leader}: {e}"
-                                ))
-                            })?;
-                        let request = with_secret(BackupRequest {}, cluster_secret, None)?;
-                        RaftClient::new(channel)
-                            .max_decoding_message_size(usize::MAX)
-                            .backup(request)
-                            .await
-                    };
-                    match tokio::time::timeout(remaining, attempt).await {
-                        Ok(Ok(stream)) => return Ok(stream.into_inner()),
-                        Ok(Err(status)) => {
-                            ClientError::from_status(&status, "backup", deadline, &leader)
-                        }
-                        Err(_) => ClientError::DeadlineExceeded {
-                            operation: "backup",
-                            deadline,
-                        },
-                    }
-                }
+        self.at_leader("backup", |leader, remaining| async move {
+            let attempt = async {
+                let channel = self
+                    .inner
+                    .transport
+                    .endpoint(&leader, &leader)
+                    .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+                    .connect()
+                    .await
+                    .map_err(|e| {
+                        tonic::Status::unavailable(format!(
+                            "cannot reach the leader at {leader}: {e}"
+                        ))
+                    })?;
+                // No deadline on the request: it would bound the whole transfer.
+                let request = with_secret(BackupRequest {}, cluster_secret, None)?;
+                RaftClient::new(channel)
+                    .max_decoding_message_size(usize::MAX)
+                    .backup(request)
+                    .await
             };
-            if !error.is_retryable() {
-                return Err(error);
+            match tokio::time::timeout(remaining, attempt).await {
+                Ok(stream) => stream.map(tonic::Response::into_inner),
+                Err(_) => Err(tonic::Status::deadline_exceeded(
+                    "the leader did not begin the backup in time",
+                )),
             }
-            let pause = jittered(backoff);
-            if started.elapsed() + pause >= deadline {
-                return Err(error);
-            }
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        })
+        .await
     }
 }
