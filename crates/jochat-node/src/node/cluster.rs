@@ -240,7 +240,7 @@ pub(super) async fn bootstrap_or_join(
             return Err(NodeError::Config {
                 flag: "db-file",
                 rule: format!(
-                    "{} holds imported state that can only form a new cluster, but this node \
+                    "{} holds imported or restored state that can only form a new cluster, but this node \
                      does not form one (a peer knows a leader, or has a lower id): start it \
                      without --peers, or as the lowest id before the others",
                     config.db_path().display()
@@ -252,7 +252,7 @@ pub(super) async fn bootstrap_or_join(
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         tracing::info!(
-            "formed a new cluster with the imported state; the other nodes join it and receive \
+            "formed a new cluster with the imported or restored state; the other nodes join it and receive \
              the state as a snapshot"
         );
         return Ok(None);

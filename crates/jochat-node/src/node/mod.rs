@@ -307,7 +307,7 @@ impl Node {
         })
     }
 
-    /// Publishes imported state (a [`Seed`](raft::storage::Seed)) as the first snapshot of
+    /// Publishes seeded state (imported or restored, a [`Seed`](raft::storage::Seed)) as the first snapshot of
     /// the cluster this node formed with it, before the node serves: waits until it leads,
     /// snapshots everything applied, purges the log below it (so a joining node can only
     /// start from the snapshot, never replay the log without the state), then forgets the
@@ -325,7 +325,7 @@ impl Node {
             return Ok(());
         };
         let failed = |e: &dyn std::fmt::Display| {
-            NodeError::Raft(format!("publishing the imported state: {e}"))
+            NodeError::Raft(format!("publishing the seeded state: {e}"))
         };
         let id = self.config.server_id;
         self.raft
@@ -349,7 +349,7 @@ impl Node {
             .wait(Some(timeout))
             .metrics(
                 |m| m.snapshot.is_some_and(|s| s.index >= index),
-                "the imported state is in a snapshot",
+                "the seeded state is in a snapshot",
             )
             .await
             .map_err(|e| failed(&e))?;
@@ -372,7 +372,7 @@ impl Node {
             accounts = seed.users,
             messages = seed.messages,
             snapshot_index = index,
-            "the imported state is the cluster's first snapshot; joining nodes receive it"
+            "the seeded state (imported or restored) is the cluster's first snapshot; joining nodes receive it"
         );
         Ok(())
     }
