@@ -356,6 +356,16 @@ pub struct NodeConfig {
         env = "JOCHAT_FORCE_NEW_CLUSTER"
     )]
     pub force_new_cluster: bool,
+    /// Serve Prometheus metrics (`GET /metrics`), `/livez` and `/readyz` over HTTP on this
+    /// address (off when not given). The endpoint is plain HTTP without authentication: bind
+    /// it to an address only the monitoring system reaches.
+    #[arg(
+        long = "metrics-addr",
+        alias = "metrics_addr",
+        env = "JOCHAT_METRICS_ADDR",
+        value_name = "HOST:PORT"
+    )]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Disaster recovery from a backup (`jochat backup`): start a new one-node cluster
     /// holding exactly the state in FILE. Only into an empty data folder (no `--db-file`
     /// yet); the file is checked first (its `FILE.sha256` beside it when present, SQLite's
@@ -425,6 +435,7 @@ impl Default for NodeConfig {
             state_check_secs: STATE_CHECK_SECS_DEFAULT,
             rebuild: false,
             restore: None,
+            metrics_addr: None,
             sync_mode: SyncMode::Full,
             session_ttl_secs: SESSION_TTL_SECS_DEFAULT,
             content_bytes_max: CONTENT_BYTES_MAX_DEFAULT,

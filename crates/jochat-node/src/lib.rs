@@ -25,6 +25,7 @@
 //! - [`events`]: what the state machine publishes to live subscribers.
 //! - [`subscription`]: Subscribe, one task per subscriber.
 //! - [`idle`]: giving caches and freed memory back once the node goes quiet.
+//! - [`metrics`]: Prometheus metrics, `/livez` and `/readyz` (`--metrics-addr`).
 //!
 //! # Example
 //!
@@ -49,6 +50,7 @@ pub mod error;
 pub mod events;
 pub mod idle;
 pub mod listener;
+pub mod metrics;
 pub mod node;
 pub mod proposer;
 pub mod raft;

@@ -51,10 +51,15 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts proposing to `raft`; a batch not applied within `deadline` is answered "no
-    /// quorum" (it is applied only if a majority returns while this node still leads).
-    pub fn start(raft: openraft::Raft<TypeConfig>, deadline: Duration) -> Self {
+    /// quorum" (it is applied only if a majority returns while this node still leads). Each
+    /// entry's number of commands is observed in `batch_sizes`.
+    pub fn start(
+        raft: openraft::Raft<TypeConfig>,
+        deadline: Duration,
+        batch_sizes: prometheus_client::metrics::histogram::Histogram,
+    ) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE_COMMANDS_MAX);
-        let task = tokio::spawn(run(raft, deadline, pending));
+        let task = tokio::spawn(run(raft, deadline, pending, batch_sizes));
         Self { queue, task }
     }
 
@@ -88,6 +93,7 @@ async fn run(
     raft: openraft::Raft<TypeConfig>,
     deadline: Duration,
     mut queue: mpsc::Receiver<Pending>,
+    batch_sizes: prometheus_client::metrics::histogram::Histogram,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut next: Option<Pending> = None;
@@ -118,6 +124,7 @@ async fn run(
             batch.push(pending);
         }
         let raft = raft.clone();
+        batch_sizes.observe(batch.len() as f64);
         let span = tracing::debug_span!("proposal", commands = batch.len(), bytes);
         tokio::spawn(
             async move {

@@ -32,6 +32,8 @@ const SOLE_LEADER_WAIT: Duration = Duration::from_secs(10);
 /// How long each step of publishing imported state may take at start-up (the snapshot of a
 /// large import is written at `--snapshot-rate-mib`).
 const SEED_PUBLISH_WAIT: Duration = Duration::from_secs(600);
+/// How often the health service's status is brought up to date.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often an idle client connection is pinged, so dead peers are noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -87,8 +89,19 @@ async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ChatServer<ChatApi>>().await;
-    health.set_serving::<ChatServiceServer<LegacyApi>>().await;
+    let metrics_endpoint = match config.metrics_addr {
+        Some(at) => {
+            let listener = TcpListener::bind(at).await?;
+            // `metrics=`, not `…address=`: process harnesses read the serving line's
+            // `address=`.
+            tracing::info!(metrics = %listener.local_addr()?, "serving /metrics, /livez and /readyz");
+            Some(tokio::spawn(crate::metrics::serve(
+                Arc::clone(&node),
+                listener,
+            )))
+        }
+        None => None,
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(jochat_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -103,7 +116,7 @@ async fn run(
         )
         .with_disk_guard(Arc::clone(node.disk()))
         .with_state_check(node.state_hasher().clone(), node.state_alarms().clone())
-        .with_backups(Arc::clone(&node)),
+        .with_node(Arc::clone(&node)),
     )
     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     let chat = ChatServer::new(ChatApi::new(Arc::clone(&node)))
@@ -113,6 +126,11 @@ async fn run(
 
     node.wait_for_sole_leadership(SOLE_LEADER_WAIT).await?;
     node.publish_seed(SEED_PUBLISH_WAIT).await?;
+    // Judged once the node could lead its one-node cluster, so a lone node says SERVING from
+    // its first request on.
+    let mut health_now = None;
+    report_health(&node, &health, &mut health_now).await;
+    let health_watch = tokio::spawn(watch_health(Arc::clone(&node), health.clone(), health_now));
     // `address=` (what peers and clients call) comes first: `jochat_process` reads it.
     let listen = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -160,6 +178,15 @@ async fn run(
         }
     };
     disk_watch.abort();
+    health_watch.abort();
+    if let Some(endpoint) = metrics_endpoint {
+        // It ends by itself once the node stops (it was told with `begin_shutdown`).
+        match endpoint.await {
+            Ok(Err(error)) => tracing::warn!(%error, "the metrics endpoint failed"),
+            Err(error) => tracing::warn!(%error, "the metrics endpoint's task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     tracing::info!("stopped accepting requests; committing what was accepted");
     node.close().await;
     tracing::info!("database closed");
@@ -337,4 +364,56 @@ pub async fn spawn_ephemeral_with(config: NodeConfig) -> Result<EphemeralNode, N
     };
     let node = spawn(config).await?;
     Ok(EphemeralNode { node, dir })
+}
+
+/// The services the health service reports for: the whole server (`""`), `jochat.v1.Chat`
+/// and the prototype's `ChatService`.
+fn health_names() -> [&'static str; 3] {
+    use tonic::server::NamedService;
+    [
+        "",
+        <ChatServer<ChatApi> as NamedService>::NAME,
+        <ChatServiceServer<LegacyApi> as NamedService>::NAME,
+    ]
+}
+
+/// Sets the health service's statuses from [`Node::serving`] when it changed since `last`
+/// (logging the change), and remembers it there.
+async fn report_health(
+    node: &Node,
+    health: &tonic_health::server::HealthReporter,
+    last: &mut Option<bool>,
+) {
+    let verdict = node.serving();
+    let serving = verdict.is_ok();
+    if *last == Some(serving) {
+        return;
+    }
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for name in health_names() {
+        health.set_service_status(name, status).await;
+    }
+    match &verdict {
+        Ok(()) => tracing::info!("health: SERVING"),
+        Err(why) => tracing::info!(reason = %why, "health: NOT_SERVING"),
+    }
+    *last = Some(serving);
+}
+
+/// Keeps the standard gRPC health service true to the node's state ([`Node::serving`]):
+/// SERVING while the node is a voter in touch with a majority, NOT_SERVING while it has no
+/// quorum, is still joining, or is shutting down; checked every [`HEALTH_CHECK_INTERVAL`].
+async fn watch_health(
+    node: Arc<Node>,
+    health: tonic_health::server::HealthReporter,
+    mut last: Option<bool>,
+) {
+    loop {
+        tokio::time::sleep(HEALTH_CHECK_INTERVAL).await;
+        report_health(&node, &health, &mut last).await;
+    }
 }

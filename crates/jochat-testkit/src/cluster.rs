@@ -19,6 +19,8 @@ pub struct ClusterNode {
     pub id: u64,
     pub address: String,
     pub db: PathBuf,
+    /// Where it serves `/metrics`, `/livez` and `/readyz`, when [`Setup::metrics`] asked.
+    pub metrics_address: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), NodeError>>,
 }
@@ -76,6 +78,8 @@ pub struct Setup {
     pub state_check_secs: Option<u64>,
     /// `--rebuild`.
     pub rebuild: bool,
+    /// `--metrics-addr` on a free loopback port.
+    pub metrics: bool,
 }
 
 impl Setup {
@@ -125,7 +129,15 @@ pub fn start_node(
         .to_string();
     init_logs();
     let db = dir.join(format!("node-{id}.db"));
-    let config = setup.config(id, db.clone(), peers);
+    let mut config = setup.config(id, db.clone(), peers);
+    if setup.metrics {
+        // A port free now: the node binds it again a moment later.
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a loopback port is free");
+        config.metrics_addr = Some(free);
+    }
+    let metrics_address = config.metrics_addr;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(jochat_node::serve_with(
         config,
@@ -139,6 +151,7 @@ pub fn start_node(
         id,
         address,
         db,
+        metrics_address,
         stop: Some(stop),
         task,
     }

@@ -103,6 +103,12 @@ pub struct Node {
     alarms: StateAlarms,
     /// The periodic state check (`--state-check-secs`), stopped at shutdown.
     state_check: Option<tokio::task::JoinHandle<()>>,
+    /// This node's metrics (`--metrics-addr`).
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Counts leader changes and follows the term as they happen, stopped at shutdown.
+    metrics_watch: tokio::task::JoinHandle<()>,
+    /// When snapshots were made and how large the last one is (for the metrics).
+    snapshot_gauge: Arc<raft::snapshots::SnapshotGauge>,
     /// Imported state not yet published as the cluster's first snapshot
     /// ([`Node::publish_seed`]), with the log store that records it.
     seed: std::sync::Mutex<Option<(raft::storage::Seed, raft::storage::LogStore)>>,
@@ -210,6 +216,7 @@ impl Node {
         let events = state_machine.events();
         let state_hasher = state_machine.hasher();
         let snapshot_gauge = state_machine.snapshot_gauge();
+        let metrics = Arc::new(crate::metrics::Metrics::new(&log.stats()));
         if config.force_new_cluster {
             let changed = log
                 .force_sole_member(config.server_id, address.clone())
@@ -277,10 +284,15 @@ impl Node {
         });
         let snapshots = tokio::spawn(raft::snapshots::run(
             raft.clone(),
-            snapshot_gauge,
+            Arc::clone(&snapshot_gauge),
             raft::snapshots::SnapshotRule::for_node(config.server_id, config.snapshot_threshold),
         ));
-        let proposer = Proposer::start(raft.clone(), quorum_deadline(&config));
+        let proposer = Proposer::start(
+            raft.clone(),
+            quorum_deadline(&config),
+            metrics.write_batch_commands.clone(),
+        );
+        let metrics_watch = tokio::spawn(watch_leadership(raft.clone(), Arc::clone(&metrics)));
         let subscribers = Arc::new(tokio::sync::Semaphore::new(config.subscribers_max));
         Ok(Self {
             config,
@@ -304,6 +316,9 @@ impl Node {
             alarms,
             state_check,
             seed: std::sync::Mutex::new(seed),
+            metrics,
+            metrics_watch,
+            snapshot_gauge,
         })
     }
 
@@ -375,6 +390,152 @@ impl Node {
             "the seeded state (imported or restored) is the cluster's first snapshot; joining nodes receive it"
         );
         Ok(())
+    }
+
+    /// Whether this node would serve a linearizable read now (`/readyz`): it leads, a
+    /// majority answered it within two election timeouts, it is not stopping and its state
+    /// is not flagged as diverged. Otherwise why not.
+    ///
+    /// # Errors
+    /// The reason, in words.
+    pub fn ready(&self) -> Result<(), String> {
+        if *self.stopping.borrow() {
+            return Err("the node is shutting down".into());
+        }
+        if let Some(alarm) = self.alarms.own() {
+            return Err(format!(
+                "the node's state differs from the cluster's: {alarm}"
+            ));
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            return Err(match metrics.current_leader {
+                Some(leader) => format!("not the leader (node {leader} leads)"),
+                None => "no leader is known".into(),
+            });
+        }
+        let silent_ms = metrics.millis_since_quorum_ack.unwrap_or(u64::MAX);
+        if silent_ms > self.config.election_timeout_ms * 2 {
+            return Err(format!("no majority has answered for {silent_ms} ms"));
+        }
+        Ok(())
+    }
+
+    /// Whether this node serves its part of the cluster now (the gRPC health service): it is
+    /// a voter (not a learner still catching up after a join), it is not stopping, and it
+    /// is in touch with a majority: as leader, a majority answered within two election
+    /// timeouts; as follower, it heard a leader within two election timeouts. Otherwise why
+    /// not.
+    ///
+    /// # Errors
+    /// The reason, in words.
+    pub fn serving(&self) -> Result<(), String> {
+        if *self.stopping.borrow() {
+            return Err("the node is shutting down".into());
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let limit_ms = self.config.election_timeout_ms * 2;
+        let is_voter = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == metrics.id);
+        if !is_voter {
+            return Err("not a voter yet: still joining or catching up".into());
+        }
+        if metrics.current_leader == Some(metrics.id) {
+            let silent_ms = metrics.millis_since_quorum_ack.unwrap_or(u64::MAX);
+            if silent_ms > limit_ms {
+                return Err(format!("no majority has answered for {silent_ms} ms"));
+            }
+            return Ok(());
+        }
+        let silent = self.contact.since_leader();
+        if metrics.current_leader.is_none() || silent.as_millis() > u128::from(limit_ms) {
+            return Err(format!("no leader heard for {} ms", silent.as_millis()));
+        }
+        Ok(())
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Brings the metrics that describe a state up to date (Raft's indexes and lag, the
+    /// files, sessions, subscribers, the process): called when they are scraped.
+    pub async fn refresh_metrics(&self) {
+        let m = &self.metrics;
+        let raft = self.raft.metrics().borrow().clone();
+        let to_gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        let leads = raft.current_leader == Some(raft.id);
+        m.raft_term.set(to_gauge(raft.current_term));
+        m.raft_is_leader.set(i64::from(leads));
+        let applied = raft.last_applied.map_or(0, |id| id.index);
+        let last = raft.last_log_index.unwrap_or(0);
+        m.raft_applied_index.set(to_gauge(applied));
+        m.raft_replication_lag.clear();
+        let mut commit = applied;
+        if let (true, Some(replication)) = (leads, raft.replication.as_ref()) {
+            let membership = raft.membership_config.membership();
+            let mut matched: Vec<u64> = membership
+                .voter_ids()
+                .map(|id| {
+                    if id == raft.id {
+                        last
+                    } else {
+                        replication
+                            .get(&id)
+                            .copied()
+                            .flatten()
+                            .map_or(0, |log_id| log_id.index)
+                    }
+                })
+                .collect();
+            matched.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(&majority) = matched.get(matched.len() / 2) {
+                commit = majority.max(applied);
+            }
+            for (peer, log_id) in replication.iter() {
+                let lag = last.saturating_sub(log_id.map_or(0, |id| id.index));
+                m.raft_replication_lag
+                    .get_or_create(&crate::metrics::PeerLabels {
+                        peer: peer.to_string(),
+                    })
+                    .set(to_gauge(lag));
+            }
+        }
+        m.raft_commit_index.set(to_gauge(commit));
+        let first_live = raft.purged.map_or(0, |id| id.index + 1);
+        let entries = raft
+            .last_log_index
+            .map_or(0, |last| (last + 1).saturating_sub(first_live));
+        m.log_entries.set(to_gauge(entries));
+        m.snapshot_last_bytes
+            .set(to_gauge(self.snapshot_gauge.snapshot_file_bytes()));
+        let builds = self.snapshot_gauge.builds_started();
+        m.snapshot_builds
+            .inc_by(builds.saturating_sub(m.snapshot_builds.get()));
+        let db = self.config.db_path();
+        let file_bytes = |path: std::path::PathBuf| std::fs::metadata(path).map_or(0, |f| f.len());
+        let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+        m.db_bytes.set(to_gauge(file_bytes(db) + file_bytes(wal)));
+        let free = self.subscribers.available_permits();
+        m.subscribers.set(to_gauge(
+            self.config.subscribers_max.saturating_sub(free) as u64
+        ));
+        let now = now_ms();
+        match self
+            .db
+            .read(move |store| Ok(store.live_sessions(now)?))
+            .await
+        {
+            Ok(live) => {
+                m.sessions_active.set(to_gauge(live));
+            }
+            Err(error) => tracing::debug!(%error, "sessions were not counted for the metrics"),
+        }
+        m.refresh_process();
     }
 
     /// Hashes this node's chat tables at a chosen applied index.
@@ -629,6 +790,7 @@ impl Node {
         }
         self.idle.abort();
         self.snapshots.abort();
+        self.metrics_watch.abort();
         self.proposer.stop();
     }
 }
@@ -638,5 +800,32 @@ impl Drop for Node {
     /// its background tasks, so its Raft core does not live on.
     fn drop(&mut self) {
         self.stop_background_tasks();
+    }
+}
+
+/// Counts leader changes and keeps the term and leadership gauges current as Raft reports
+/// them (a scrape would miss a change that came and went between two scrapes).
+async fn watch_leadership(raft: openraft::Raft<TypeConfig>, metrics: Arc<crate::metrics::Metrics>) {
+    let mut reports = raft.metrics();
+    let mut leader = None;
+    loop {
+        {
+            let report = reports.borrow_and_update();
+            if report.current_leader != leader {
+                if report.current_leader.is_some() {
+                    metrics.raft_leader_changes.inc();
+                }
+                leader = report.current_leader;
+            }
+            metrics
+                .raft_term
+                .set(i64::try_from(report.current_term).unwrap_or(i64::MAX));
+            metrics
+                .raft_is_leader
+                .set(i64::from(report.current_leader == Some(report.id)));
+        }
+        if reports.changed().await.is_err() {
+            return;
+        }
     }
 }

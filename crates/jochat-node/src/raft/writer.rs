@@ -188,6 +188,7 @@ impl Writer {
         mut conn: Connection,
         tail: Arc<Mutex<Tail>>,
         sync_mode: SyncMode,
+        stats: crate::metrics::StorageStats,
     ) -> std::io::Result<Self> {
         let path = conn
             .path()
@@ -209,6 +210,7 @@ impl Writer {
                     sync_mode,
                     lazy: lazy_mode(sync_mode),
                     fail_next: &failing,
+                    stats: &stats,
                 };
                 run(&mut conn, &context, queue, &counter, &checkpoints);
             })?;
@@ -299,6 +301,8 @@ struct Context<'a> {
     /// How commits that need not be durable are made.
     lazy: SyncMode,
     fail_next: &'a std::sync::atomic::AtomicBool,
+    /// Where durable commits are timed.
+    stats: &'a crate::metrics::StorageStats,
 }
 
 /// The writer thread: takes a batch of queued jobs at a time and runs it.
@@ -449,7 +453,15 @@ fn commit_group(
                 Some("injected fault: fsync failed".into()),
             )));
         }
-        tx.commit().map_err(commit_failure)
+        let started = std::time::Instant::now();
+        tx.commit().map_err(commit_failure)?;
+        if durable {
+            context
+                .stats
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(())
     })();
     if durable {
         if let Err(error) = conn.pragma_update(None, "synchronous", lazy.pragma()) {
@@ -504,8 +516,13 @@ mod tests {
         .expect("WAL mode");
         conn.execute_batch("CREATE TABLE blobs (data BLOB NOT NULL)")
             .expect("the table is made");
-        let writer = Writer::start(conn, Arc::new(Mutex::new(Tail::new(0, 16))), SyncMode::Off)
-            .expect("the writer starts");
+        let writer = Writer::start(
+            conn,
+            Arc::new(Mutex::new(Tail::new(0, 16))),
+            SyncMode::Off,
+            crate::metrics::StorageStats::default(),
+        )
+        .expect("the writer starts");
 
         // 1. Under the threshold (about 2,000 pages): the writer does not checkpoint (its
         //    WAL hook replaced SQLite's automatic checkpoint), so the database file stays

@@ -90,7 +90,7 @@ impl Chat for ChatApi {
     ) -> Result<Response<v1::SignUpResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
-        observe(node.id(), "sign_up", async move {
+        observe(node, "sign_up", async move {
             let signed_up = node
                 .sign_up(
                     &request.username,
@@ -112,7 +112,7 @@ impl Chat for ChatApi {
     ) -> Result<Response<v1::LogInResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
-        observe(node.id(), "log_in", async move {
+        observe(node, "log_in", async move {
             let logged_in = node.log_in(&request.username, &request.password).await?;
             Ok(v1::LogInResponse {
                 token: logged_in.token.as_str().to_owned(),
@@ -132,7 +132,7 @@ impl Chat for ChatApi {
         let node = &self.node;
         let token = bearer(request.metadata());
         let request = request.into_inner();
-        observe(node.id(), "log_out", async move {
+        observe(node, "log_out", async move {
             node.log_out(&token, &request.idempotency_key).await?;
             Ok(v1::LogOutResponse {})
         })
@@ -146,7 +146,7 @@ impl Chat for ChatApi {
         let node = &self.node;
         let token = bearer(request.metadata());
         let request = request.into_inner();
-        observe(node.id(), "send_message", async move {
+        observe(node, "send_message", async move {
             let sent = node
                 .send_message(
                     &token,
@@ -176,7 +176,7 @@ impl Chat for ChatApi {
         let node = &self.node;
         let token = bearer(request.metadata());
         let request = request.into_inner();
-        observe(node.id(), "unread_count", async move {
+        observe(node, "unread_count", async move {
             let consistency = check_consistency(request.consistency)?;
             let unread = node.unread_count(&token, consistency).await?;
             Ok(v1::UnreadCountResponse {
@@ -193,7 +193,7 @@ impl Chat for ChatApi {
         let node = &self.node;
         let token = bearer(request.metadata());
         let request = request.into_inner();
-        observe(node.id(), "fetch_away", async move {
+        observe(node, "fetch_away", async move {
             let fetched = node
                 .fetch_away(&token, request.limit, &request.idempotency_key)
                 .await?;
@@ -212,7 +212,7 @@ impl Chat for ChatApi {
         let node = &self.node;
         let token = bearer(request.metadata());
         let request = request.into_inner();
-        observe(node.id(), "list_messages", async move {
+        observe(node, "list_messages", async move {
             let consistency = check_consistency(request.consistency)?;
             let page = node
                 .list_messages(
@@ -238,7 +238,7 @@ impl Chat for ChatApi {
         let node = &self.node;
         let token = bearer(request.metadata());
         let request = request.into_inner();
-        observe(node.id(), "delete_messages", async move {
+        observe(node, "delete_messages", async move {
             let deleted = node
                 .delete_messages(&token, &request.ids, &request.idempotency_key)
                 .await?;
@@ -256,7 +256,7 @@ impl Chat for ChatApi {
         let node = &self.node;
         let token = bearer(request.metadata());
         let request = request.into_inner();
-        observe(node.id(), "list_accounts", async move {
+        observe(node, "list_accounts", async move {
             let consistency = check_consistency(request.consistency)?;
             let page = node
                 .list_accounts(
@@ -282,7 +282,7 @@ impl Chat for ChatApi {
         let node = &self.node;
         let token = bearer(request.metadata());
         let request = request.into_inner();
-        observe(node.id(), "delete_account", async move {
+        observe(node, "delete_account", async move {
             let deleted = node
                 .delete_account(&token, &request.password, &request.idempotency_key)
                 .await?;
@@ -302,7 +302,7 @@ impl Chat for ChatApi {
         let node = Arc::clone(&self.node);
         let token = bearer(request.metadata());
         let after_id = request.into_inner().after_id;
-        let subscription = observe(self.node.id(), "subscribe", async move {
+        let subscription = observe(&self.node, "subscribe", async move {
             crate::subscription::subscribe(node, &token, after_id).await
         })
         .await?
@@ -317,7 +317,7 @@ impl Chat for ChatApi {
         _request: Request<v1::ClusterInfoRequest>,
     ) -> Result<Response<v1::ClusterInfoResponse>, Status> {
         let node = &self.node;
-        observe(node.id(), "cluster_info", async move {
+        observe(node, "cluster_info", async move {
             let view = node.cluster_view();
             let (leader_id, leader_address) = view.leader.clone().unwrap_or_default();
             Ok(v1::ClusterInfoResponse {

@@ -190,7 +190,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::GenericResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
-        observe(node.id(), "legacy.signup", async move {
+        observe(node, "legacy.signup", async move {
             if let Err(msg) = require_both(node, &request.username, &request.password) {
                 return Ok(pb::GenericResponse {
                     status: ERROR.into(),
@@ -211,7 +211,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::LoginResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
-        observe(node.id(), "legacy.login", async move {
+        observe(node, "legacy.login", async move {
             if let Err(msg) = require_both(node, &request.username, &request.password) {
                 return Ok(pb::LoginResponse {
                     status: ERROR.into(),
@@ -247,7 +247,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::GenericResponse>, Status> {
         let node = &self.node;
         let token = request.into_inner().auth_token.unwrap_or_default();
-        observe(node.id(), "legacy.logout", async move {
+        observe(node, "legacy.logout", async move {
             Ok(generic(
                 node.log_out(&token, "")
                     .await
@@ -263,7 +263,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::CountUnreadResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
-        observe(node.id(), "legacy.count_unread", async move {
+        observe(node, "legacy.count_unread", async move {
             let unread = async {
                 node.unread_count(&request.auth_token, Consistency::Linearizable)
                     .await
@@ -290,7 +290,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::GenericResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
-        observe(node.id(), "legacy.send_message", async move {
+        observe(node, "legacy.send_message", async move {
             let result = node
                 .send_message(&request.auth_token, &request.recipient, request.content, "")
                 .await;
@@ -305,7 +305,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
-        observe(node.id(), "legacy.list_messages", async move {
+        observe(node, "legacy.list_messages", async move {
             let result = async {
                 let (offset, limit) = legacy_page(request.start, request.count)?;
                 let page = node
@@ -343,7 +343,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
-        observe(node.id(), "legacy.fetch_away_msgs", async move {
+        observe(node, "legacy.fetch_away_msgs", async move {
             let result = async {
                 let fetched = node
                     .fetch_away(&request.auth_token, i64::from(request.limit), "")
@@ -374,7 +374,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
-        observe(node.id(), "legacy.list_accounts", async move {
+        observe(node, "legacy.list_accounts", async move {
             let result = async {
                 let (offset, limit) = legacy_page(request.start, request.count)?;
                 let pattern = Pattern::substring(&request.pattern)?;
@@ -417,7 +417,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::DeleteMessagesResponse>, Status> {
         let node = &self.node;
         let request = request.into_inner();
-        observe(node.id(), "legacy.delete_messages", async move {
+        observe(node, "legacy.delete_messages", async move {
             let ids: Vec<i64> = request
                 .message_ids_to_delete
                 .iter()
@@ -447,7 +447,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::GenericResponse>, Status> {
         let node = &self.node;
         let token = request.into_inner().auth_token.unwrap_or_default();
-        observe(node.id(), "legacy.delete_account", async move {
+        observe(node, "legacy.delete_account", async move {
             let result = node.delete_account_by_session(&token).await;
             Ok(generic(result.map(|_| text::DELETED_ACCOUNT.to_owned())))
         })
@@ -460,7 +460,7 @@ impl ChatService for LegacyApi {
     ) -> Result<Response<pb::GenericResponse>, Status> {
         let node = &self.node;
         let token = request.into_inner().auth_token.unwrap_or_default();
-        observe(node.id(), "legacy.reset_db", async move {
+        observe(node, "legacy.reset_db", async move {
             Ok(generic(
                 node.reset_all(&token)
                     .await
@@ -489,7 +489,7 @@ impl ChatService for LegacyApi {
         _request: Request<pb::EmptyRequest>,
     ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let node = &self.node;
-        observe(node.id(), "legacy.cluster_info", async move {
+        observe(node, "legacy.cluster_info", async move {
             // As the prototype did: the servers and the leader, "ok" only on the leader.
             let view = node.cluster_view();
             let server = |id: u64, address: String| pb::ServerInfo {

@@ -47,8 +47,9 @@ pub struct RaftApi {
     disk: Option<Arc<DiskGuard>>,
     /// Answers `StateHash` and takes `StateAlarm` (none: both refused UNIMPLEMENTED).
     state: Option<(StateHasher, StateAlarms)>,
-    /// Makes backup copies (none: `Backup` refused UNIMPLEMENTED).
-    backups: Option<Arc<Node>>,
+    /// The node: makes backup copies and counts requests (none: `Backup` refused
+    /// UNIMPLEMENTED, nothing counted).
+    node: Option<Arc<Node>>,
 }
 
 impl RaftApi {
@@ -68,15 +69,16 @@ impl RaftApi {
             member_certificate_required,
             disk: None,
             state: None,
-            backups: None,
+            node: None,
         }
     }
 
-    /// The same service, answering `Backup` with copies made by `node`.
+    /// The same service, answering `Backup` with copies made by `node` and counting its
+    /// requests in `node`'s metrics.
     #[must_use]
-    pub fn with_backups(self, node: Arc<Node>) -> Self {
+    pub fn with_node(self, node: Arc<Node>) -> Self {
         Self {
-            backups: Some(node),
+            node: Some(node),
             ..self
         }
     }
@@ -97,6 +99,25 @@ impl RaftApi {
             disk: Some(disk),
             ..self
         }
+    }
+
+    /// Runs one handler's `work`, counting it in the node's metrics as `method` of the
+    /// `internal` service.
+    async fn counted<T>(
+        &self,
+        method: &'static str,
+        work: impl std::future::Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        if let Some(node) = &self.node {
+            let code = result
+                .as_ref()
+                .map_or_else(Status::code, |_| tonic::Code::Ok);
+            node.metrics()
+                .record_request("internal", method, code, started.elapsed());
+        }
+        result
     }
 
     /// Refuses what would grow this node's files while its disk is low.
@@ -209,182 +230,203 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.authorize("append_entries", &request)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
-        // A leader at least as current as the one this node knows is speaking: note it before
-        // the entries are written, as writing them may take a while.
-        if rpc.vote >= self.raft.metrics().borrow().vote {
-            self.contact.heard_leader();
-        }
-        // Heartbeats (no entries) still count, so a node with a full disk stays a follower
-        // instead of calling elections; the entries wait until space returns.
-        if !rpc.entries.is_empty() {
-            self.check_disk()?;
-        }
-        encode(&self.raft.append_entries(rpc).await)
+        self.counted("append_entries", async move {
+            self.authorize("append_entries", &request)?;
+            let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+            // A leader at least as current as the one this node knows is speaking: note it before
+            // the entries are written, as writing them may take a while.
+            if rpc.vote >= self.raft.metrics().borrow().vote {
+                self.contact.heard_leader();
+            }
+            // Heartbeats (no entries) still count, so a node with a full disk stays a follower
+            // instead of calling elections; the entries wait until space returns.
+            if !rpc.entries.is_empty() {
+                self.check_disk()?;
+            }
+            encode(&self.raft.append_entries(rpc).await)
+        })
+        .await
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.authorize("vote", &request)?;
-        let rpc = decode(request.get_ref())?;
-        let result = self.raft.vote(rpc).await;
-        // Granting a vote restarts the election clock, as in Raft.
-        if matches!(&result, Ok(reply) if reply.vote_granted) {
-            self.contact.restart_clock();
-        }
-        encode(&result)
+        self.counted("vote", async move {
+            self.authorize("vote", &request)?;
+            let rpc = decode(request.get_ref())?;
+            let result = self.raft.vote(rpc).await;
+            // Granting a vote restarts the election clock, as in Raft.
+            if matches!(&result, Ok(reply) if reply.vote_granted) {
+                self.contact.restart_clock();
+            }
+            encode(&result)
+        })
+        .await
     }
 
     async fn probe(&self, request: Request<ProbeRequest>) -> Result<Response<ProbeReply>, Status> {
-        self.authorize("probe", &request)?;
-        let reply = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            if metrics.state == ServerState::Leader {
-                ProbeReply {
-                    leader_id: metrics.id,
-                    // A leader not yet acknowledged has just won a vote: a majority heard it.
-                    millis_since_leader_contact: metrics.millis_since_quorum_ack.unwrap_or(0),
+        self.counted("probe", async move {
+            self.authorize("probe", &request)?;
+            let reply = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                if metrics.state == ServerState::Leader {
+                    ProbeReply {
+                        leader_id: metrics.id,
+                        // A leader not yet acknowledged has just won a vote: a majority heard it.
+                        millis_since_leader_contact: metrics.millis_since_quorum_ack.unwrap_or(0),
+                    }
+                } else {
+                    ProbeReply {
+                        leader_id: metrics.current_leader.unwrap_or(0),
+                        millis_since_leader_contact: u64::try_from(
+                            self.contact.since_leader().as_millis(),
+                        )
+                        .unwrap_or(u64::MAX),
+                    }
                 }
-            } else {
-                ProbeReply {
-                    leader_id: metrics.current_leader.unwrap_or(0),
-                    millis_since_leader_contact: u64::try_from(
-                        self.contact.since_leader().as_millis(),
-                    )
-                    .unwrap_or(u64::MAX),
-                }
-            }
-        };
-        Ok(Response::new(reply))
+            };
+            Ok(Response::new(reply))
+        })
+        .await
     }
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
-        self.authorize("leave", &request)?;
-        let LeaveRequest { node_id } = request.into_inner();
-        let (is_member, is_voter) = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            let membership = metrics.membership_config.membership();
-            (
-                membership.get_node(&node_id).is_some(),
-                membership.voter_ids().any(|id| id == node_id),
-            )
-        };
-        if !is_member {
-            return Err(Status::not_found(format!(
-                "node_id: {node_id} is not a member of the cluster"
-            )));
-        }
-        tracing::info!(
-            node_id,
-            voter = is_voter,
-            "removing a node from the cluster"
-        );
-        let removed = [node_id].into();
-        let change = if is_voter {
-            ChangeMembers::RemoveVoters(removed)
-        } else {
-            ChangeMembers::RemoveNodes(removed)
-        };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(membership_refusal)?;
-        tracing::info!(node_id, "node removed from the cluster");
-        Ok(Response::new(LeaveReply {}))
+        self.counted("leave", async move {
+            self.authorize("leave", &request)?;
+            let LeaveRequest { node_id } = request.into_inner();
+            let (is_member, is_voter) = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                let membership = metrics.membership_config.membership();
+                (
+                    membership.get_node(&node_id).is_some(),
+                    membership.voter_ids().any(|id| id == node_id),
+                )
+            };
+            if !is_member {
+                return Err(Status::not_found(format!(
+                    "node_id: {node_id} is not a member of the cluster"
+                )));
+            }
+            tracing::info!(
+                node_id,
+                voter = is_voter,
+                "removing a node from the cluster"
+            );
+            let removed = [node_id].into();
+            let change = if is_voter {
+                ChangeMembers::RemoveVoters(removed)
+            } else {
+                ChangeMembers::RemoveNodes(removed)
+            };
+            self.raft
+                .change_membership(change, false)
+                .await
+                .map_err(membership_refusal)?;
+            tracing::info!(node_id, "node removed from the cluster");
+            Ok(Response::new(LeaveReply {}))
+        })
+        .await
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
-        self.authorize("join", &request)?;
-        let JoinRequest { node_id, address } = request.into_inner();
-        if node_id == 0 || address.is_empty() {
-            return Err(Status::invalid_argument(
-                "node_id and address: both are required",
-            ));
-        }
-        let is_voter = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == node_id);
-        if is_voter {
-            // Perhaps by a change still committing (the node's own join, racing this one):
-            // answer once the membership with it is committed and no longer joint, so the
-            // caller's next change does not find one in progress.
+        self.counted("join", async move {
+            self.authorize("join", &request)?;
+            let JoinRequest { node_id, address } = request.into_inner();
+            if node_id == 0 || address.is_empty() {
+                return Err(Status::invalid_argument(
+                    "node_id and address: both are required",
+                ));
+            }
+            let is_voter = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == node_id);
+            if is_voter {
+                // Perhaps by a change still committing (the node's own join, racing this one):
+                // answer once the membership with it is committed and no longer joint, so the
+                // caller's next change does not find one in progress.
+                self.raft
+                    .wait(Some(MEMBERSHIP_SETTLE_WAIT))
+                    .metrics(
+                        |m| {
+                            let stored = &m.membership_config;
+                            let membership = stored.membership();
+                            membership.voter_ids().any(|id| id == node_id)
+                                && membership.get_joint_config().len() == 1
+                                && stored.log_id().as_ref() <= m.last_applied.as_ref()
+                        },
+                        "the membership with the node is committed",
+                    )
+                    .await
+                    .map_err(|e| Status::unavailable(format!("membership not settled: {e}")))?;
+                return Ok(Response::new(JoinReply {}));
+            }
+            tracing::info!(node_id, %address, "adding a node: learner first, voter once caught up");
+            // Blocks until the learner has caught up (from a snapshot and the log).
             self.raft
-                .wait(Some(MEMBERSHIP_SETTLE_WAIT))
-                .metrics(
-                    |m| {
-                        let stored = &m.membership_config;
-                        let membership = stored.membership();
-                        membership.voter_ids().any(|id| id == node_id)
-                            && membership.get_joint_config().len() == 1
-                            && stored.log_id().as_ref() <= m.last_applied.as_ref()
-                    },
-                    "the membership with the node is committed",
-                )
+                .add_learner(node_id, BasicNode::new(address), true)
                 .await
-                .map_err(|e| Status::unavailable(format!("membership not settled: {e}")))?;
-            return Ok(Response::new(JoinReply {}));
-        }
-        tracing::info!(node_id, %address, "adding a node: learner first, voter once caught up");
-        // Blocks until the learner has caught up (from a snapshot and the log).
-        self.raft
-            .add_learner(node_id, BasicNode::new(address), true)
-            .await
-            .map_err(membership_refusal)?;
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds([node_id].into()), false)
-            .await
-            .map_err(membership_refusal)?;
-        tracing::info!(node_id, "node joined as a voter");
-        Ok(Response::new(JoinReply {}))
+                .map_err(membership_refusal)?;
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds([node_id].into()), false)
+                .await
+                .map_err(membership_refusal)?;
+            tracing::info!(node_id, "node joined as a voter");
+            Ok(Response::new(JoinReply {}))
+        })
+        .await
     }
 
     async fn state_hash(
         &self,
         request: Request<StateHashRequest>,
     ) -> Result<Response<StateHashReply>, Status> {
-        self.authorize("state_hash", &request)?;
-        let Some((hasher, _)) = &self.state else {
-            return Err(Status::unimplemented("this node does not hash its state"));
-        };
-        let index = request.get_ref().index;
-        let reply = match hasher
-            .hash_at(index, HASH_WAIT)
-            .await
-            .map_err(Status::from)?
-        {
-            StateHash::Hashed { index, sha256 } => StateHashReply {
-                hashed: true,
-                sha256: sha256.to_vec(),
-                applied_index: index,
-            },
-            StateHash::Passed { applied } => StateHashReply {
-                hashed: false,
-                sha256: Vec::new(),
-                applied_index: applied,
-            },
-        };
-        Ok(Response::new(reply))
+        self.counted("state_hash", async move {
+            self.authorize("state_hash", &request)?;
+            let Some((hasher, _)) = &self.state else {
+                return Err(Status::unimplemented("this node does not hash its state"));
+            };
+            let index = request.get_ref().index;
+            let reply = match hasher
+                .hash_at(index, HASH_WAIT)
+                .await
+                .map_err(Status::from)?
+            {
+                StateHash::Hashed { index, sha256 } => StateHashReply {
+                    hashed: true,
+                    sha256: sha256.to_vec(),
+                    applied_index: index,
+                },
+                StateHash::Passed { applied } => StateHashReply {
+                    hashed: false,
+                    sha256: Vec::new(),
+                    applied_index: applied,
+                },
+            };
+            Ok(Response::new(reply))
+        })
+        .await
     }
 
     async fn state_alarm(
         &self,
         request: Request<StateAlarmRequest>,
     ) -> Result<Response<StateAlarmReply>, Status> {
-        self.authorize("state_alarm", &request)?;
-        let Some((_, alarms)) = &self.state else {
-            return Err(Status::unimplemented(
-                "this node does not take state alarms",
-            ));
-        };
-        alarms.raise_own(request.into_inner().detail);
-        Ok(Response::new(StateAlarmReply {}))
+        self.counted("state_alarm", async move {
+            self.authorize("state_alarm", &request)?;
+            let Some((_, alarms)) = &self.state else {
+                return Err(Status::unimplemented(
+                    "this node does not take state alarms",
+                ));
+            };
+            alarms.raise_own(request.into_inner().detail);
+            Ok(Response::new(StateAlarmReply {}))
+        })
+        .await
     }
 
     type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<BackupChunk, Status>>;
@@ -393,44 +435,53 @@ impl RaftService for RaftApi {
         &self,
         request: Request<BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        self.authorize("backup", &request)?;
-        let Some(node) = &self.backups else {
-            return Err(Status::unimplemented("this node does not make backups"));
-        };
-        tracing::info!(caller = ?request.remote_addr(), "backup requested");
-        let copy = node.backup_copy().await?;
-        let (chunks, stream) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_AHEAD);
-        tokio::spawn(stream_backup(copy, chunks));
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            stream,
-        )))
+        self.counted("backup", async move {
+            self.authorize("backup", &request)?;
+            let Some(node) = &self.node else {
+                return Err(Status::unimplemented("this node does not make backups"));
+            };
+            tracing::info!(caller = ?request.remote_addr(), "backup requested");
+            let copy = node.backup_copy().await?;
+            let (chunks, stream) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_AHEAD);
+            tokio::spawn(stream_backup(copy, chunks));
+            Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+                stream,
+            )))
+        })
+        .await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.authorize("install_snapshot", &request)?;
-        self.check_disk()?;
-        let rpc = decode(request.get_ref())?;
-        self.install(rpc).await
+        self.counted("install_snapshot", async move {
+            self.authorize("install_snapshot", &request)?;
+            self.check_disk()?;
+            let rpc = decode(request.get_ref())?;
+            self.install(rpc).await
+        })
+        .await
     }
 
     async fn install_snapshot_chunk(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.authorize("install_snapshot_chunk", &request)?;
-        self.check_disk()?;
-        let payload = request.into_inner();
-        let mut rpc: InstallSnapshotRequest<TypeConfig> = decode(&payload)?;
-        if !rpc.data.is_empty() {
-            return Err(Status::invalid_argument(
-                "json: a chunk's bytes belong in `data`, not in the JSON request",
-            ));
-        }
-        rpc.data = payload.data;
-        self.install(rpc).await
+        self.counted("install_snapshot_chunk", async move {
+            self.authorize("install_snapshot_chunk", &request)?;
+            self.check_disk()?;
+            let payload = request.into_inner();
+            let mut rpc: InstallSnapshotRequest<TypeConfig> = decode(&payload)?;
+            if !rpc.data.is_empty() {
+                return Err(Status::invalid_argument(
+                    "json: a chunk's bytes belong in `data`, not in the JSON request",
+                ));
+            }
+            rpc.data = payload.data;
+            self.install(rpc).await
+        })
+        .await
     }
 }
 

@@ -18,6 +18,19 @@ impl<'c> SqliteChat<'c> {
     pub fn new(conn: &'c Connection) -> Self {
         Self { conn }
     }
+
+    /// How many sessions have not expired at `now_ms` (for the metrics).
+    ///
+    /// # Errors
+    /// SQLite fails.
+    pub fn live_sessions(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM sessions WHERE expires_at_ms > ?1")
+            .and_then(|mut statement| statement.query_row([now_ms], |row| row.get(0)))
+            .map_err(storage)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
 }
 
 fn storage(error: rusqlite::Error) -> StoreError {

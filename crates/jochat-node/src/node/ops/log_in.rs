@@ -68,7 +68,10 @@ impl Node {
     ) -> Result<LoggedIn, NodeError> {
         let folded = username.folded();
         self.refuse_unless_leader()?;
-        self.limiter.check(&folded)?;
+        if let Err(limited) = self.limiter.check(&folded) {
+            self.metrics.rate_limited.inc();
+            return Err(limited);
+        }
         // The password is checked against what this node has applied; the session command
         // then checks, authoritatively, that the account still exists.
         let user = self
@@ -85,6 +88,7 @@ impl Node {
             }
         }
         if !matched {
+            self.metrics.login_failures.inc();
             self.limiter.record_failure(&folded);
             return Err(ChatError::WrongCredentials.into());
         }

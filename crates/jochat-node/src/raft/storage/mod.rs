@@ -110,6 +110,8 @@ struct Shared {
     purged_rows: Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
     /// Read views to hand over when an entry is applied (`state_hash`).
     hash_hooks: state_hash::Hooks,
+    /// What the writer measures (for the node's metrics).
+    stats: crate::metrics::StorageStats,
 }
 
 /// The Raft log, openraft's `RaftLogStorage`. Cheap to clone; clones share the connection.
@@ -180,7 +182,8 @@ pub fn open_with(
     reader.busy_timeout(std::time::Duration::from_secs(5))?;
     reader.set_prepared_statement_cache_capacity(crate::store::STATEMENT_CACHE_CAPACITY);
     reader.pragma_update(None, "query_only", true)?;
-    let writer = Writer::start(conn, Arc::clone(&tail), sync_mode)?;
+    let stats = crate::metrics::StorageStats::default();
+    let writer = Writer::start(conn, Arc::clone(&tail), sync_mode, stats.clone())?;
     let (purged_upto, purged_rows) = tokio::sync::watch::channel(0);
     let shared = Arc::new(Shared {
         writer,
@@ -195,6 +198,7 @@ pub fn open_with(
         purged_upto,
         purged_rows: Mutex::new(Some(purged_rows)),
         hash_hooks: state_hash::Hooks::default(),
+        stats,
     });
     Ok((
         LogStore {
@@ -351,6 +355,11 @@ pub fn applied_index_in(path: &Path) -> Result<u64, NodeError> {
 const SEED: &str = "seed";
 
 impl LogStore {
+    /// What the log writer measures (durable commits' durations), for the node's metrics.
+    pub fn stats(&self) -> crate::metrics::StorageStats {
+        self.shared.stats.clone()
+    }
+
     /// The database's unpublished [`Seed`], if any.
     ///
     /// # Errors
