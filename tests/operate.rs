@@ -118,6 +118,30 @@ async fn the_exposition_parses_and_moves_with_the_work() {
             "{histogram}"
         );
     }
+    // The shipped dashboard asks only for metrics the node exposes.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("jochat_") || word.starts_with("process_") {
+                    // The parser keeps a histogram's buckets under its base name.
+                    let base = word.strip_suffix("_bucket").unwrap_or(word);
+                    assert!(
+                        any(&before, word).is_some() || any(&before, base).is_some(),
+                        "the dashboard's {word} is not exposed"
+                    );
+                }
+            }
+        }
+    }
     assert_eq!(get(&before, "jochat_raft_is_leader{}"), 1.0);
     assert!(get(&before, "jochat_sessions_active{}") >= 1.0);
     assert!(get(&before, "process_resident_memory_bytes{}") > 0.0);
