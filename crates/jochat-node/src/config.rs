@@ -356,6 +356,15 @@ pub struct NodeConfig {
         env = "JOCHAT_FORCE_NEW_CLUSTER"
     )]
     pub force_new_cluster: bool,
+    /// Read settings from this TOML file: the same keys as the flags (`server-id = 2`,
+    /// `peers = ["1:10.0.0.1:5001"]`; `_` may stand for `-`). Flags and environment variables
+    /// override it; an unknown key is an error naming it.
+    #[arg(long, env = "JOCHAT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (after the file, the environment and the flags) as
+    /// TOML, with secrets masked, and exit.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
     /// Serve Prometheus metrics (`GET /metrics`), `/livez` and `/readyz` over HTTP on this
     /// address (off when not given). The endpoint is plain HTTP without authentication: bind
     /// it to an address only the monitoring system reaches.
@@ -436,6 +445,8 @@ impl Default for NodeConfig {
             rebuild: false,
             restore: None,
             metrics_addr: None,
+            config: None,
+            print_config: false,
             sync_mode: SyncMode::Full,
             session_ttl_secs: SESSION_TTL_SECS_DEFAULT,
             content_bytes_max: CONTENT_BYTES_MAX_DEFAULT,

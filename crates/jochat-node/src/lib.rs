@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: flags and environment variables ([`NodeConfig`]).
+//! - [`config`]: flags and environment variables ([`NodeConfig`]); [`config_file`]: `--config`
+//!   and `--print-config`.
 //! - [`store`]: the SQLite database: schema and migrations, the read pool, applying commands.
 //! - [`auth`]: argon2id hashing off the executor, session tokens, the failed-log-in limiter.
 //! - [`node`]: [`Node`], the chat operations as the node performs them (one file each under
@@ -45,6 +46,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod config_file;
 pub mod disk;
 pub mod error;
 pub mod events;

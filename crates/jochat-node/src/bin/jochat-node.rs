@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use jochat_node::{serve, NodeConfig};
+use jochat_node::serve;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -58,7 +58,16 @@ async fn main() -> anyhow::Result<()> {
         print!("{report}");
         return Ok(());
     }
-    let config = NodeConfig::parse();
+    let loaded = match jochat_node::config_file::load(std::env::args_os()) {
+        Ok(loaded) => loaded,
+        Err(jochat_node::config_file::LoadError::Arguments(error)) => error.exit(),
+        Err(jochat_node::config_file::LoadError::File(error)) => return Err(error.into()),
+    };
+    if loaded.config.print_config {
+        print!("{}", loaded.effective);
+        return Ok(());
+    }
+    let config = loaded.config;
     init_logging();
     config.validate()?;
     let address = config.listen_address()?;
