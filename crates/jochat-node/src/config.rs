@@ -152,11 +152,13 @@ fn check_host_port(raw: &str) -> Result<(), String> {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "jochat-node",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("JOCHAT_GIT_COMMIT"), ")"),
     about = "A JoChat server node",
     after_help = "Started on the prototype's database file (--db_file), the node forming the \
                   cluster imports it and the others set theirs aside. Offline: \
-                  jochat-node import-prototype --from OLD.db --db-file NEW.db (--help there)."
+                  jochat-node import-prototype --from OLD.db --db-file NEW.db (--help there). \
+                  Shell completions: jochat-node completions bash|zsh|fish; the manual page: \
+                  jochat-node man."
 )]
 pub struct NodeConfig {
     /// This node's server id (positive; the lowest live id is preferred as leader).

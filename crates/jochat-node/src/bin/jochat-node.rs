@@ -33,6 +33,18 @@ struct ImportPrototype {
     content_bytes_max: usize,
 }
 
+/// `jochat-node completions SHELL`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "jochat-node completions",
+    about = "Prints the shell completion script for jochat-node, e.g. \
+             `jochat-node completions bash > /etc/bash_completion.d/jochat-node`"
+)]
+struct Completions {
+    /// The shell.
+    shell: clap_complete::Shell,
+}
+
 fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -45,8 +57,19 @@ fn init_logging() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|first| first == "import-prototype") {
+    let first = std::env::args_os().nth(1);
+    if first.as_deref() == Some(std::ffi::OsStr::new("completions")) {
+        let shell = Completions::parse_from(std::env::args_os().skip(1)).shell;
+        let mut command = <jochat_node::NodeConfig as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "jochat-node", &mut std::io::stdout());
+        return Ok(());
+    }
+    if first.as_deref() == Some(std::ffi::OsStr::new("man")) {
+        let command = <jochat_node::NodeConfig as clap::CommandFactory>::command();
+        clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+        return Ok(());
+    }
+    if first.as_deref() == Some(std::ffi::OsStr::new("import-prototype")) {
         let import = ImportPrototype::parse_from(std::env::args_os().skip(1));
         init_logging();
         let report = jochat_node::node::import::import_offline(
