@@ -237,18 +237,37 @@ fn leader_hint(status: &Status) -> Option<&str> {
         .filter(|address| !address.is_empty())
 }
 
-/// What every attempt of a call carries: the session token and the time left.
+/// The metadata key a call's id travels in: the same on every attempt of one call, so the
+/// servers' log lines of all its attempts share it.
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A new call id: 16 random hex digits (a counter's value if randomness fails).
+pub(crate) fn new_request_id() -> String {
+    static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => hex::encode(bytes),
+        Err(_) => format!("{:016x}", FALLBACK.fetch_add(1, Ordering::Relaxed)),
+    }
+}
+
+/// What every attempt of a call carries: the session token, the time left and the call's id.
 #[derive(Clone, Copy)]
 pub(crate) struct Attempt<'a> {
     pub(crate) token: Option<&'a SessionToken>,
     pub(crate) remaining: Duration,
+    pub(crate) request_id: &'a str,
 }
 
 impl Attempt<'_> {
-    /// Wraps `message` with the `authorization` metadata and the `grpc-timeout` header.
+    /// Wraps `message` with the `authorization` and `x-request-id` metadata and the
+    /// `grpc-timeout` header.
     pub(crate) fn request<M>(self, message: M) -> Result<Request<M>, Status> {
         let mut request = Request::new(message);
         request.set_timeout(self.remaining);
+        if let Ok(id) = self.request_id.parse() {
+            request.metadata_mut().insert(REQUEST_ID_HEADER, id);
+        }
         if let Some(token) = self.token {
             let value = format!("Bearer {}", token.as_str())
                 .parse()
@@ -346,6 +365,7 @@ impl ChatServerClient {
             self.discover();
         }
         let started = Instant::now();
+        let request_id = new_request_id();
         let mut backoff = self.inner.backoff_initial;
         let mut hints_followed = 0;
         let mut failed_in_round = 0;
@@ -359,9 +379,18 @@ impl ChatServerClient {
             let server = self.inner.pick();
             let client =
                 ChatClient::new(server.channel()).max_decoding_message_size(REPLY_BYTES_MAX);
-            let outcome =
-                tokio::time::timeout(remaining, attempt(client, Attempt { token, remaining }))
-                    .await;
+            let outcome = tokio::time::timeout(
+                remaining,
+                attempt(
+                    client,
+                    Attempt {
+                        token,
+                        remaining,
+                        request_id: &request_id,
+                    },
+                ),
+            )
+            .await;
             let status = match outcome {
                 Err(_elapsed) => return Err(last_failure.unwrap_or(exceeded)),
                 Ok(Ok(response)) => return Ok(response.into_inner()),

@@ -148,6 +148,18 @@ fn check_host_port(raw: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How a request slower than this many milliseconds is logged at `info` (`--slow-request-ms`).
+pub const SLOW_REQUEST_MS_DEFAULT: u64 = 1_000;
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Configuration of one `jochat-node`.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -358,6 +370,24 @@ pub struct NodeConfig {
         env = "JOCHAT_FORCE_NEW_CLUSTER"
     )]
     pub force_new_cluster: bool,
+    /// Log lines as `text` (for people) or `json` (one object per line: timestamp, level,
+    /// the span's node id, term, request id and method, the outcome's code and latency).
+    #[arg(
+        long = "log-format",
+        alias = "log_format",
+        env = "JOCHAT_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+    /// A request slower than this is logged at `info` (every request is logged at `debug`).
+    #[arg(
+        long = "slow-request-ms",
+        alias = "slow_request_ms",
+        env = "JOCHAT_SLOW_REQUEST_MS",
+        default_value_t = SLOW_REQUEST_MS_DEFAULT
+    )]
+    pub slow_request_ms: u64,
     /// Read settings from this TOML file: the same keys as the flags (`server-id = 2`,
     /// `peers = ["1:10.0.0.1:5001"]`; `_` may stand for `-`). Flags and environment variables
     /// override it; an unknown key is an error naming it.
@@ -449,6 +479,8 @@ impl Default for NodeConfig {
             metrics_addr: None,
             config: None,
             print_config: false,
+            log_format: LogFormat::Text,
+            slow_request_ms: SLOW_REQUEST_MS_DEFAULT,
             sync_mode: SyncMode::Full,
             session_ttl_secs: SESSION_TTL_SECS_DEFAULT,
             content_bytes_max: CONTENT_BYTES_MAX_DEFAULT,

@@ -16,6 +16,7 @@
 //!   `node/ops`), the write path and the read path every operation takes, and forming or
 //!   joining a cluster (`node/cluster`).
 //! - [`proposer`]: gathers concurrent writes into shared Raft entries (bounded queue).
+//! - [`request_id`]: a caller's `x-request-id` through the request's log lines.
 //! - [`reads`]: shares leadership confirmations among concurrent linearizable reads.
 //! - [`raft`]: openraft's type configuration, storage on the same SQLite file, the network
 //!   and the election timer.
@@ -57,6 +58,7 @@ pub mod node;
 pub mod proposer;
 pub mod raft;
 pub mod reads;
+pub mod request_id;
 pub mod server;
 pub mod service;
 pub mod store;

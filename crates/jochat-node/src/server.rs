@@ -136,6 +136,7 @@ async fn run(
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%address, %listen, scheme, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
     let router = Server::builder()
+        .layer(crate::request_id::RequestIdLayer)
         .concurrency_limit_per_connection(config.connection_requests_max)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .add_service(health_service)

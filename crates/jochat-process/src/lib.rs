@@ -183,8 +183,12 @@ impl NodeCommand {
     }
 }
 
-/// The `HOST:PORT` after `address=` in a log line, if any.
+/// The `HOST:PORT` after `address=` in a log line (`--log-format text`), or in its
+/// `"address":"…"` field (`--log-format json`), if any.
 fn address_in(line: &str) -> Option<&str> {
+    if let Some(rest) = line.split("\"address\":\"").nth(1) {
+        return rest.split('"').next().filter(|address| !address.is_empty());
+    }
     line.split("address=")
         .nth(1)?
         .split_whitespace()
@@ -341,6 +345,8 @@ mod tests {
         assert_eq!(address_in(line), Some("127.0.0.1:40123"));
         assert_eq!(address_in("no address here"), None);
         assert_eq!(address_in("address= "), None);
+        let json = r#"{"timestamp":"2026-11-30T10:00:00Z","level":"INFO","message":"serving","address":"127.0.0.1:40123","listen":"127.0.0.1:40123"}"#;
+        assert_eq!(address_in(json), Some("127.0.0.1:40123"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use jochat_node::config::LogFormat;
 use jochat_node::serve;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -45,14 +46,22 @@ struct Completions {
     shell: clap_complete::Shell,
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let lines = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line: the event's fields at the top level, the request's span
+        // (node id, term, request id, operation) under "span".
+        LogFormat::Json => lines
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[tokio::main]
@@ -71,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if first.as_deref() == Some(std::ffi::OsStr::new("import-prototype")) {
         let import = ImportPrototype::parse_from(std::env::args_os().skip(1));
-        init_logging();
+        init_logging(LogFormat::Text);
         let report = jochat_node::node::import::import_offline(
             &import.from,
             &import.db_file,
@@ -91,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = loaded.config;
-    init_logging();
+    init_logging(config.log_format);
     config.validate()?;
     let address = config.listen_address()?;
     let listener = TcpListener::bind(address)
