@@ -179,8 +179,9 @@ pub enum Command {
     /// write acknowledged before the command; writes go on meanwhile) and streams it here.
     /// The file is written atomically, checked against the leader's SHA-256 (also written to
     /// FILE.sha256) and is plain SQLite; `jochat-node --restore FILE` starts a new cluster
-    /// from it. Needs the cluster secret, or under TLS a node certificate as
-    /// `--client-cert`/`--client-key`, when the cluster has them.
+    /// from it. Under TLS needs a certificate the cluster's CA signed as
+    /// `--client-cert`/`--client-key` (or the cluster secret); otherwise the cluster secret
+    /// when there is one.
     Backup {
         /// Where to write the backup (replaced if it exists).
         #[arg(long)]

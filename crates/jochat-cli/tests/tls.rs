@@ -257,6 +257,17 @@ fn a_tls_cluster_from_jochat_cert_serves_the_cli_and_refuses_strangers() {
     with_client_cert.ok(&["cluster", "info"], None);
     let error = with_client_cert.refused(&["cluster", "remove", "3"]);
     assert!(error.contains("node certificate"), "{error}");
+    // A backup is for any certificate the cluster's CA signed; without one it is refused.
+    let backup = dir.path().join("chat.backup");
+    let backup_args = ["backup", "--out", backup.to_str().expect("UTF-8")];
+    let error = alice.refused(&backup_args);
+    assert!(
+        error.contains("certificate signed by the cluster CA"),
+        "{error}"
+    );
+    assert!(!backup.exists());
+    let saved = with_client_cert.ok(&backup_args, None);
+    assert_eq!(saved["bytes"], std::fs::metadata(&backup).unwrap().len());
 
     // A node whose certificate another CA signed cannot join: the cluster refuses it at the
     // handshake and logs so; the membership stays as it was.

@@ -41,9 +41,9 @@ impl ChatServerClient {
     /// that `jochat-node --restore` starts a new cluster from. `progress` is called with the
     /// bytes received and the total as chunks arrive.
     ///
-    /// Backups are internal calls: `cluster_secret` is the cluster's `--cluster-secret`, if
-    /// it has one, and under TLS the client needs a node certificate of the cluster as its
-    /// identity. The client's deadline bounds finding the leader and the start of the copy;
+    /// Backups are for operators: under TLS the client needs a certificate the cluster's CA
+    /// signed as its identity (a client or node certificate), or else `cluster_secret`, the
+    /// cluster's `--cluster-secret`; without TLS the secret when the cluster has one. The client's deadline bounds finding the leader and the start of the copy;
     /// after that the transfer may take as long as it needs while chunks keep coming
     /// ([`BACKUP_CHUNK_TIMEOUT`]).
     ///

@@ -1,5 +1,6 @@
 //! What operators' tools see: the standard gRPC health service and server reflection (so
-//! `grpcurl` works without the `.proto` files).
+//! `grpcurl` works without the `.proto` files), and a stopping node judged neither serving
+//! nor ready.
 
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -85,4 +86,34 @@ async fn health_and_reflection_are_served() {
         "{reply:?}"
     );
     node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_is_neither_serving_nor_ready() {
+    // The judgement behind the health service (`Node::serving`) and `/readyz`
+    // (`Node::ready`), on a node started without its server.
+    let dir = tempfile::tempdir().unwrap();
+    let config = jochat_node::NodeConfig {
+        db_file: Some(dir.path().join("node.db")),
+        ..jochat_node::NodeConfig::default()
+    };
+    let node = jochat_node::Node::start(
+        config,
+        "127.0.0.1:1".into(),
+        jochat_node::raft::network::PeerDialer::new(None, None),
+        jochat_node::raft::faults::Faults::none(),
+    )
+    .await
+    .unwrap();
+    node.wait_for_sole_leadership(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(node.serving(), Ok(()));
+    assert_eq!(node.ready(), Ok(()));
+    node.begin_shutdown();
+    let serving = node.serving().unwrap_err();
+    assert!(serving.contains("shutting down"), "{serving}");
+    let ready = node.ready().unwrap_err();
+    assert!(ready.contains("shutting down"), "{ready}");
+    node.close().await;
 }

@@ -145,6 +145,29 @@ impl RaftApi {
         self.check_secret(operation, request)
     }
 
+    /// Refuses a backup unless the caller is one of the cluster's operators: under TLS any
+    /// certificate the cluster's CA signed (a node's or a client's, `jochat cert
+    /// create-client`) will do, or else the cluster secret; without TLS the secret, when
+    /// there is one. A cluster with neither gives backups to anyone who reaches it, as it
+    /// does its other internal calls.
+    fn authorize_backup<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.member_certificate_required {
+            // The TLS layer verified every certificate a caller presents against the CA.
+            let certified = request.peer_certs().is_some_and(|chain| !chain.is_empty());
+            if certified {
+                return Ok(());
+            }
+            if self.secret_digest.is_none() {
+                tracing::warn!(caller = ?request.remote_addr(), "refused a backup without a certificate of the cluster");
+                return Err(Status::permission_denied(
+                    "backup refused: present a certificate signed by the cluster CA (a node or \
+                     client certificate)",
+                ));
+            }
+        }
+        self.check_secret("backup", request)
+    }
+
     /// Refuses the call unless it carries the cluster secret (if there is one). Digests of
     /// equal length are compared without an early exit, so the time taken says nothing about
     /// the secret.
@@ -436,7 +459,7 @@ impl RaftService for RaftApi {
         request: Request<BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
         self.counted("backup", async move {
-            self.authorize("backup", &request)?;
+            self.authorize_backup(&request)?;
             let Some(node) = &self.node else {
                 return Err(Status::unimplemented("this node does not make backups"));
             };
