@@ -147,6 +147,10 @@ async fn the_exposition_parses_and_moves_with_the_work() {
     assert!(get(&before, "process_resident_memory_bytes{}") > 0.0);
     assert!(get(&before, "jochat_db_bytes{}") > 0.0);
     assert!(before.contains_key("jochat_raft_replication_lag_entries{peer=2}"));
+    assert!(
+        !before.contains_key("jochat_raft_replication_lag_entries{peer=1}"),
+        "the leader is no peer of its own"
+    );
 
     // 2. One send: the counter rises by one, the indexes move.
     leader.send_message(&alice, "bob", "counted").await.unwrap();

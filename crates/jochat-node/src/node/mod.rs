@@ -496,7 +496,7 @@ impl Node {
             if let Some(&majority) = matched.get(matched.len() / 2) {
                 commit = majority.max(applied);
             }
-            for (peer, log_id) in replication.iter() {
+            for (peer, log_id) in replication.iter().filter(|(peer, _)| **peer != raft.id) {
                 let lag = last.saturating_sub(log_id.map_or(0, |id| id.index));
                 m.raft_replication_lag
                     .get_or_create(&crate::metrics::PeerLabels {
