@@ -18,24 +18,49 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// A request's labels: which service, which method, and the gRPC code it ended with.
+/// A request's labels: which service, which method, and the gRPC code it ended with. All
+/// `'static`: counting a request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// `v1`, `legacy` or `internal`.
-    pub service: String,
+    pub service: &'static str,
     /// The method, e.g. `send_message`.
-    pub method: String,
+    pub method: &'static str,
     /// The gRPC code, e.g. `Ok`, `Unavailable`.
-    pub code: String,
+    pub code: &'static str,
 }
 
 /// A latency's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     /// `v1`, `legacy` or `internal`.
-    pub service: String,
+    pub service: &'static str,
     /// The method.
-    pub method: String,
+    pub method: &'static str,
+}
+
+/// The name of a gRPC status code as it appears in the `code` label (`Ok`, `NotFound`, …).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
 }
 
 /// A peer's label.
@@ -254,23 +279,20 @@ impl Metrics {
     /// Counts one request of `service`'s `method` that ended with `code` after `elapsed`.
     pub fn record_request(
         &self,
-        service: &str,
-        method: &str,
+        service: &'static str,
+        method: &'static str,
         code: tonic::Code,
         elapsed: Duration,
     ) {
         self.requests
             .get_or_create(&RequestLabels {
-                service: service.to_owned(),
-                method: method.to_owned(),
-                code: format!("{code:?}"),
+                service,
+                method,
+                code: code_name(code),
             })
             .inc();
         self.request_seconds
-            .get_or_create(&MethodLabels {
-                service: service.to_owned(),
-                method: method.to_owned(),
-            })
+            .get_or_create(&MethodLabels { service, method })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -315,7 +337,7 @@ impl Metrics {
 
 /// Where a request is counted: the service and method named by `operation`
 /// (`legacy.signup` is the `legacy` service's `signup`; a name without a dot is `v1`'s).
-pub fn service_and_method(operation: &str) -> (&str, &str) {
+pub fn service_and_method(operation: &'static str) -> (&'static str, &'static str) {
     operation.split_once('.').unwrap_or(("v1", operation))
 }
 

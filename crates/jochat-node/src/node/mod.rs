@@ -804,9 +804,11 @@ impl Drop for Node {
 }
 
 /// Counts leader changes and keeps the term and leadership gauges current as Raft reports
-/// them (a scrape would miss a change that came and went between two scrapes).
+/// them (a scrape would miss a change that came and went between two scrapes). Raft's server
+/// metrics change only with the vote, the role, the leader or the membership, so this task
+/// wakes for those and not for every applied entry.
 async fn watch_leadership(raft: openraft::Raft<TypeConfig>, metrics: Arc<crate::metrics::Metrics>) {
-    let mut reports = raft.metrics();
+    let mut reports = raft.server_metrics();
     let mut leader = None;
     loop {
         {
@@ -819,7 +821,7 @@ async fn watch_leadership(raft: openraft::Raft<TypeConfig>, metrics: Arc<crate::
             }
             metrics
                 .raft_term
-                .set(i64::try_from(report.current_term).unwrap_or(i64::MAX));
+                .set(i64::try_from(report.vote.leader_id.term).unwrap_or(i64::MAX));
             metrics
                 .raft_is_leader
                 .set(i64::from(report.current_leader == Some(report.id)));
