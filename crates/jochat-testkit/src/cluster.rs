@@ -251,13 +251,17 @@ where
     }
 }
 
-/// The chat rows of the SQLite file at `path`, read through a connection of its own.
+/// The chat rows of the SQLite file at `path`, read through a connection of its own in one
+/// read transaction (a consistent view while the node goes on writing).
 pub fn dump_file(path: &Path) -> StateDump {
     use jochat_core::store::ChatRead;
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("the node's file opens read-only");
-    jochat_node::store::SqliteChat::new(&conn)
+    let view = conn
+        .unchecked_transaction()
+        .expect("a read transaction begins");
+    jochat_node::store::SqliteChat::new(&view)
         .dump()
         .expect("the node's file can be read")
 }
