@@ -261,9 +261,7 @@ pub(super) fn restore_backup(config: &NodeConfig) -> Result<(), NodeError> {
     }
     std::fs::File::open(&building)?.sync_all()?;
     std::fs::rename(&building, &db)?;
-    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
+    super::import::sync_dir_of(&db)?;
     tracing::warn!(
         backup = %backup.display(),
         backup_index = index,

@@ -68,7 +68,8 @@ fn existing_link(db: &Path) -> Option<PathBuf> {
     })
 }
 
-fn sync_dir_of(path: &Path) -> Result<(), NodeError> {
+/// Flushes the folder holding `path`, so a rename into it is durable.
+pub(super) fn sync_dir_of(path: &Path) -> Result<(), NodeError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
