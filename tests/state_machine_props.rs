@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use jochat_core::command::{Action, Command, Outcome};
 use jochat_core::ops::{
-    CreateSession, DeleteAccount, DeleteMessages, MarkDelivered, ResetAll, RevokeSession,
-    SendMessage, SignUp,
+    CreateSession, DeleteAccount, DeleteMessages, MarkDelivered, ResetAll, ResetAnonymous,
+    RevokeSession, SendMessage, SignUp,
 };
 use jochat_core::query;
 use jochat_core::store::{ChatRead, StateDump};
@@ -75,6 +75,7 @@ fn action() -> impl Strategy<Value = Action> {
         })),
         // Rare, or it would empty most sequences.
         1 => (0..SEEDS).prop_map(|seed| Action::ResetAll(ResetAll { session: digest(seed) })),
+        1 => Just(Action::ResetAnonymous(ResetAnonymous {})),
     ]
 }
 
@@ -259,6 +260,13 @@ impl Model {
                 }
                 None => false,
             },
+            Action::ResetAnonymous(ResetAnonymous {}) => {
+                self.users.clear();
+                self.sessions.clear();
+                self.messages.clear();
+                self.keys.clear();
+                true
+            }
             Action::DeleteAccount(DeleteAccount { session }) => {
                 match self.session_user(session, at) {
                     Some((id, me)) => {

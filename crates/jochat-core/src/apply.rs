@@ -58,6 +58,7 @@ pub fn apply<S: ChatStore + ?Sized>(
         Action::DeleteMessages(op) => run(op, store, at_ms)?,
         Action::DeleteAccount(op) => run(op, store, at_ms)?,
         Action::ResetAll(op) => run(op, store, at_ms)?,
+        Action::ResetAnonymous(op) => run(op, store, at_ms)?,
     };
 
     if let (Some(key), Some(scope)) = (&command.idempotency_key, scope) {

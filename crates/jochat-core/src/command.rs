@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ops::{
     AccountDeleted, CreateSession, DeleteAccount, DeleteMessages, Delivered, MarkDelivered,
-    MessageSent, MessagesDeleted, ResetAll, RevokeSession, SendMessage, SessionCreated, SignUp,
-    SignedUp,
+    MessageSent, MessagesDeleted, ResetAll, ResetAnonymous, RevokeSession, SendMessage,
+    SessionCreated, SignUp, SignedUp,
 };
 use crate::types::{IdempotencyKey, TokenDigest};
 
@@ -40,7 +40,8 @@ impl Command {
             | Action::RevokeSession(_)
             | Action::MarkDelivered(_)
             | Action::DeleteAccount(_)
-            | Action::ResetAll(_) => 0,
+            | Action::ResetAll(_)
+            | Action::ResetAnonymous(_) => 0,
         };
         FIXED + variable
     }
@@ -71,6 +72,9 @@ pub enum Action {
     DeleteAccount(DeleteAccount),
     /// Delete every account, session and message (the prototype's `ResetDB`).
     ResetAll(ResetAll),
+    /// Delete every account, session and message without a session (the socket
+    /// prototype's `reset_db`, on a node started with `--allow-anonymous-reset`).
+    ResetAnonymous(ResetAnonymous),
 }
 
 impl Action {
@@ -85,13 +89,14 @@ impl Action {
             Self::DeleteMessages(_) => "delete_messages",
             Self::DeleteAccount(_) => "delete_account",
             Self::ResetAll(_) => "reset_all",
+            Self::ResetAnonymous(_) => "reset_anonymous",
         }
     }
 
     /// The session this action acts through, if any.
     pub fn session(&self) -> Option<&TokenDigest> {
         match self {
-            Self::SignUp(_) | Self::CreateSession(_) => None,
+            Self::SignUp(_) | Self::CreateSession(_) | Self::ResetAnonymous(_) => None,
             Self::RevokeSession(RevokeSession { session })
             | Self::SendMessage(SendMessage { session, .. })
             | Self::MarkDelivered(MarkDelivered { session, .. })
@@ -110,6 +115,7 @@ impl Action {
         match self {
             Self::SignUp(op) => Some(format!("sign_up:{}", op.username.folded())),
             Self::CreateSession(_) => None,
+            Self::ResetAnonymous(_) => Some("reset_anonymous".to_owned()),
             Self::RevokeSession(RevokeSession { session })
             | Self::SendMessage(SendMessage { session, .. })
             | Self::MarkDelivered(MarkDelivered { session, .. })
@@ -205,6 +211,7 @@ mod tests {
             }),
             digest().prop_map(|session| Action::DeleteAccount(DeleteAccount { session })),
             digest().prop_map(|session| Action::ResetAll(ResetAll { session })),
+            Just(Action::ResetAnonymous(ResetAnonymous {})),
         ]
     }
 

@@ -86,6 +86,20 @@ impl ChatRead for MemoryStore {
             .collect())
     }
 
+    fn delivered_messages(
+        &self,
+        recipient: &Username,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        Ok(self
+            .messages
+            .values()
+            .filter(|m| m.delivered && m.recipient == *recipient)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
     fn message_by_id(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {
         Ok(self.messages.get(&id).cloned())
     }

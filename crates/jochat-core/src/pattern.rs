@@ -45,7 +45,35 @@ impl Pattern {
         Self::parse(raw, false)
     }
 
-    fn parse(raw: &str, wildcards: bool) -> Result<Self, ChatError> {
+    /// Checks `raw` like [`Pattern::new`], read with the prototype socket server's rules
+    /// (SQL `LIKE '%' || pattern || '%'`): `%` matches any run of characters, `_` exactly
+    /// one, every other character, `*` and `?` included, stands for itself, and the whole
+    /// matches as a substring.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `pattern` naming the broken rule.
+    pub fn like(raw: &str) -> Result<Self, ChatError> {
+        Self::check(raw)?;
+        let mut tokens = vec![Token::AnyRun];
+        for c in raw.chars() {
+            let token = match c {
+                '%' => Token::AnyRun,
+                '_' => Token::AnyOne,
+                c => Token::Literal(c.to_ascii_lowercase()),
+            };
+            if token == Token::AnyRun && tokens.last() == Some(&Token::AnyRun) {
+                continue;
+            }
+            tokens.push(token);
+        }
+        if tokens.last() != Some(&Token::AnyRun) {
+            tokens.push(Token::AnyRun);
+        }
+        Ok(Self { tokens })
+    }
+
+    /// The rules every pattern's text follows, whatever its syntax.
+    fn check(raw: &str) -> Result<usize, ChatError> {
         let chars = raw.chars().count();
         if chars > PATTERN_CHARS_MAX {
             return Err(ChatError::invalid(
@@ -59,6 +87,11 @@ impl Pattern {
                 "must not contain control characters",
             ));
         }
+        Ok(chars)
+    }
+
+    fn parse(raw: &str, wildcards: bool) -> Result<Self, ChatError> {
+        let chars = Self::check(raw)?;
         let has_wildcard = wildcards && raw.contains(['*', '?']);
         let mut tokens = Vec::with_capacity(chars + 2);
         if !has_wildcard {
@@ -177,6 +210,24 @@ mod tests {
         assert!(p("a_b").matches("xa_by"));
         assert!(!p("a_b").matches("axb"));
         assert!(!p("%").matches("alice"));
+    }
+
+    #[test]
+    fn the_socket_prototypes_like_rules() {
+        let like = |raw: &str| Pattern::like(raw).expect("test patterns are valid");
+        assert!(like("%").matches_all());
+        assert!(like("").matches_all());
+        assert!(like("a").matches("Charlie789"));
+        assert!(!like("a").matches("bob456"));
+        assert!(like("a%3").matches("alice123"));
+        assert!(like("b_b").matches("xbob"));
+        assert!(like("b_b").matches("b_b"));
+        assert!(!like("b_b").matches("bb"));
+        assert!(!like("*").matches("alice"));
+        assert!(like("?").matches("who?"));
+        assert_eq!(like("a_%").to_like(), "%a_%");
+        assert_eq!(like("*").to_like(), "%*%");
+        assert!(Pattern::like(&"x".repeat(PATTERN_CHARS_MAX + 1)).is_err());
     }
 
     #[test]

@@ -98,6 +98,19 @@ pub fn list_messages<R: ChatRead + ?Sized>(
     })
 }
 
+/// Up to `limit` of `user`'s delivered messages, oldest first (the prototype's socket
+/// clients poll these).
+///
+/// # Errors
+/// Storage failures only.
+pub fn delivered_messages<R: ChatRead + ?Sized>(
+    store: &R,
+    user: &UserRecord,
+    limit: u32,
+) -> Result<Vec<MessageRecord>, ChatError> {
+    Ok(store.delivered_messages(&user.username, limit)?)
+}
+
 /// A page of the accounts matching `pattern`.
 ///
 /// # Errors

@@ -117,6 +117,12 @@ pub trait ChatRead {
         recipient: &Username,
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StoreError>;
+    /// The `limit` oldest delivered messages of `recipient`, oldest first.
+    fn delivered_messages(
+        &self,
+        recipient: &Username,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError>;
     /// The message with this id, if it exists.
     fn message_by_id(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError>;
     /// Up to `limit` messages addressed to `recipient` with ids above `after`, oldest first

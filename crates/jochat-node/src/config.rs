@@ -160,6 +160,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// The wire format of the socket front end (`--socket-protocol`), as the socket
+/// prototype's `--protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketProtocol {
+    /// Field-by-field binary frames (the prototype's default).
+    Custom,
+    /// Length-prefixed JSON objects.
+    Json,
+}
+
+/// Connections the socket front end holds at most (`--socket-connections-max`).
+pub const SOCKET_CONNECTIONS_MAX_DEFAULT: usize = 1024;
+
 /// Configuration of one `jochat-node`.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -419,6 +432,42 @@ pub struct NodeConfig {
     /// (refused to everyone when unset).
     #[arg(long = "admin-user", alias = "admin_user", env = "JOCHAT_ADMIN_USER")]
     pub admin_user: Option<String>,
+    /// Serve the socket prototype's TCP protocol on this port too, on `--host` (off unless
+    /// given). Its clients need no leader: a follower forwards their writes to the leader.
+    #[arg(
+        long = "socket-port",
+        alias = "socket_port",
+        env = "JOCHAT_SOCKET_PORT",
+        value_name = "PORT"
+    )]
+    pub socket_port: Option<u16>,
+    /// The socket front end's wire format, for every connection: `custom` (binary, the
+    /// prototype's default) or `json`.
+    #[arg(
+        long = "socket-protocol",
+        alias = "socket_protocol",
+        env = "JOCHAT_SOCKET_PROTOCOL",
+        value_enum,
+        default_value_t = SocketProtocol::Custom
+    )]
+    pub socket_protocol: SocketProtocol,
+    /// Socket connections at most; one more is closed at once.
+    #[arg(
+        long = "socket-connections-max",
+        alias = "socket_connections_max",
+        env = "JOCHAT_SOCKET_CONNECTIONS_MAX",
+        default_value_t = SOCKET_CONNECTIONS_MAX_DEFAULT
+    )]
+    pub socket_connections_max: usize,
+    /// Let anyone wipe the whole cluster with the socket protocol's `reset_db`, which asks
+    /// for no session: for the prototype's test environments only (its test suite resets
+    /// before every test). Off by default: `reset_db` then answers "error".
+    #[arg(
+        long = "allow-anonymous-reset",
+        alias = "allow_anonymous_reset",
+        env = "JOCHAT_ALLOW_ANONYMOUS_RESET"
+    )]
+    pub allow_anonymous_reset: bool,
     /// Open connections at most, clients' and peers' together. At the limit the node stops
     /// accepting until one closes (new clients wait in the listen backlog and time out).
     #[arg(
@@ -493,6 +542,10 @@ impl Default for NodeConfig {
             subscribers_max: SUBSCRIBERS_MAX_DEFAULT,
             subscriber_buffer: SUBSCRIBER_BUFFER_DEFAULT,
             admin_user: None,
+            socket_port: None,
+            socket_protocol: SocketProtocol::Custom,
+            socket_connections_max: SOCKET_CONNECTIONS_MAX_DEFAULT,
+            allow_anonymous_reset: false,
             heartbeat_ms: HEARTBEAT_MS_DEFAULT,
             election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
             snapshot_threshold: SNAPSHOT_THRESHOLD_DEFAULT,
@@ -559,6 +612,12 @@ impl NodeConfig {
             "connections-max",
             self.connections_max,
             8,
+            CONNECTIONS_LIMIT,
+        )?;
+        within(
+            "socket-connections-max",
+            self.socket_connections_max,
+            1,
             CONNECTIONS_LIMIT,
         )?;
         within(

@@ -118,6 +118,14 @@ pub enum NodeError {
     /// A background task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
+    /// The leader refused a request this node forwarded to it, with this code and text.
+    #[error("the leader refused the forwarded request: {message}")]
+    Forwarded {
+        /// The leader's status code.
+        code: Code,
+        /// The leader's text.
+        message: String,
+    },
 }
 
 impl From<openraft::error::ForwardToLeader<u64, openraft::BasicNode>> for NodeError {
@@ -163,6 +171,7 @@ impl NodeError {
             | Self::NotLeader { .. }
             | Self::NoQuorum(_) => Code::Unavailable,
             Self::Raft(_) => Code::Internal,
+            Self::Forwarded { code, .. } => *code,
             Self::Sqlite(_)
             | Self::Corrupt { .. }
             | Self::Pool(_)

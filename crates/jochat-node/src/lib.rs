@@ -61,6 +61,7 @@ pub mod reads;
 pub mod request_id;
 pub mod server;
 pub mod service;
+pub mod socket;
 pub mod store;
 pub mod subscription;
 pub mod tls;

@@ -25,6 +25,11 @@ pub fn current() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
+/// Runs `work` with `id` as its request id (what [`current`] returns inside it).
+pub async fn scope<F: Future>(id: String, work: F) -> F::Output {
+    REQUEST_ID.scope(id, work).await
+}
+
 /// Whether `id` may stand in logs: 1 to [`REQUEST_ID_CHARS_MAX`] visible ASCII characters.
 pub fn is_usable(id: &str) -> bool {
     !id.is_empty() && id.len() <= REQUEST_ID_CHARS_MAX && id.bytes().all(|b| b.is_ascii_graphic())

@@ -102,6 +102,13 @@ async fn run(
         }
         None => None,
     };
+    let socket_front = match config.socket_port {
+        Some(port) => {
+            let listener = TcpListener::bind((config.host.as_str(), port)).await?;
+            Some((listener.local_addr()?, listener))
+        }
+        None => None,
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(jochat_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -135,6 +142,11 @@ async fn run(
     let listen = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%address, %listen, scheme, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
+    let socket_front = socket_front.map(|(at, listener)| {
+        // `socket=`, not `…address=`: process harnesses read the serving line's `address=`.
+        tracing::info!(socket = %at, protocol = ?config.socket_protocol, anonymous_reset = config.allow_anonymous_reset, "serving the socket prototype's protocol");
+        tokio::spawn(crate::socket::serve(Arc::clone(&node), listener))
+    });
     let router = Server::builder()
         .layer(crate::request_id::RequestIdLayer)
         .concurrency_limit_per_connection(config.connection_requests_max)
@@ -180,6 +192,10 @@ async fn run(
     };
     disk_watch.abort();
     health_watch.abort();
+    if let Some(front) = socket_front {
+        // It stops accepting once the node stops (it was told with `begin_shutdown`).
+        let _ = front.await;
+    }
     if let Some(endpoint) = metrics_endpoint {
         // It ends by itself once the node stops (it was told with `begin_shutdown`).
         match endpoint.await {

@@ -11,8 +11,8 @@ use jochat_node::raft::TypeConfig;
 use jochat_proto::internal::v1::raft_server::{Raft, RaftServer};
 use jochat_proto::internal::v1::{
     BackupChunk, BackupRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply,
-    ProbeRequest, RaftPayload, StateAlarmReply, StateAlarmRequest, StateHashReply,
-    StateHashRequest,
+    ProbeRequest, RaftPayload, ReadIndexReply, ReadIndexRequest, StateAlarmReply,
+    StateAlarmRequest, StateHashReply, StateHashRequest,
 };
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -112,6 +112,15 @@ impl Raft for FakePeer {
         &self,
         _: Request<BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn forward(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn read_index(
+        &self,
+        _: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
 }

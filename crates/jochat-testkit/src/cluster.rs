@@ -21,6 +21,8 @@ pub struct ClusterNode {
     pub db: PathBuf,
     /// Where it serves `/metrics`, `/livez` and `/readyz`, when [`Setup::metrics`] asked.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Where it serves the socket prototype's protocol, when [`Setup::socket`] asked.
+    pub socket_address: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), NodeError>>,
 }
@@ -80,6 +82,12 @@ pub struct Setup {
     pub rebuild: bool,
     /// `--metrics-addr` on a free loopback port.
     pub metrics: bool,
+    /// `--socket-port` on a free loopback port, with this `--socket-protocol`.
+    pub socket: Option<jochat_node::config::SocketProtocol>,
+    /// `--allow-anonymous-reset`.
+    pub allow_anonymous_reset: bool,
+    /// `--socket-connections-max`, when not the default.
+    pub socket_connections_max: Option<usize>,
 }
 
 impl Setup {
@@ -92,6 +100,11 @@ impl Setup {
             peers,
             admin_user: self.admin_user.clone(),
             cluster_secret: self.cluster_secret.clone(),
+            socket_protocol: self.socket.unwrap_or(defaults.socket_protocol),
+            allow_anonymous_reset: self.allow_anonymous_reset,
+            socket_connections_max: self
+                .socket_connections_max
+                .unwrap_or(defaults.socket_connections_max),
             force_new_cluster: self.force_new_cluster,
             rebuild: self.rebuild,
             state_check_secs: self.state_check_secs.unwrap_or(defaults.state_check_secs),
@@ -138,6 +151,14 @@ pub fn start_node(
         config.metrics_addr = Some(free);
     }
     let metrics_address = config.metrics_addr;
+    let socket_address = setup.socket.map(|_| {
+        // A port free now: the node binds it again a moment later.
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a loopback port is free");
+        config.socket_port = Some(free.port());
+        free
+    });
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(jochat_node::serve_with(
         config,
@@ -152,6 +173,7 @@ pub fn start_node(
         address,
         db,
         metrics_address,
+        socket_address,
         stop: Some(stop),
         task,
     }

@@ -19,13 +19,14 @@
 
 pub mod backup;
 pub mod cluster;
+pub mod forward;
 pub mod import;
 pub mod ops;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jochat_core::command::Command;
+use jochat_core::command::{Command, Outcome};
 use jochat_core::store::{ChatRead, UserRecord};
 use jochat_core::types::*;
 use jochat_core::{ChatError, Operation};
@@ -109,6 +110,15 @@ pub struct Node {
     metrics_watch: tokio::task::JoinHandle<()>,
     /// When snapshots were made and how large the last one is (for the metrics).
     snapshot_gauge: Arc<raft::snapshots::SnapshotGauge>,
+    /// How this node calls its peers (forwarding to the leader uses it).
+    dialer: PeerDialer,
+    /// The connection to the leader that forwarded requests use, with the leader's address.
+    leader_link: std::sync::Mutex<
+        Option<(
+            String,
+            jochat_proto::internal::v1::raft_client::RaftClient<tonic::transport::Channel>,
+        )>,
+    >,
     /// Imported state not yet published as the cluster's first snapshot
     /// ([`Node::publish_seed`]), with the log store that records it.
     seed: std::sync::Mutex<Option<(raft::storage::Seed, raft::storage::LogStore)>>,
@@ -316,6 +326,8 @@ impl Node {
             alarms,
             state_check,
             seed: std::sync::Mutex::new(seed),
+            dialer,
+            leader_link: std::sync::Mutex::new(None),
             metrics,
             metrics_watch,
             snapshot_gauge,
@@ -642,19 +654,16 @@ impl Node {
         idempotency_key: Option<IdempotencyKey>,
         operation: O,
     ) -> Result<O::Output, NodeError> {
-        self.check_quorum()?;
-        // A follower sends writes on to the leader, whose disk is the one that matters.
-        if self.is_leader() {
-            self.disk.check()?;
-        }
-        let outcome = self
-            .proposer
-            .submit(Command {
-                at_ms: now_ms(),
-                idempotency_key,
-                action: operation.into(),
-            })
-            .await?;
+        let command = Command {
+            at_ms: now_ms(),
+            idempotency_key,
+            action: operation.into(),
+        };
+        let outcome = if forward::forwards() {
+            self.forward_write(command).await?
+        } else {
+            self.propose(command).await?
+        };
         // Applying a command always yields its own kind's outcome (`jochat_core::apply`
         // dispatches each action to its operation), and a retry replays an outcome only
         // for the same kind; another kind here would be a bug in that dispatch.
@@ -663,6 +672,19 @@ impl Node {
                 "the state machine answered a command with another kind's outcome: {other:?}"
             ))
         })
+    }
+
+    /// Hands `command` to Raft through the proposer (NOT-LEADER on a follower).
+    ///
+    /// # Errors
+    /// As [`Node::write`].
+    pub(crate) async fn propose(&self, command: Command) -> Result<Outcome, NodeError> {
+        self.check_quorum()?;
+        // A follower sends writes on to the leader, whose disk is the one that matters.
+        if self.is_leader() {
+            self.disk.check()?;
+        }
+        self.proposer.submit(command).await
     }
 
     /// Runs `query` on a pooled read connection, inside one read transaction, after making
@@ -687,6 +709,7 @@ impl Node {
         }
         match consistency {
             Consistency::Stale => {}
+            Consistency::Linearizable if forward::forwards() => self.catch_up().await?,
             Consistency::Linearizable => {
                 self.check_quorum()?;
                 self.read_rounds
@@ -701,9 +724,25 @@ impl Node {
         quorum_deadline(&self.config)
     }
 
+    /// For writes that check local state before they submit (a password, a name taken),
+    /// which a follower may not have applied yet and would judge wrongly: on the leader,
+    /// nothing to do; inside [`Node::forwarding`], this node catches up with the leader
+    /// first; otherwise a follower refuses at once with NOT-LEADER.
+    ///
+    /// # Errors
+    /// `NotLeader`; what catching up fails with.
+    async fn require_current(&self) -> Result<(), NodeError> {
+        if self.is_leader() {
+            return Ok(());
+        }
+        if forward::forwards() {
+            return self.catch_up().await;
+        }
+        self.refuse_unless_leader()
+    }
+
     /// Refuses at once with NOT-LEADER (naming the leader when known) unless this node
-    /// leads: for writes that check local state before they submit (a password, a name
-    /// taken), which a follower may not have applied yet and would judge wrongly.
+    /// leads.
     fn refuse_unless_leader(&self) -> Result<(), NodeError> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();

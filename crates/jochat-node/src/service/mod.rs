@@ -26,13 +26,27 @@ pub(crate) async fn observe<T>(
     operation: &'static str,
     work: impl Future<Output = Result<T, NodeError>>,
 ) -> Result<Response<T>, Status> {
+    observed(node, operation, work)
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
+}
+
+/// [`observe`] for front ends that are not gRPC (the socket front end): the same span, log
+/// lines and metrics, the outcome returned as it is. The request id is in force during
+/// `work` ([`crate::request_id::current`]), so requests forwarded to the leader carry it.
+pub(crate) async fn observed<T>(
+    node: &Node,
+    operation: &'static str,
+    work: impl Future<Output = Result<T, NodeError>>,
+) -> Result<T, NodeError> {
     let node_id = node.id();
     let request_id = crate::request_id::current()
         .unwrap_or_else(|| format!("n{node_id}-{}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed)));
     let term = node.raft().metrics().borrow().current_term;
     let span = tracing::info_span!("request", node_id, term, request_id = %request_id, operation);
     let started = Instant::now();
-    let result = work.instrument(span.clone()).await;
+    let result = crate::request_id::scope(request_id, work.instrument(span.clone())).await;
     let elapsed = started.elapsed();
     let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     let code = result
@@ -58,5 +72,5 @@ pub(crate) async fn observe<T>(
         }
         Err(error) => tracing::debug!(latency_us, code = ?code, %error, "request refused"),
     });
-    result.map(Response::new).map_err(Status::from)
+    result
 }

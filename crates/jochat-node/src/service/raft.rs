@@ -6,8 +6,8 @@
 use jochat_proto::internal::v1::raft_server::Raft as RaftService;
 use jochat_proto::internal::v1::{
     BackupChunk, BackupRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProbeReply,
-    ProbeRequest, RaftPayload, StateAlarmReply, StateAlarmRequest, StateHashReply,
-    StateHashRequest,
+    ProbeRequest, RaftPayload, ReadIndexReply, ReadIndexRequest, StateAlarmReply,
+    StateAlarmRequest, StateHashReply, StateHashRequest,
 };
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
@@ -448,6 +448,41 @@ impl RaftService for RaftApi {
             };
             alarms.raise_own(request.into_inner().detail);
             Ok(Response::new(StateAlarmReply {}))
+        })
+        .await
+    }
+
+    async fn forward(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        self.counted("forward", async move {
+            self.authorize("forward", &request)?;
+            let Some(node) = &self.node else {
+                return Err(Status::unimplemented(
+                    "this node does not take forwarded writes",
+                ));
+            };
+            let command: jochat_core::command::Command = decode(request.get_ref())?;
+            encode(&node.take_forwarded(command).await?)
+        })
+        .await
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        self.counted("read_index", async move {
+            self.authorize("read_index", &request)?;
+            let Some(node) = &self.node else {
+                return Err(Status::unimplemented(
+                    "this node does not answer read indexes",
+                ));
+            };
+            Ok(Response::new(ReadIndexReply {
+                applied_index: node.read_index().await?,
+            }))
         })
         .await
     }

@@ -293,6 +293,20 @@ impl ChatRead for SqliteChat<'_> {
         )
     }
 
+    fn delivered_messages(
+        &self,
+        recipient: &Username,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        self.messages(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE recipient = ?1 AND to_deliver = 1 \
+                 ORDER BY id LIMIT ?2"
+            ),
+            params![recipient.as_str(), limit],
+        )
+    }
+
     fn message_by_id(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {
         const SQL: &str = concat!(
             "SELECT ",

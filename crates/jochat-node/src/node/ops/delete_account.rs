@@ -23,7 +23,7 @@ impl Node {
         let credential = Credential::new(password)?;
         let key = IdempotencyKey::optional(key)?;
         let session = session_digest(token)?;
-        self.refuse_unless_leader()?;
+        self.require_current().await?;
         // A retry of a deletion that already succeeded has no account left to check the
         // password against; the state machine replays the first outcome to the same session.
         if !self.is_remembered(&key).await? {

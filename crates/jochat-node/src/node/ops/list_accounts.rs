@@ -47,4 +47,24 @@ impl Node {
         })
         .await
     }
+
+    /// A page of the accounts matching `pattern`, for anyone: the socket prototype's
+    /// `list_accounts` asks for no session, and its clients search before logging in.
+    ///
+    /// # Errors
+    /// `InvalidArgument` on `offset` or `limit`; `NotLeader` or `NoQuorum` for a
+    /// linearizable read.
+    pub async fn list_accounts_anonymous(
+        &self,
+        pattern: Pattern,
+        offset: i64,
+        limit: i64,
+        consistency: Consistency,
+    ) -> Result<AccountPage, NodeError> {
+        let page = Page::new(offset, limit)?;
+        self.read(consistency, move |store| {
+            query::list_accounts(store, &pattern, page)
+        })
+        .await
+    }
 }

@@ -7,7 +7,10 @@ use jochat_core::ChatError;
 
 use crate::auth::new_session_token;
 use crate::error::NodeError;
-use crate::node::{now_ms, Consistency, Node};
+use crate::node::{forward, now_ms, Consistency, Node};
+
+/// How many times a forwarded log-in tries to open its session while leaders change.
+const LOG_IN_ATTEMPTS: u32 = 3;
 
 /// A successful log-in.
 #[derive(Debug, Clone)]
@@ -59,6 +62,26 @@ impl Node {
         self.log_in_with(username, credentials).await
     }
 
+    /// Whether an account named `username` exists (ignoring case), for the socket
+    /// prototype's "Username not found." (its `list_accounts` shows every name to anyone, so
+    /// this says nothing new). A name JoChat could not have signed up is not found.
+    ///
+    /// # Errors
+    /// `NotLeader` or `NoQuorum` for a linearizable read.
+    pub async fn account_exists(
+        &self,
+        username: &str,
+        consistency: Consistency,
+    ) -> Result<bool, NodeError> {
+        let Ok(username) = Username::new(username) else {
+            return Ok(false);
+        };
+        self.read(consistency, move |store| {
+            Ok(store.user_by_name(&username)?.is_some())
+        })
+        .await
+    }
+
     /// Logs in when any of `credentials` matches the account's hash (each costs one argon2
     /// verification, also for an unknown name).
     async fn log_in_with(
@@ -67,7 +90,7 @@ impl Node {
         credentials: Vec<Credential>,
     ) -> Result<LoggedIn, NodeError> {
         let folded = username.folded();
-        self.refuse_unless_leader()?;
+        self.require_current().await?;
         if let Err(limited) = self.limiter.check(&folded) {
             self.metrics.rate_limited.inc();
             return Err(limited);
@@ -95,18 +118,33 @@ impl Node {
         let user = user.expect("verify only succeeds for an existing user");
         self.limiter.record_success(&folded);
 
-        let token = new_session_token()?;
         let ttl_ms = i64::try_from(self.config.session_ttl().as_millis()).unwrap_or(i64::MAX);
-        let created = self
-            .write(
-                None,
-                CreateSession {
-                    user_id: user.id,
-                    token_digest: token.digest(),
-                    expires_at_ms: now_ms().saturating_add(ttl_ms),
-                },
-            )
-            .await?;
+        let mut attempt = 1;
+        let (token, created) = loop {
+            let token = new_session_token()?;
+            let written = self
+                .write(
+                    None,
+                    CreateSession {
+                        user_id: user.id,
+                        token_digest: token.digest(),
+                        expires_at_ms: now_ms().saturating_add(ttl_ms),
+                    },
+                )
+                .await;
+            match written {
+                Ok(created) => break (token, created),
+                // A forwarded session lost with its leader may or may not have been opened:
+                // open another with a fresh token (it ends the first, if there is one).
+                Err(NodeError::Forwarded { code, message })
+                    if attempt < LOG_IN_ATTEMPTS && forward::transient(code) =>
+                {
+                    tracing::info!(attempt, %message, "opening the session again under the next leader");
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let owner = created.username.clone();
         let unread_count = self
             .read(Consistency::Stale, move |store| {

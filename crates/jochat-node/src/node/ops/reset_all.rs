@@ -1,6 +1,6 @@
 //! The prototype's `ResetDB`: everything cleared, for the administrator only.
 
-use jochat_core::ops::ResetAll;
+use jochat_core::ops::{ResetAll, ResetAnonymous};
 
 use crate::error::NodeError;
 use crate::node::{session_digest, Node};
@@ -29,6 +29,23 @@ impl Node {
         let session = session_digest(token)?;
         self.write(None, ResetAll { session }).await?;
         tracing::warn!(admin = %user.username, "database reset: every account, session and message deleted");
+        Ok(())
+    }
+
+    /// Deletes every account, session and message for anyone, as the socket prototype's
+    /// `reset_db` did: only on a node started with `--allow-anonymous-reset`.
+    ///
+    /// # Errors
+    /// `PermissionDenied` without that flag.
+    pub async fn reset_anonymous(&self) -> Result<(), NodeError> {
+        if !self.config.allow_anonymous_reset {
+            tracing::warn!("refused an anonymous database reset: --allow-anonymous-reset is off");
+            return Err(NodeError::PermissionDenied(
+                "reset_db: refused, this node was not started with --allow-anonymous-reset".into(),
+            ));
+        }
+        self.write(None, ResetAnonymous {}).await?;
+        tracing::warn!("anonymous database reset: every account, session and message deleted");
         Ok(())
     }
 }

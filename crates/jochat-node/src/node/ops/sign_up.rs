@@ -48,7 +48,7 @@ impl Node {
         credential: Credential,
         key: Option<IdempotencyKey>,
     ) -> Result<SignedUp, NodeError> {
-        self.refuse_unless_leader()?;
+        self.require_current().await?;
         // Refuse a taken name before spending an argon2 hash on it; the state machine checks
         // again, authoritatively. A retry of a sign-up that already succeeded finds its own
         // name taken, so it skips the check and lets the state machine replay the outcome.
