@@ -6,30 +6,14 @@
 use jochat_testkit as common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
-use common::cluster::{eventually, led_by_node_1, start_node, stop_all, ClusterNode, Setup};
+use common::cluster::{
+    eventually, http_get, led_by_node_1, start_node, stop_all, ClusterNode, Setup,
+};
 use jochat_node::config::Peer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-/// `GET path` on `at` over HTTP/1.1: the status code and the body.
-async fn http_get(at: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(at).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {at}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
 
 /// Every sample of a scrape of `node`, parsed, keyed by name and labels (sorted).
 async fn scrape(node: &ClusterNode) -> HashMap<String, f64> {

@@ -858,7 +858,11 @@ async fn a_flood_of_connections_is_capped_and_the_node_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_client_on_a_follower_is_carried_through_a_leader_kill() {
     let dir = tempfile::tempdir().expect("a temporary folder");
-    let nodes = start_cluster_with(dir.path(), 3, &setup(SocketProtocol::Custom, true)).await;
+    let setup = Setup {
+        metrics: true,
+        ..setup(SocketProtocol::Custom, true)
+    };
+    let nodes = start_cluster_with(dir.path(), 3, &setup).await;
     wait_for_leader(&nodes[0].client(), 1, 3).await;
     // Node 2 takes over when node 1 dies (the lowest id wins), so Al's node 3 stays a
     // follower throughout.
@@ -881,6 +885,22 @@ async fn a_socket_client_on_a_follower_is_carried_through_a_leader_kill() {
     .await;
     bo.call(&login("Bo", "pw"), &count(2, true, 1, "Login successful."))
         .await;
+
+    // Node 3 forwarded them (its metrics say so), and holds Al's connection.
+    let (_, exposition) = http_get(nodes[2].metrics_address.expect("metrics"), "/metrics").await;
+    let sample = |name: &str| {
+        exposition
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{name} is exposed:\n{exposition}"))
+    };
+    assert!(sample("jochat_forwarded_writes_total") >= 4.0);
+    assert_eq!(sample("jochat_socket_connections"), 1.0);
 
     // The leader dies; the follower's client only sees a slower reply.
     let mut nodes = nodes;

@@ -119,6 +119,10 @@ pub struct Metrics {
     pub write_batch_commands: Histogram,
     /// Live subscriptions.
     pub subscribers: Gauge,
+    /// Open connections of the socket front end.
+    pub socket_connections: Gauge,
+    /// Writes this node forwarded to the leader for the socket front end.
+    pub forwarded_writes: Counter,
     /// Sessions not yet expired.
     pub sessions_active: Gauge,
     /// Failed log-ins (wrong name or password).
@@ -165,6 +169,8 @@ impl Metrics {
             db_bytes: Gauge::default(),
             write_batch_commands: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             subscribers: Gauge::default(),
+            socket_connections: Gauge::default(),
+            forwarded_writes: Counter::default(),
             sessions_active: Gauge::default(),
             login_failures: Counter::default(),
             rate_limited: Counter::default(),
@@ -242,6 +248,16 @@ impl Metrics {
             "jochat_subscribers",
             "Live Subscribe streams on this node",
             self.subscribers.clone(),
+        );
+        r.register(
+            "jochat_socket_connections",
+            "Open connections of the socket front end (--socket-port)",
+            self.socket_connections.clone(),
+        );
+        r.register(
+            "jochat_forwarded_writes",
+            "Writes this node sent to the leader for clients that do not follow leaders",
+            self.forwarded_writes.clone(),
         );
         r.register(
             "jochat_sessions_active",

@@ -141,12 +141,13 @@ async fn run(
     // `address=` (what peers and clients call) comes first: `jochat_process` reads it.
     let listen = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%address, %listen, scheme, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
     let socket_front = socket_front.map(|(at, listener)| {
-        // `socket=`, not `…address=`: process harnesses read the serving line's `address=`.
+        // Before the serving line, which process harnesses wait for; `socket=`, not
+        // `…address=`, which they read from it.
         tracing::info!(socket = %at, protocol = ?config.socket_protocol, anonymous_reset = config.allow_anonymous_reset, "serving the socket prototype's protocol");
         tokio::spawn(crate::socket::serve(Arc::clone(&node), listener))
     });
+    tracing::info!(%address, %listen, scheme, db = %node.database().path().display(), "serving jochat.v1 and the prototype's ChatService");
     let router = Server::builder()
         .layer(crate::request_id::RequestIdLayer)
         .concurrency_limit_per_connection(config.connection_requests_max)

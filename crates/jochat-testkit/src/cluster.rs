@@ -476,3 +476,31 @@ pub async fn assert_identical(nodes: &[ClusterNode], leader: &ChatServerClient) 
         );
     }
 }
+
+/// `GET path` on `at` over HTTP/1.1: the status code and the body.
+pub async fn http_get(at: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(at)
+        .await
+        .expect("the HTTP endpoint accepts");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {at}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("the request is sent");
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .await
+        .expect("the reply is text");
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .expect("the reply has a head and a body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("the reply has a status code");
+    (status, body.to_owned())
+}

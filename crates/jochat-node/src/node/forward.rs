@@ -72,6 +72,23 @@ pub(crate) fn transient(code: Code) -> bool {
     )
 }
 
+/// The leader's definite refusal of a forwarded call, as this node reports it.
+fn refusal(leader: u64, status: &tonic::Status) -> NodeError {
+    let message = if status.code() == Code::Unimplemented {
+        // A build from before forwarding, during a rolling upgrade.
+        format!(
+            "the leader (node {leader}) runs a build without forwarding: upgrade it, or \
+             connect these clients to the leader"
+        )
+    } else {
+        status.message().to_owned()
+    };
+    NodeError::Forwarded {
+        code: status.code(),
+        message,
+    }
+}
+
 /// Whether the request running now was started inside [`Node::forwarding`].
 pub(crate) fn forwards() -> bool {
     FORWARDING.try_with(|()| ()).is_ok()
@@ -229,6 +246,7 @@ impl Node {
                     other => return other,
                 }
             };
+            self.metrics.forwarded_writes.inc();
             let request = self.internal_request(
                 RaftPayload {
                     json: payload.clone(),
@@ -254,10 +272,7 @@ impl Node {
                 // A definite refusal; or a write without a key, which may have committed
                 // and must not be sent again.
                 tracing::info!(leader, %status, "the leader did not take a forwarded write");
-                return Err(NodeError::Forwarded {
-                    code,
-                    message: status.message().to_owned(),
-                });
+                return Err(refusal(leader, &status));
             }
             if Instant::now() >= deadline {
                 return Err(NodeError::NoQuorum(format!(
@@ -305,10 +320,7 @@ impl Node {
             };
             self.drop_leader_link();
             if !transient(status.code()) {
-                return Err(NodeError::Forwarded {
-                    code: status.code(),
-                    message: status.message().to_owned(),
-                });
+                return Err(refusal(leader, &status));
             }
             if Instant::now() >= deadline {
                 return Err(NodeError::NoQuorum(format!(
@@ -360,5 +372,45 @@ impl Node {
             .borrow()
             .last_applied
             .map_or(0, |log_id| log_id.index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_that_may_pass_are_retried() {
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Cancelled] {
+            assert!(transient(code), "{code:?}");
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::PermissionDenied,
+            Code::Unimplemented,
+        ] {
+            assert!(!transient(code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_leader_without_forwarding_is_named_as_such() {
+        let error = refusal(2, &tonic::Status::unimplemented("unknown method Forward"));
+        assert_eq!(error.code(), Code::Unimplemented);
+        assert!(
+            error
+                .to_string()
+                .contains("node 2) runs a build without forwarding"),
+            "{error}"
+        );
+        let error = refusal(2, &tonic::Status::permission_denied("wrong secret"));
+        assert!(error.to_string().contains("wrong secret"), "{error}");
+    }
+
+    #[test]
+    fn forwarded_keys_are_fresh_and_valid() {
+        let (a, b) = (new_key().expect("a key"), new_key().expect("a key"));
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("forwarded:"));
     }
 }

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use std::sync::Arc;
 
@@ -464,7 +465,16 @@ impl RaftService for RaftApi {
                 ));
             };
             let command: jochat_core::command::Command = decode(request.get_ref())?;
-            encode(&node.take_forwarded(command).await?)
+            // The forwarding node's request id (`x-request-id`), so both nodes' lines of
+            // one request share it.
+            let request_id = crate::request_id::current().unwrap_or_default();
+            let span = tracing::info_span!("request", node_id = node.id(), request_id = %request_id, operation = "internal.forward", kind = command.action.kind());
+            let reply = node.take_forwarded(command).instrument(span.clone()).await;
+            span.in_scope(|| match &reply {
+                Ok(_) => tracing::debug!("forwarded write proposed"),
+                Err(error) => tracing::info!(%error, "forwarded write refused"),
+            });
+            encode(&reply?)
         })
         .await
     }

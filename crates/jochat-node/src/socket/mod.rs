@@ -119,9 +119,12 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         let span = tracing::info_span!("socket", node_id = node.id(), connection, %peer);
         let session = Session::new(Arc::clone(&node), Arc::clone(&registry), connection);
         let stopping = node.stopping();
+        let metrics_node = Arc::clone(&node);
         tokio::spawn(
             async move {
+                metrics_node.metrics().socket_connections.inc();
                 serve_connection(stream, peer, codec, session, stopping).await;
+                metrics_node.metrics().socket_connections.dec();
                 drop(permit);
             }
             .instrument(span),
