@@ -99,7 +99,7 @@ pub fn list_messages<R: ChatRead + ?Sized>(
 }
 
 /// Up to `limit` of `user`'s delivered messages, oldest first (the prototype's socket
-/// clients poll these).
+/// clients poll these), cut to the reply budget like a page of the inbox.
 ///
 /// # Errors
 /// Storage failures only.
@@ -108,7 +108,10 @@ pub fn delivered_messages<R: ChatRead + ?Sized>(
     user: &UserRecord,
     limit: u32,
 ) -> Result<Vec<MessageRecord>, ChatError> {
-    Ok(store.delivered_messages(&user.username, limit)?)
+    let mut messages = store.delivered_messages(&user.username, limit)?;
+    let kept = within_reply_budget(&messages).len();
+    messages.truncate(kept);
+    Ok(messages)
 }
 
 /// A page of the accounts matching `pattern`.

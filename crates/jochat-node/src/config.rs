@@ -568,6 +568,15 @@ impl NodeConfig {
         if let Some(peer) = self.peers.iter().find(|p| p.id == self.server_id) {
             return fail("peers", format!("lists this node's own id {}", peer.id));
         }
+        if self
+            .socket_port
+            .is_some_and(|socket| socket != 0 && socket == self.port)
+        {
+            return fail(
+                "socket-port",
+                format!("must differ from --port ({}), which serves gRPC", self.port),
+            );
+        }
         if self.restore.is_some() && (self.rebuild || self.force_new_cluster) {
             return fail(
                 "restore",
@@ -890,6 +899,35 @@ mod tests {
         );
         assert_eq!(config.db_path(), PathBuf::from("jochat-data/node-1.db"));
         config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn the_socket_flags_parse_and_the_socket_port_differs_from_grpcs() {
+        let config = NodeConfig::try_parse_from([
+            "jochat-node",
+            "--socket_port",
+            "5555",
+            "--socket-protocol",
+            "json",
+            "--allow-anonymous-reset",
+        ])
+        .expect("the flags parse");
+        assert_eq!(config.socket_port, Some(5555));
+        assert_eq!(config.socket_protocol, SocketProtocol::Json);
+        assert!(config.allow_anonymous_reset);
+        config.validate().expect("valid");
+        let clash = NodeConfig {
+            socket_port: Some(5001),
+            ..NodeConfig::default()
+        };
+        let error = clash.validate().expect_err("the gRPC port");
+        assert!(
+            error.to_string().starts_with("--socket-port: must differ"),
+            "{error}"
+        );
+        assert!(
+            NodeConfig::try_parse_from(["jochat-node", "--socket-protocol", "binary"]).is_err()
+        );
     }
 
     #[test]
