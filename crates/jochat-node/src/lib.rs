@@ -45,6 +45,12 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The tracing target of the write path's timeline: one `trace` event per stage of a write
+/// (`propose`, `append`, `replicate`, `append_entries`, `commit`, `append.flushed`,
+/// `replicated`, `apply`, `applied`, `committed`), with the log index. Off unless asked for
+/// (`RUST_LOG=jochat::timeline=trace`); `peer-bench --timeline` reads them.
+pub const TIMELINE: &str = "jochat::timeline";
+
 pub mod auth;
 pub mod config;
 pub mod config_file;

@@ -162,7 +162,11 @@ async fn propose(raft: &openraft::Raft<TypeConfig>, deadline: Duration, batch: V
         .map(|pending| (pending.command, pending.reply))
         .unzip();
     let count = commands.len();
+    tracing::trace!(target: crate::TIMELINE, stage = "propose", commands = count);
     let written = tokio::time::timeout(deadline, raft.client_write(Batch(commands))).await;
+    if let Ok(Ok(written)) = &written {
+        tracing::trace!(target: crate::TIMELINE, stage = "committed", index = written.log_id.index);
+    }
     let results: Result<Vec<Result<Outcome, ChatError>>, BatchFailure> = match written {
         Err(_) => Err(BatchFailure::NoQuorum(format!(
             "no majority confirmed the write within {deadline:?}; it is applied only if one \

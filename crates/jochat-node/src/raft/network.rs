@@ -306,10 +306,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(&rpc, &option, |mut client, request| async move {
-            client.append_entries(request).await
-        })
-        .await
+        let last = rpc.entries.last().map(|entry| entry.log_id.index);
+        if let Some(last) = last {
+            tracing::trace!(target: crate::TIMELINE, stage = "replicate", to = self.target, last);
+        }
+        let reply = self
+            .call(&rpc, &option, |mut client, request| async move {
+                client.append_entries(request).await
+            })
+            .await;
+        if let Some(last) = last {
+            tracing::trace!(target: crate::TIMELINE, stage = "replicated", to = self.target, last);
+        }
+        reply
     }
 
     async fn install_snapshot(

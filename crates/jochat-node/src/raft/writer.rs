@@ -127,8 +127,8 @@ pub type OwnWork = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// Who to tell once a log job is done.
 pub enum Done {
-    /// openraft's flush callback for an append.
-    Flushed(LogFlushed<TypeConfig>),
+    /// openraft's flush callback for an append, with the append's last index.
+    Flushed(LogFlushed<TypeConfig>, u64),
     /// A caller awaiting the job.
     Reply(tokio::sync::oneshot::Sender<Result<(), Failure>>),
     /// Nobody.
@@ -138,7 +138,8 @@ pub enum Done {
 impl Done {
     fn report(self, result: Result<(), Failure>) {
         match self {
-            Self::Flushed(callback) => {
+            Self::Flushed(callback, last) => {
+                tracing::trace!(target: crate::TIMELINE, stage = "append.flushed", last);
                 callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
             }
             Self::Reply(reply) => {
@@ -440,12 +441,15 @@ fn commit_group(
             conn.pragma_update(None, "synchronous", SyncMode::Full.pragma())
                 .map_err(commit_failure)?;
         }
+        let began = std::time::Instant::now();
+        let jobs = works.len();
         let mut tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(commit_failure)?;
         for work in works {
             work(&mut tx)?;
         }
+        let worked_us = began.elapsed().as_micros();
         if context.fail_next.swap(false, Ordering::Relaxed) {
             // Rolled back when `tx` drops: nothing of the group reaches the file.
             return Err(commit_failure(rusqlite::Error::SqliteFailure(
@@ -455,6 +459,7 @@ fn commit_group(
         }
         let started = std::time::Instant::now();
         tx.commit().map_err(commit_failure)?;
+        tracing::trace!(target: crate::TIMELINE, stage = "commit", jobs, durable, worked_us, commit_us = started.elapsed().as_micros());
         if durable {
             context
                 .stats

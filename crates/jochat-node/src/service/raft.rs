@@ -264,10 +264,16 @@ impl RaftService for RaftApi {
             }
             // Heartbeats (no entries) still count, so a node with a full disk stays a follower
             // instead of calling elections; the entries wait until space returns.
-            if !rpc.entries.is_empty() {
+            let last = rpc.entries.last().map(|entry| entry.log_id.index);
+            if let Some(last) = last {
+                tracing::trace!(target: crate::TIMELINE, stage = "append_entries", last);
                 self.check_disk()?;
             }
-            encode(&self.raft.append_entries(rpc).await)
+            let reply = self.raft.append_entries(rpc).await;
+            if let Some(last) = last {
+                tracing::trace!(target: crate::TIMELINE, stage = "append_entries.answered", last);
+            }
+            encode(&reply)
         })
         .await
     }

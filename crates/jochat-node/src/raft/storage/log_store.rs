@@ -252,10 +252,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let Some(first) = entries.first().map(|entry| entry.log_id.index) else {
+        let (Some(first), Some(last)) = (
+            entries.first().map(|entry| entry.log_id.index),
+            entries.last().map(|entry| entry.log_id.index),
+        ) else {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
+        tracing::trace!(target: crate::TIMELINE, stage = "append", first, last);
         let rows = entries
             .iter()
             .map(|entry| {
@@ -304,7 +308,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }),
                 durable: true,
                 append_job: Some(job),
-                done: Done::Flushed(callback),
+                done: Done::Flushed(callback, last),
             })
             .await;
         Ok(())

@@ -95,6 +95,8 @@ impl StateMachineStore {
         entries: Vec<Entry<TypeConfig>>,
     ) -> Result<Vec<Applied>, Failure> {
         let bytes: usize = entries.iter().map(entry_bytes).sum();
+        let last = entries.last().map_or(0, |entry| entry.log_id.index);
+        tracing::trace!(target: crate::TIMELINE, stage = "apply", last);
         // With nobody subscribed, stored messages are not read back for events. Anyone who
         // subscribes meanwhile hears `Resync` once the transaction has committed, and reads
         // what it missed from the database (it joined the channel before that read).
@@ -108,6 +110,7 @@ impl StateMachineStore {
         if stored && !messages_read {
             events.push(ChatEvent::Resync);
         }
+        tracing::trace!(target: crate::TIMELINE, stage = "applied", last);
         // Published only now that the transaction has committed.
         self.events.publish(events);
         Ok(results)
