@@ -11,10 +11,12 @@
 //! cargo build --release && cargo run --release -p jochat-peer-bench -- --clients 1,8,64
 //! ```
 //!
-//! `--timeline N` instead measures where the time of one write goes (see [`timeline`]).
+//! `--timeline N` instead measures where the time of one write goes (see [`timeline`]), and
+//! `--disk N` what one durable log append costs on this disk (see [`disk`]).
 //!
 //! It is not shipped: it lives beside the product to keep the comparison reproducible.
 
+mod disk;
 mod etcd;
 mod timeline;
 
@@ -56,6 +58,10 @@ struct Args {
     /// events).
     #[arg(long, value_name = "SENDS")]
     timeline: Option<usize>,
+    /// Instead of the comparison: what one durable log append costs on this disk, as SQLite
+    /// and as a segment file, over this many appends.
+    #[arg(long, value_name = "APPENDS")]
+    disk: Option<usize>,
 }
 
 /// A free loopback port (free now; the process given it binds it a moment later).
@@ -108,6 +114,14 @@ impl Recorder {
         self.latencies.add(&other.latencies)?;
         self.errors += other.errors;
         Ok(())
+    }
+
+    /// The median and the 99th percentile, in microseconds.
+    pub fn quantiles_us(&self) -> (u64, u64) {
+        (
+            self.latencies.value_at_quantile(0.5),
+            self.latencies.value_at_quantile(0.99),
+        )
     }
 
     /// The figures over a window of `duration`.
@@ -211,6 +225,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if !(args.duration_secs > 0.0 && args.warmup_secs >= 0.0) {
         bail!("--duration-secs must be positive and --warmup-secs not negative");
+    }
+    if let Some(appends) = args.disk {
+        return disk::run(appends);
     }
     let node_binary = beside_me(args.node_binary.clone(), "jochat-node")?;
     if let Some(sends) = args.timeline {

@@ -449,7 +449,7 @@ fn commit_group(
         for work in works {
             work(&mut tx)?;
         }
-        let worked_us = began.elapsed().as_micros();
+        let worked_us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
         if context.fail_next.swap(false, Ordering::Relaxed) {
             // Rolled back when `tx` drops: nothing of the group reaches the file.
             return Err(commit_failure(rusqlite::Error::SqliteFailure(
@@ -459,7 +459,7 @@ fn commit_group(
         }
         let started = std::time::Instant::now();
         tx.commit().map_err(commit_failure)?;
-        tracing::trace!(target: crate::TIMELINE, stage = "commit", jobs, durable, worked_us, commit_us = started.elapsed().as_micros());
+        tracing::trace!(target: crate::TIMELINE, stage = "commit", jobs, durable, worked_us, commit_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
         if durable {
             context
                 .stats
