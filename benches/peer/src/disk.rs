@@ -21,7 +21,9 @@ const ENTRY_BYTES: usize = 300;
 
 /// Runs the three ways with `appends` appends each and prints their latencies.
 pub fn run(appends: usize) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("peer-bench-disk-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("peer-bench-disk-")
+        .tempdir()?;
     let entry = vec![0x5au8; ENTRY_BYTES];
     let mut rows = Vec::new();
 
@@ -43,7 +45,10 @@ pub fn run(appends: usize) -> anyhow::Result<()> {
         tx.commit()?;
         recorder.record(began.elapsed(), true);
     }
-    rows.push(("SQLite WAL, synchronous = FULL, one row per commit", recorder));
+    rows.push((
+        "SQLite WAL, synchronous = FULL, one row per commit",
+        recorder,
+    ));
 
     // 2. and 3. A plain file, preallocated or growing.
     for preallocated in [true, false] {
