@@ -159,6 +159,49 @@ pub async fn run(node_binary: &Path, sends: usize) -> anyhow::Result<()> {
     report(&calls, &per_node)
 }
 
+/// The writer thread's steps inside the leader's append and apply: (label, the stage they
+/// follow).
+const WRITER_STEPS: [(&str, &str); 6] = [
+    ("leader writer: append's batch taken", "append"),
+    ("leader writer: append committed (fsync)", "append"),
+    ("leader writer: append reported", "append"),
+    ("leader writer: apply's batch taken", "apply"),
+    ("leader writer: apply committed", "apply"),
+    ("leader writer: apply reported", "apply"),
+];
+
+/// For each send, the leader writer's first batch, commit and report after its `append` and
+/// after its `apply`, as offsets from the call's start.
+fn writer_steps(
+    calls: &[(i64, i64)],
+    per_node: &[Vec<Event>],
+    offsets: &mut HashMap<&str, Vec<i64>>,
+) {
+    let leader = &per_node[0];
+    for &(began, ended) in calls {
+        for (start, labels) in [
+            ("append", &WRITER_STEPS[..3]),
+            ("apply", &WRITER_STEPS[3..]),
+        ] {
+            let Some(from) = leader
+                .iter()
+                .position(|e| e.stage == start && e.at_us >= began && e.at_us <= ended)
+            else {
+                continue;
+            };
+            let after = &leader[from..];
+            let batch = after.iter().find(|e| e.stage == "writer.batch");
+            let commit = after.iter().find(|e| e.stage == "commit");
+            let reported = after.iter().find(|e| e.stage == "writer.reported");
+            for ((label, _), event) in labels.iter().zip([batch, commit, reported]) {
+                if let Some(event) = event {
+                    offsets.entry(label).or_default().push(event.at_us - began);
+                }
+            }
+        }
+    }
+}
+
 /// The stages, in the order they happen, as (label, node index, stage, extra filter).
 const STAGES: [(&str, usize, &str); 14] = [
     ("leader: handler start", 0, "handler"),
@@ -240,6 +283,7 @@ fn report(calls: &[(i64, i64)], per_node: &[Vec<Event>]) -> anyhow::Result<()> {
     if matched == 0 {
         bail!("no send could be matched with its log lines");
     }
+    writer_steps(calls, per_node, &mut offsets);
     println!("One send, three nodes, one client: {matched} sends, median moment of each stage after the client's call began");
     println!();
     println!("| stage | at (µs) | since the previous (µs) |");
@@ -249,6 +293,18 @@ fn report(calls: &[(i64, i64)], per_node: &[Vec<Event>]) -> anyhow::Result<()> {
         .iter()
         .map(|(label, _, _)| *label)
         .chain(std::iter::once("client: reply received"));
+    let mut labels: Vec<&str> = labels.collect();
+    // The writer's steps, placed by their medians among the stages.
+    for (step, _) in WRITER_STEPS {
+        labels.push(step);
+    }
+    labels.sort_by_key(|label| {
+        offsets
+            .get(label)
+            .cloned()
+            .and_then(median)
+            .unwrap_or(i64::MAX)
+    });
     for label in labels {
         let Some(at) = offsets.get(label).cloned().and_then(median) else {
             println!("| {label} | – | – |");

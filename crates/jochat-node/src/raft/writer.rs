@@ -334,6 +334,7 @@ fn run(
             refuse_batch(failure, &mut batch);
             continue;
         }
+        tracing::trace!(target: crate::TIMELINE, stage = "writer.batch", jobs = batch.len());
         if let Err(failure) = run_batch(conn, context, &mut batch) {
             tracing::error!(%failure, "a write to the database failed: nothing more is written to it");
             failed = Some(failure);
@@ -415,6 +416,7 @@ fn run_batch(
     for (done, result) in reports {
         done.report(result);
     }
+    tracing::trace!(target: crate::TIMELINE, stage = "writer.reported");
     first_failure.map_or(Ok(()), Err)
 }
 
