@@ -69,7 +69,7 @@ fn events(node: &NodeProcess) -> Vec<Event> {
                 && value["span"]["operation"] == "send_message"
             {
                 "served".to_owned()
-            } else if value["target"] == jochat_node_timeline() {
+            } else if value["target"] == TIMELINE {
                 value["stage"].as_str()?.to_owned()
             } else {
                 return None;
@@ -85,10 +85,9 @@ fn events(node: &NodeProcess) -> Vec<Event> {
         .collect()
 }
 
-/// The timeline's tracing target (`jochat_node::TIMELINE`).
-fn jochat_node_timeline() -> &'static str {
-    "jochat::timeline"
-}
+/// The timeline's tracing target, `jochat_node::TIMELINE` (this program does not link the
+/// node's library; it reads the nodes' logs).
+const TIMELINE: &str = "jochat::timeline";
 
 fn median(mut values: Vec<i64>) -> Option<i64> {
     if values.is_empty() {

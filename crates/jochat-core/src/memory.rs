@@ -40,6 +40,18 @@ fn page_of<T: Clone>(items: &[T], page: Page) -> Vec<T> {
     items[start..end].to_vec()
 }
 
+impl MemoryStore {
+    /// The `limit` oldest messages of `recipient` that are delivered (or away).
+    fn oldest_of(&self, recipient: &Username, delivered: bool, limit: u32) -> Vec<MessageRecord> {
+        self.messages
+            .values()
+            .filter(|m| m.delivered == delivered && m.recipient == *recipient)
+            .take(limit as usize)
+            .cloned()
+            .collect()
+    }
+}
+
 impl ChatRead for MemoryStore {
     fn user_by_name(&self, name: &Username) -> Result<Option<UserRecord>, StoreError> {
         Ok(self
@@ -77,13 +89,7 @@ impl ChatRead for MemoryStore {
         recipient: &Username,
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        Ok(self
-            .messages
-            .values()
-            .filter(|m| !m.delivered && m.recipient == *recipient)
-            .take(limit as usize)
-            .cloned()
-            .collect())
+        Ok(self.oldest_of(recipient, false, limit))
     }
 
     fn delivered_messages(
@@ -91,13 +97,7 @@ impl ChatRead for MemoryStore {
         recipient: &Username,
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        Ok(self
-            .messages
-            .values()
-            .filter(|m| m.delivered && m.recipient == *recipient)
-            .take(limit as usize)
-            .cloned()
-            .collect())
+        Ok(self.oldest_of(recipient, true, limit))
     }
 
     fn message_by_id(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {

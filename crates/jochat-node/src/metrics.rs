@@ -121,7 +121,7 @@ pub struct Metrics {
     pub subscribers: Gauge,
     /// Open connections of the socket front end.
     pub socket_connections: Gauge,
-    /// Writes this node forwarded to the leader for the socket front end.
+    /// `Forward` calls this node made to the leader (a retry under a new leader counts again).
     pub forwarded_writes: Counter,
     /// Sessions not yet expired.
     pub sessions_active: Gauge,
@@ -256,7 +256,7 @@ impl Metrics {
         );
         r.register(
             "jochat_forwarded_writes",
-            "Writes this node sent to the leader for clients that do not follow leaders",
+            "Forward calls this node made to the leader for clients that do not follow leaders (a retry counts again)",
             self.forwarded_writes.clone(),
         );
         r.register(

@@ -105,6 +105,11 @@ impl Registry {
         true
     }
 
+    /// Whether a connection holds `name`.
+    fn is_held(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+
     /// Lets go of `name` if `connection` holds it.
     fn release(&self, name: &str, connection: u64) {
         let mut held = self.lock();
@@ -280,16 +285,13 @@ impl Session {
         };
         let folded = username.to_ascii_lowercase();
         if self.bound.is_some() {
-            let held_here = self.bound.as_ref().is_some_and(|b| b.folded == folded);
+            // The prototype's order: the name held by any connection (this one included)
+            // first, then this connection holding another name.
             return refuse(
-                if held_here {
+                if self.registry.is_held(&folded) {
                     text::LOGIN_HELD
-                } else if self.registry.take(&folded, self.connection) {
-                    // Only checked for the first rule's sake: give it back.
-                    self.registry.release(&folded, self.connection);
-                    text::LOGIN_OTHER
                 } else {
-                    text::LOGIN_HELD
+                    text::LOGIN_OTHER
                 }
                 .into(),
             );

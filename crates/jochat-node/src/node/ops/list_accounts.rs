@@ -1,7 +1,7 @@
 //! Account search: a page of the accounts matching a pattern.
 
 use jochat_core::query::{self, AccountPage};
-use jochat_core::types::Page;
+use jochat_core::types::{Page, TokenDigest};
 use jochat_core::Pattern;
 
 use crate::error::NodeError;
@@ -39,13 +39,9 @@ impl Node {
         limit: i64,
         consistency: Consistency,
     ) -> Result<AccountPage, NodeError> {
-        let page = Page::new(offset, limit)?;
         let digest = session_digest(token)?;
-        self.read(consistency, move |store| {
-            query::authenticate_digest(store, &digest, now_ms())?;
-            query::list_accounts(store, &pattern, page)
-        })
-        .await
+        self.accounts_page(Some(digest), pattern, offset, limit, consistency)
+            .await
     }
 
     /// A page of the accounts matching `pattern`, for anyone: the socket prototype's
@@ -61,8 +57,24 @@ impl Node {
         limit: i64,
         consistency: Consistency,
     ) -> Result<AccountPage, NodeError> {
+        self.accounts_page(None, pattern, offset, limit, consistency)
+            .await
+    }
+
+    /// The page, for the session of `digest` (checked in the same read) or for anyone.
+    async fn accounts_page(
+        &self,
+        session: Option<TokenDigest>,
+        pattern: Pattern,
+        offset: i64,
+        limit: i64,
+        consistency: Consistency,
+    ) -> Result<AccountPage, NodeError> {
         let page = Page::new(offset, limit)?;
         self.read(consistency, move |store| {
+            if let Some(digest) = &session {
+                query::authenticate_digest(store, digest, now_ms())?;
+            }
             query::list_accounts(store, &pattern, page)
         })
         .await
