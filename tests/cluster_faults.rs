@@ -224,6 +224,96 @@ async fn a_follower_behind_the_leader_sends_log_ins_to_it_instead_of_judging_the
     stop_all(nodes).await;
 }
 
+/// The last index in the log of the SQLite file at `path` (0 for an empty log), read on a
+/// connection of its own.
+fn last_log_index(path: &std::path::Path) -> u64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("the node's file opens read-only");
+    conn.query_row(
+        "SELECT COALESCE(MAX(log_index), 0) FROM raft_log",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|index| u64::try_from(index).unwrap_or(0))
+    .expect("the log can be read")
+}
+
+/// The leader's own log write overlaps replication, and no follower hears an entry committed
+/// before the leader's copy is durable: with the leader's next fsync held for 4 s, a send
+/// reaches both followers' files at once, but no follower applies it and the sender has no
+/// answer while the leader's commit waits; once it is done, the send is answered and every
+/// node applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_hear_of_a_commit_only_once_the_leaders_own_copy_is_durable() {
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let setup = faulty();
+    let (nodes, first, alice) = led_by_node_1(dir.path(), 3, &setup).await;
+    let before = first.cluster_info().await.unwrap().commit_index;
+    wait_applied(&nodes, before).await;
+    let applied = |node: &ClusterNode| {
+        let client = node.client();
+        async move { client.cluster_info().await.map(|info| info.commit_index) }
+    };
+
+    let stall = Duration::from_secs(4);
+    assert!(setup.faults.stall_next_write(1, stall));
+    let stalled_at = Instant::now();
+    let sending = tokio::spawn({
+        let (client, alice) = (first.clone(), alice.clone());
+        async move { client.send_message(&alice, "bob", "held").await }
+    });
+
+    // 1. Replication does not wait for the leader's fsync.
+    eventually(
+        "both followers hold the new entry in their files",
+        || async {
+            nodes[1..]
+                .iter()
+                .all(|node| last_log_index(&node.db) > before)
+        },
+    )
+    .await;
+    let replicated_after = stalled_at.elapsed();
+    assert!(
+        replicated_after < Duration::from_secs(2),
+        "the entry reached the followers only after {replicated_after:?}: replication waited for the leader's fsync"
+    );
+
+    // 2. While the leader's copy is not durable, no follower applies the entry and the
+    //    sender has no answer. (The stall started after `stalled_at`, so it lasts at least
+    //    until `stalled_at + stall`; the last second is left out.)
+    while stalled_at.elapsed() < stall - Duration::from_secs(1) {
+        for node in &nodes[1..] {
+            let index = applied(node).await.expect("a follower answers ClusterInfo");
+            assert!(
+                index <= before,
+                "node {} applied up to {index} while the leader's copy of {} was not durable",
+                node.id,
+                before + 1
+            );
+        }
+        assert!(
+            !sending.is_finished(),
+            "the send was answered while the leader's copy was not durable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 3. Then the send is answered and every node applies it.
+    let stored = tokio::time::timeout(Duration::from_secs(30), sending)
+        .await
+        .expect("the send is answered once the leader's fsync is done")
+        .expect("the sending task runs to the end");
+    stored.expect("the message is stored");
+    let after = first.cluster_info().await.unwrap().commit_index;
+    assert!(after > before);
+    wait_applied(&nodes, after).await;
+    stop_all(nodes).await;
+}
+
 /// A failed fsync on the leader (injected into its log writer): the node stops (its `serve`
 /// fails with the storage fault, which makes `jochat-node` exit non-zero), the others elect a
 /// leader, writers through the failover client see only slower calls, and the node restarted

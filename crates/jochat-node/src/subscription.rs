@@ -51,7 +51,7 @@ pub async fn subscribe(
         );
     }
     let slot = node.subscriber_slot()?;
-    let user = authenticate(&node, token).await?;
+    let user = node.authenticate(token).await?;
     let digest = SessionToken::parse(token)?.digest();
     // From now on: whatever is stored already is not sent. Read before joining the channel;
     // the catch-up below covers anything applied in between.
@@ -71,27 +71,6 @@ pub async fn subscribe(
         drop(slot);
     });
     Ok(subscription)
-}
-
-/// The account of `token`. A follower may not have applied a log-in that the leader just
-/// acknowledged (clients subscribe right after logging in), so a follower that does not know
-/// the session waits for the log to reach it, a few heartbeats, before refusing it.
-async fn authenticate(node: &Node, token: &str) -> Result<UserRecord, NodeError> {
-    let refused = match node.authenticate(token).await {
-        Ok(user) => return Ok(user),
-        Err(error) if !node.is_leader() && error.is_unauthenticated() => error,
-        Err(error) => return Err(error),
-    };
-    let config = node.config();
-    let patience = Duration::from_millis(config.election_timeout_ms.saturating_mul(2));
-    let started = tokio::time::Instant::now();
-    while started.elapsed() < patience {
-        tokio::time::sleep(Duration::from_millis(config.heartbeat_ms)).await;
-        if let Ok(user) = node.authenticate(token).await {
-            return Ok(user);
-        }
-    }
-    Err(refused)
 }
 
 /// Why a subscription stopped early.

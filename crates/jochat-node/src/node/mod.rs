@@ -37,8 +37,9 @@ use crate::disk::DiskGuard;
 use crate::error::NodeError;
 use crate::events::Events;
 use crate::proposer::Proposer;
+use crate::raft::commit_gate::CommitGate;
 use crate::raft::election::{self, ElectionSettings, LeaderContact};
-use crate::raft::faults::Faults;
+use crate::raft::faults::{Faults, StorageFault};
 use crate::raft::network::{NetworkFactory, PeerDialer};
 use crate::raft::state_check::{StateAlarms, StateCheck};
 use crate::raft::storage::StateHasher;
@@ -108,6 +109,9 @@ pub struct Node {
     metrics: Arc<crate::metrics::Metrics>,
     /// Counts leader changes and follows the term as they happen, stopped at shutdown.
     metrics_watch: tokio::task::JoinHandle<()>,
+    /// Sends a heartbeat whenever the commit gate held back a commit index that may now go
+    /// out (`raft::commit_gate`).
+    commit_releases: tokio::task::JoinHandle<()>,
     /// When snapshots were made and how large the last one is (for the metrics).
     snapshot_gauge: Arc<raft::snapshots::SnapshotGauge>,
     /// How this node calls its peers (forwarding to the leader uses it).
@@ -216,8 +220,13 @@ impl Node {
             raft::storage::open_with(&config.db_path(), config.sync_mode, config.snapshot_rate())?;
         faults.register_storage(config.server_id, {
             let log = log.clone();
-            Arc::new(move || log.fail_next_write())
+            Arc::new(move |fault| match fault {
+                StorageFault::Fail => log.fail_next_write(),
+                StorageFault::Stall(pause) => log.stall_next_write(pause),
+            })
         });
+        // The leader's own appends replicate while its writer syncs them.
+        let commit_gate = log.gate_commits(config.server_id);
         let seed = log
             .seed()
             .await
@@ -254,7 +263,8 @@ impl Node {
         let raft = openraft::Raft::new(
             config.server_id,
             Arc::new(config.raft_config()?),
-            NetworkFactory::new(config.server_id, dialer.clone(), faults.clone()),
+            NetworkFactory::new(config.server_id, dialer.clone(), faults.clone())
+                .with_commit_gate(Arc::clone(&commit_gate)),
             log,
             state_machine,
         )
@@ -303,6 +313,7 @@ impl Node {
             metrics.write_batch_commands.clone(),
         );
         let metrics_watch = tokio::spawn(watch_leadership(raft.clone(), Arc::clone(&metrics)));
+        let commit_releases = tokio::spawn(announce_commits(raft.clone(), commit_gate));
         let subscribers = Arc::new(tokio::sync::Semaphore::new(config.subscribers_max));
         Ok(Self {
             config,
@@ -330,6 +341,7 @@ impl Node {
             leader_link: std::sync::Mutex::new(None),
             metrics,
             metrics_watch,
+            commit_releases,
             snapshot_gauge,
         })
     }
@@ -790,17 +802,32 @@ impl Node {
         .await
     }
 
-    /// The account behind `token`, now, as this node has applied it.
+    /// The account behind `token`, now, as this node has applied it. A follower may not
+    /// have applied a log-in the leader has just acknowledged (clients log in on the leader
+    /// and then read from, or subscribe on, any node), so a follower that does not accept
+    /// the token first catches up with the leader's applied index, for at most two election
+    /// timeouts, and asks again.
     ///
     /// # Errors
     /// `Unauthenticated` for a missing, malformed, unknown, revoked or expired token.
     pub async fn authenticate(&self, token: &str) -> Result<UserRecord, NodeError> {
         let digest = session_digest(token)?;
-        let now = now_ms();
-        self.read(Consistency::Stale, move |store| {
-            jochat_core::query::authenticate_digest(store, &digest, now)
-        })
-        .await
+        let check = |digest: TokenDigest| {
+            let now = now_ms();
+            self.read(Consistency::Stale, move |store| {
+                jochat_core::query::authenticate_digest(store, &digest, now)
+            })
+        };
+        let refused = match check(digest.clone()).await {
+            Err(error) if error.is_unauthenticated() && !self.is_leader() => error,
+            other => return other,
+        };
+        let patience =
+            std::time::Duration::from_millis(self.config.election_timeout_ms.saturating_mul(2));
+        match tokio::time::timeout(patience, self.catch_up()).await {
+            Ok(Ok(())) => check(digest).await,
+            Ok(Err(_)) | Err(_) => Err(refused),
+        }
     }
 
     /// Stops taking writes and waits until every accepted one is committed.
@@ -830,6 +857,7 @@ impl Node {
         self.idle.abort();
         self.snapshots.abort();
         self.metrics_watch.abort();
+        self.commit_releases.abort();
         self.proposer.stop();
     }
 }
@@ -839,6 +867,18 @@ impl Drop for Node {
     /// its background tasks, so its Raft core does not live on.
     fn drop(&mut self) {
         self.stop_background_tasks();
+    }
+}
+
+/// Whenever the commit gate held back the commit index its followers hear and the leader's
+/// own copy became durable since, sends a heartbeat so they hear the full one without
+/// waiting for the next write or the heartbeat interval. Ends when Raft has stopped.
+async fn announce_commits(raft: openraft::Raft<TypeConfig>, gate: Arc<CommitGate>) {
+    loop {
+        gate.released().await;
+        if raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -25,8 +25,19 @@ pub enum Fault {
 /// The fault on each faulty link, keyed by (sender, receiver).
 type Table = HashMap<(u64, u64), Fault>;
 
-/// Makes the next write of one node's storage fail (see [`Faults::fail_next_write`]).
-pub type WriteFault = Arc<dyn Fn() + Send + Sync>;
+/// A fault for the next write of one node's storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// The next commit fails as a failed fsync does, writing nothing
+    /// ([`Faults::fail_next_write`]).
+    Fail,
+    /// The next durable commit waits this long first, as on a slow disk
+    /// ([`Faults::stall_next_write`]).
+    Stall(Duration),
+}
+
+/// Injects a [`StorageFault`] into one node's storage.
+pub type WriteFault = Arc<dyn Fn(StorageFault) + Send + Sync>;
 
 /// The faults between chosen pairs of nodes, and the storage faults of each node. Cheap to
 /// clone; clones share the table.
@@ -60,7 +71,7 @@ impl Faults {
         }
     }
 
-    /// Node `node` tells how to make its next storage write fail (nothing for a production
+    /// Node `node` tells how to inject faults into its storage (nothing for a production
     /// node).
     pub fn register_storage(&self, node: u64, fault: WriteFault) {
         if let Some(storage) = &self.storage {
@@ -74,6 +85,16 @@ impl Faults {
     /// Makes the next commit of node `node`'s storage fail as a failed fsync does, writing
     /// nothing; returns whether the node had registered.
     pub fn fail_next_write(&self, node: u64) -> bool {
+        self.storage_fault(node, StorageFault::Fail)
+    }
+
+    /// Makes the next durable commit of node `node`'s storage wait `pause` first (a slow
+    /// fsync); returns whether the node had registered.
+    pub fn stall_next_write(&self, node: u64, pause: Duration) -> bool {
+        self.storage_fault(node, StorageFault::Stall(pause))
+    }
+
+    fn storage_fault(&self, node: u64, injected: StorageFault) -> bool {
         let fault = self.storage.as_ref().and_then(|storage| {
             storage
                 .lock()
@@ -81,7 +102,7 @@ impl Faults {
                 .get(&node)
                 .cloned()
         });
-        fault.map(|fault| fault()).is_some()
+        fault.map(|fault| fault(injected)).is_some()
     }
 
     fn with_table(&self, change: impl FnOnce(&mut Table)) {

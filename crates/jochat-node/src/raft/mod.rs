@@ -12,6 +12,9 @@
 //!   storage traits on SQLite.
 //! - [`snapshots`]: when snapshots are made (by entries and by size) and how their files are
 //!   written (paced, flushed as they grow).
+//! - [`commit_gate`]: the leader's own appends reported flushed as they are queued, so
+//!   replication overlaps its fsync, and the commit index its followers hear held back
+//!   until the leader's copy is durable.
 //! - [`writer`]: the log writer's thread, which runs every write to the file in order and
 //!   commits appends in groups (one fsync for many); [`tail`]: the newest entries in memory,
 //!   readable before they are written.
@@ -19,6 +22,7 @@
 //! The peer side of the network is `crate::service::raft`. Wiring into the node's write
 //! path builds on these.
 
+pub mod commit_gate;
 pub mod election;
 pub mod faults;
 pub mod network;

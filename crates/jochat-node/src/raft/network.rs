@@ -8,6 +8,7 @@
 //! Every call first consults the node's [`Faults`] (empty outside tests), so tests can drop,
 //! delay or partition chosen links between real nodes.
 
+use super::commit_gate::CommitGate;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,12 +112,29 @@ pub struct NetworkFactory {
     id: NodeId,
     dialer: PeerDialer,
     faults: Faults,
+    /// Holds back the commit index AppendEntries carry while the leader's own copy of an
+    /// entry is not durable (`super::commit_gate`); `None` when the log store reports every
+    /// append once durable.
+    gate: Option<Arc<CommitGate>>,
 }
 
 impl NetworkFactory {
     /// A factory for node `id` whose clients call through `dialer` and obey `faults`.
     pub fn new(id: NodeId, dialer: PeerDialer, faults: Faults) -> Self {
-        Self { id, dialer, faults }
+        Self {
+            id,
+            dialer,
+            faults,
+            gate: None,
+        }
+    }
+
+    /// Has every AppendEntries carry the commit index `gate` allows
+    /// ([`CommitGate::clamp`]): required when the log store has that gate.
+    #[must_use]
+    pub fn with_commit_gate(mut self, gate: Arc<CommitGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 }
 
@@ -169,6 +187,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             dialer: self.dialer.clone(),
             faults: self.faults.clone(),
             chunk_form: Arc::new(AtomicU8::new(CHUNKS_UNKNOWN)),
+            gate: self.gate.clone(),
         }
     }
 }
@@ -185,6 +204,8 @@ pub struct PeerClient {
     /// [`CHUNKS_RAW`] (`InstallSnapshotChunk`) or [`CHUNKS_JSON`] (it answered that call
     /// UNIMPLEMENTED: a node of an older build).
     chunk_form: Arc<AtomicU8>,
+    /// See [`NetworkFactory::with_commit_gate`].
+    gate: Option<Arc<CommitGate>>,
 }
 
 /// A peer whose way of taking snapshot chunks is not known yet.
@@ -303,9 +324,12 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if let Some(gate) = &self.gate {
+            rpc.leader_commit = gate.clamp(rpc.leader_commit);
+        }
         let last = rpc.entries.last().map(|entry| entry.log_id.index);
         if let Some(last) = last {
             tracing::trace!(target: crate::TIMELINE, stage = "replicate", to = self.target, last);

@@ -4,9 +4,11 @@
 //! `append` puts its entries in the in-memory [`Tail`](super::tail::Tail), queues a [`Job`]
 //! and returns; the state machine's `apply` queues a job too. This thread takes every job
 //! queued meanwhile and runs consecutive [`Job::Log`] jobs (appends, votes, purges, applies)
-//! in one transaction, then reports them. (openraft 0.9's core still waits for each append
-//! to be flushed before it takes the next client write, which is why the node also gathers
-//! concurrent commands into shared entries: `crate::proposer`.)
+//! in one transaction, then reports them. (openraft 0.9's core waits for each append to be
+//! reported flushed before it replicates it and takes the next client write: a follower's
+//! appends are reported once durable, the leader's own as soon as they are queued, see
+//! [`super::commit_gate`]; the node also gathers concurrent commands into shared entries:
+//! `crate::proposer`.)
 //!
 //! Durability with one fsync: every transaction commits with `synchronous = NORMAL` (no
 //! fsync) except the last log group of a batch that holds a job needing durability, which
@@ -40,9 +42,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::storage::LogFlushed;
-use openraft::{AnyError, StorageError, StorageIOError};
+use openraft::{AnyError, LogId, StorageError, StorageIOError};
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::commit_gate::CommitGate;
 use super::tail::Tail;
 use super::TypeConfig;
 use crate::store::SyncMode;
@@ -127,8 +130,16 @@ pub type OwnWork = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// Who to tell once a log job is done.
 pub enum Done {
-    /// openraft's flush callback for an append, with the append's last index.
-    Flushed(LogFlushed<TypeConfig>, u64),
+    /// An append, ending at `last`, is durable.
+    Flushed {
+        /// openraft's flush callback; `None` when the append was reported flushed as it was
+        /// queued (the leader's own entries, see [`super::commit_gate`]).
+        callback: Option<LogFlushed<TypeConfig>>,
+        /// The append's last entry.
+        last: LogId<u64>,
+        /// The gate that tracks what is durable, when the store has one.
+        gate: Option<Arc<CommitGate>>,
+    },
     /// A caller awaiting the job.
     Reply(tokio::sync::oneshot::Sender<Result<(), Failure>>),
     /// Nobody.
@@ -138,9 +149,26 @@ pub enum Done {
 impl Done {
     fn report(self, result: Result<(), Failure>) {
         match self {
-            Self::Flushed(callback, last) => {
-                tracing::trace!(target: crate::TIMELINE, stage = "append.flushed", last);
-                callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
+            Self::Flushed {
+                callback,
+                last,
+                gate,
+            } => {
+                tracing::trace!(target: crate::TIMELINE, stage = "append.flushed", last = last.index);
+                if let (Ok(()), Some(gate)) = (&result, &gate) {
+                    gate.written(last, callback.is_none());
+                }
+                match callback {
+                    Some(callback) => callback
+                        .log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string()))),
+                    // Reported flushed already: a failure stops the writer for good, and
+                    // the gate keeps the entries from being announced as committed.
+                    None => {
+                        if let Err(error) = result {
+                            tracing::error!(%error, last = %last, "the leader's own append failed after it was reported flushed");
+                        }
+                    }
+                }
             }
             Self::Reply(reply) => {
                 // The caller may have given up waiting; nothing then needs the answer.
@@ -177,6 +205,8 @@ pub struct Writer {
     batches: Arc<AtomicU64>,
     /// Set by tests ([`Writer::fail_next_write`]): the next commit fails as a failed fsync.
     fail_next: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by tests ([`Writer::stall_next_write`]): the next durable commit waits this long.
+    stall_next: Arc<Mutex<Option<Duration>>>,
 }
 
 impl Writer {
@@ -203,6 +233,8 @@ impl Writer {
         let counter = Arc::clone(&batches);
         let fail_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failing = Arc::clone(&fail_next);
+        let stall_next = Arc::new(Mutex::new(None));
+        let stalling = Arc::clone(&stall_next);
         std::thread::Builder::new()
             .name("jochat-log-writer".into())
             .spawn(move || {
@@ -211,6 +243,7 @@ impl Writer {
                     sync_mode,
                     lazy: lazy_mode(sync_mode),
                     fail_next: &failing,
+                    stall_next: &stalling,
                     stats: &stats,
                 };
                 run(&mut conn, &context, queue, &counter, &checkpoints);
@@ -219,6 +252,7 @@ impl Writer {
             jobs,
             batches,
             fail_next,
+            stall_next,
         })
     }
 
@@ -226,6 +260,15 @@ impl Writer {
     /// (`SQLITE_IOERR_FSYNC`), without writing anything.
     pub fn fail_next_write(&self) {
         self.fail_next.store(true, Ordering::Relaxed);
+    }
+
+    /// Fault injection for tests: the next durable commit waits `pause` first, as behind a
+    /// slow fsync (every job queued meanwhile waits too).
+    pub fn stall_next_write(&self, pause: Duration) {
+        *self
+            .stall_next
+            .lock()
+            .expect("the stall's mutex is never held across a panic") = Some(pause);
     }
 
     /// How many batches of jobs the writer has run so far (unchanged while it is idle).
@@ -302,6 +345,7 @@ struct Context<'a> {
     /// How commits that need not be durable are made.
     lazy: SyncMode,
     fail_next: &'a std::sync::atomic::AtomicBool,
+    stall_next: &'a Mutex<Option<Duration>>,
     /// Where durable commits are timed.
     stats: &'a crate::metrics::StorageStats,
 }
@@ -458,6 +502,16 @@ fn commit_group(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
                 Some("injected fault: fsync failed".into()),
             )));
+        }
+        if durable {
+            let stall = context
+                .stall_next
+                .lock()
+                .expect("the stall's mutex is never held across a panic")
+                .take();
+            if let Some(pause) = stall {
+                std::thread::sleep(pause);
+            }
         }
         let started = std::time::Instant::now();
         tx.commit().map_err(commit_failure)?;

@@ -67,6 +67,26 @@ impl LogStore {
         self.shared.writer.fail_next_write();
     }
 
+    /// Fault injection for tests: the next durable commit waits `pause` before it commits,
+    /// as on a disk whose fsync is slow.
+    pub fn stall_next_write(&self, pause: std::time::Duration) {
+        self.shared.writer.stall_next_write(pause);
+    }
+
+    /// From now on, the appends node `id` makes as leader of its term are reported flushed
+    /// as soon as they are queued, so openraft replicates them while the writer syncs them
+    /// (see [`super::super::commit_gate`]). Returns the gate, which the network must consult
+    /// for every AppendEntries it sends ([`CommitGate::clamp`]) and the node must answer with
+    /// a heartbeat ([`CommitGate::released`]). Called once, before Raft starts; a store
+    /// without a gate reports every append once it is durable.
+    pub fn gate_commits(&self, id: NodeId) -> Arc<CommitGate> {
+        Arc::clone(
+            self.shared
+                .gate
+                .get_or_init(|| Arc::new(CommitGate::new(id))),
+        )
+    }
+
     /// Lets go of the log tail's written entries and lets SQLite give back the page caches
     /// of the writer and log-reader connections (they refill from the file as needed). In
     /// order with the writes; for an idle node.
@@ -211,13 +231,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .in_log_group(true, move |tx| {
                 put_state(tx, "vote", &vote).map_err(|e| io_failure(StorageIOError::write_vote, e))
             })
-            .await
+            .await?;
+        if let Some(gate) = self.shared.gate.get() {
+            gate.vote_saved(vote);
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, Failure> {
-        self.shared
+        let vote: Option<Vote<NodeId>> = self
+            .shared
             .in_log_group(false, |tx| get_state(tx, "vote"))
-            .await
+            .await?;
+        if let (Some(gate), Some(vote)) = (self.shared.gate.get(), vote) {
+            gate.vote_saved(vote);
+        }
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), Failure> {
@@ -259,7 +288,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
-        tracing::trace!(target: crate::TIMELINE, stage = "append", first, last);
+        let last_log_id = entries.last().map(|entry| entry.log_id).unwrap_or_default();
+        let gate = self.shared.gate.get().cloned();
+        let own = gate.as_ref().is_some_and(|gate| gate.is_own(&entries));
+        tracing::trace!(target: crate::TIMELINE, stage = "append", first, last, own);
         let rows = entries
             .iter()
             .map(|entry| {
@@ -285,6 +317,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 return Err(error);
             }
         }
+        // The leader's own entries are reported flushed once queued (see `commit_gate`);
+        // the gate hears of them before the writer can finish them.
+        let (report_now, callback) = match gate.as_ref().filter(|_| own) {
+            Some(gate) => {
+                gate.queued_own(first, last_log_id);
+                (Some(callback), None)
+            }
+            None => (None, Some(callback)),
+        };
         self.shared
             .writer
             .send(Job::Log {
@@ -308,9 +349,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }),
                 durable: true,
                 append_job: Some(job),
-                done: Done::Flushed(callback, last),
+                done: Done::Flushed {
+                    callback,
+                    last: last_log_id,
+                    gate,
+                },
             })
             .await;
+        if let Some(callback) = report_now {
+            // Queued behind every earlier write and ahead of any apply of these entries:
+            // replication may start now.
+            callback.log_io_completed(Ok(()));
+        }
         Ok(())
     }
 
@@ -325,7 +375,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(write_logs)?;
                 Ok(())
             })
-            .await
+            .await?;
+        if let Some(gate) = self.shared.gate.get() {
+            gate.truncated();
+        }
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Failure> {

@@ -61,6 +61,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::commit_gate::CommitGate;
 use super::snapshots::{copy_state, SnapshotGauge};
 use super::tail::{entry_bytes, Tail, TAIL_CAPACITY};
 use super::writer::{Done, Job, Writer};
@@ -112,6 +113,9 @@ struct Shared {
     hash_hooks: state_hash::Hooks,
     /// What the writer measures (for the node's metrics).
     stats: crate::metrics::StorageStats,
+    /// Set by [`LogStore::gate_commits`]: the leader's own appends are then reported
+    /// flushed as they are queued.
+    gate: std::sync::OnceLock<Arc<CommitGate>>,
 }
 
 /// The Raft log, openraft's `RaftLogStorage`. Cheap to clone; clones share the connection.
@@ -199,6 +203,7 @@ pub fn open_with(
         purged_rows: Mutex::new(Some(purged_rows)),
         hash_hooks: state_hash::Hooks::default(),
         stats,
+        gate: std::sync::OnceLock::new(),
     });
     Ok((
         LogStore {
