@@ -208,6 +208,7 @@ impl Node {
     /// Waits until this node has applied `index` (or `deadline` passes).
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), NodeError> {
         let timeout = deadline.saturating_duration_since(Instant::now());
+        self.apply_pace.hurry(index);
         self.raft
             .wait(Some(timeout))
             .applied_index_at_least(Some(index), "a forwarded request")

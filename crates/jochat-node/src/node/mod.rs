@@ -112,6 +112,10 @@ pub struct Node {
     /// Sends a heartbeat whenever the commit gate held back a commit index that may now go
     /// out (`raft::commit_gate`).
     commit_releases: tokio::task::JoinHandle<()>,
+    /// Paces this node's applies while it follows; hurried by whatever waits for an index.
+    apply_pace: Arc<raft::storage::ApplyPace>,
+    /// The log store, closed after Raft has shut down.
+    storage: raft::storage::LogStore,
     /// When snapshots were made and how large the last one is (for the metrics).
     snapshot_gauge: Arc<raft::snapshots::SnapshotGauge>,
     /// How this node calls its peers (forwarding to the leader uses it).
@@ -227,6 +231,8 @@ impl Node {
         });
         // The leader's own appends replicate while its writer syncs them.
         let commit_gate = log.gate_commits(config.server_id);
+        let apply_pace = log.apply_pace();
+        let storage = log.clone();
         let seed = log
             .seed()
             .await
@@ -342,6 +348,8 @@ impl Node {
             metrics,
             metrics_watch,
             commit_releases,
+            apply_pace,
+            storage,
             snapshot_gauge,
         })
     }
@@ -836,6 +844,7 @@ impl Node {
         if let Err(error) = self.raft.shutdown().await {
             tracing::error!(%error, "raft did not shut down cleanly");
         }
+        self.storage.close().await;
     }
 
     /// Stops the join and election tasks, which hold clones of the Raft handle and would

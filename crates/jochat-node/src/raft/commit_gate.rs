@@ -90,6 +90,15 @@ impl CommitGate {
         self.state().vote = Some(vote);
     }
 
+    /// Whether this node's saved vote is a committed vote for itself: it leads its term (as
+    /// far as its storage knows; openraft steps down before it saves another vote).
+    pub fn leads(&self) -> bool {
+        let state = self.state();
+        state
+            .vote
+            .is_some_and(|vote| vote.is_committed() && vote.leader_id().node_id == state.id)
+    }
+
     /// Whether `entries` are this node's own as leader of its current term: their append may
     /// be reported flushed before it is (see the module documentation).
     pub fn is_own(&self, entries: &[Entry<TypeConfig>]) -> bool {

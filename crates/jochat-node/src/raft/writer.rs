@@ -195,6 +195,10 @@ pub enum Job {
     /// Work that needs the connection itself (installing a snapshot): runs alone, in order
     /// with the log jobs.
     Own(OwnWork),
+    /// The node is closing: every job queued before this one has run when it is answered,
+    /// and every job after it is refused, so that nothing still on its way (an apply that
+    /// was waiting for its turn) writes to the file once the node has closed.
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Queues jobs for the writer thread. Cheap to clone.
@@ -271,6 +275,15 @@ impl Writer {
             .expect("the stall's mutex is never held across a panic") = Some(pause);
     }
 
+    /// Runs every job queued so far, then refuses every later one (see [`Job::Close`]).
+    pub async fn close(&self) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.jobs.send(Job::Close(reply)).await.is_ok() {
+            // An error: the thread has ended, and with it every write.
+            let _ = answer.await;
+        }
+    }
+
     /// How many batches of jobs the writer has run so far (unchanged while it is idle).
     pub fn batches_run(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
@@ -319,6 +332,10 @@ impl Writer {
         .await;
         answer.await.map_err(|_| stopped())?
     }
+}
+
+fn closed() -> Failure {
+    StorageIOError::write_logs(AnyError::error("the node has closed its storage")).into()
 }
 
 fn stopped() -> Failure {
@@ -374,6 +391,17 @@ fn run(
                 Err(_empty_or_closed) => break,
             }
         }
+        if let Some(close) = batch.iter().position(|job| matches!(job, Job::Close(_))) {
+            // The jobs before it run; it and everything after it are refused from now on.
+            let after = batch.split_off(close);
+            if failed.is_none() && !batch.is_empty() {
+                if let Err(failure) = run_batch(conn, context, &mut batch) {
+                    tracing::error!(%failure, "a write to the database failed: nothing more is written to it");
+                }
+            }
+            failed = Some(closed());
+            batch = after;
+        }
         if let Some(failure) = &failed {
             refuse_batch(failure, &mut batch);
             continue;
@@ -398,6 +426,9 @@ fn refuse_batch(failure: &Failure, batch: &mut Vec<Job>) {
             Job::Log { done, .. } => done.report(Err(failure.clone())),
             // Dropped unrun: whoever waits on it hears that the writer is gone.
             Job::Own(_) => {}
+            Job::Close(reply) => {
+                let _ = reply.send(());
+            }
         }
     }
 }
@@ -442,6 +473,10 @@ fn run_batch(
                         }
                     }
                 }
+            }
+            // Taken out of every batch before it runs (see `run`); answered if one got here.
+            Job::Close(reply) => {
+                let _ = reply.send(());
             }
             Job::Own(work) => {
                 if !group.is_empty() {

@@ -73,6 +73,20 @@ impl LogStore {
         self.shared.writer.stall_next_write(pause);
     }
 
+    /// Closes the storage once Raft has shut down: every write queued so far is done when
+    /// this returns, and any later one (an apply that was still waiting for its turn) is
+    /// refused, so nothing reaches the file after the node has closed.
+    pub async fn close(&self) {
+        self.shared.pace.hurry(u64::MAX);
+        self.shared.writer.close().await;
+    }
+
+    /// What paces this node's applies while it follows; [`ApplyPace::hurry`] it before
+    /// waiting for an applied index.
+    pub fn apply_pace(&self) -> Arc<ApplyPace> {
+        Arc::clone(&self.shared.pace)
+    }
+
     /// From now on, the appends node `id` makes as leader of its term are reported flushed
     /// as soon as they are queued, so openraft replicates them while the writer syncs them
     /// (see [`super::super::commit_gate`]). Returns the gate, which the network must consult

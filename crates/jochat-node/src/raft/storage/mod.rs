@@ -116,6 +116,84 @@ struct Shared {
     /// Set by [`LogStore::gate_commits`]: the leader's own appends are then reported
     /// flushed as they are queued.
     gate: std::sync::OnceLock<Arc<CommitGate>>,
+    /// How often a follower applies (see [`ApplyPace`]).
+    pace: Arc<ApplyPace>,
+}
+
+/// The least time between two applies on a follower once a [`CommitGate`] is attached
+/// ([`LogStore::gate_commits`]): a follower's applies answer nobody's write, so it lets
+/// committed entries gather and applies them in one transaction, writing each changed page
+/// of the chat tables once for many entries instead of once per log group. Anything on the
+/// node that waits for an applied index asks for the next apply at once
+/// ([`ApplyPace::hurry`]).
+pub const FOLLOWER_APPLY_PACE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Spaces a follower's applies [`FOLLOWER_APPLY_PACE`] apart, unless someone waits for an
+/// entry they would apply.
+#[derive(Debug)]
+pub struct ApplyPace {
+    /// The least time between two applies.
+    pace: std::time::Duration,
+    /// When the last paced apply started.
+    last: Mutex<Option<tokio::time::Instant>>,
+    /// The highest index someone on this node waits to see applied.
+    wanted: AtomicU64,
+    /// Woken by [`ApplyPace::hurry`].
+    hurry: tokio::sync::Notify,
+}
+
+impl Default for ApplyPace {
+    fn default() -> Self {
+        Self::new(FOLLOWER_APPLY_PACE)
+    }
+}
+
+impl ApplyPace {
+    /// Applies spaced `pace` apart.
+    fn new(pace: std::time::Duration) -> Self {
+        Self {
+            pace,
+            last: Mutex::default(),
+            wanted: AtomicU64::default(),
+            hurry: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Waits, before applying entries from index `first` on, until [`FOLLOWER_APPLY_PACE`]
+    /// has passed since the last apply began, unless someone waits for an index at or
+    /// above `first`.
+    async fn wait_turn(&self, first: u64) {
+        let last = *self
+            .last
+            .lock()
+            .expect("the apply pace's mutex is never held across a panic");
+        if let Some(due) = last.map(|last| last + self.pace) {
+            loop {
+                let hurried = self.hurry.notified();
+                tokio::pin!(hurried);
+                // Registered before the check, so a hurry in between is not missed.
+                hurried.as_mut().enable();
+                if self.wanted.load(Ordering::Acquire) >= first {
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => break,
+                    () = hurried => {}
+                }
+            }
+        }
+        *self
+            .last
+            .lock()
+            .expect("the apply pace's mutex is never held across a panic") =
+            Some(tokio::time::Instant::now());
+    }
+
+    /// Someone waits until `index` is applied here: applies up to it are not held back.
+    pub fn hurry(&self, index: u64) {
+        self.wanted.fetch_max(index, Ordering::AcqRel);
+        self.hurry.notify_waiters();
+    }
 }
 
 /// The Raft log, openraft's `RaftLogStorage`. Cheap to clone; clones share the connection.
@@ -204,6 +282,7 @@ pub fn open_with(
         hash_hooks: state_hash::Hooks::default(),
         stats,
         gate: std::sync::OnceLock::new(),
+        pace: Arc::default(),
     });
     Ok((
         LogStore {
@@ -432,4 +511,49 @@ fn to_sql_index(index: u64) -> i64 {
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, Failure> {
     serde_json::from_slice(bytes).map_err(read_logs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn applies_are_spaced_unless_someone_waits_for_one() {
+        // 1. The first apply goes at once; the next waits out the pace.
+        let pace = ApplyPace::new(Duration::from_millis(200));
+        let started = tokio::time::Instant::now();
+        pace.wait_turn(1).await;
+        pace.wait_turn(2).await;
+        assert!(started.elapsed() >= Duration::from_millis(200));
+
+        // 2. With a pace of an hour: an apply nobody waits for is held back until someone
+        //    waits for an index it covers.
+        let pace = Arc::new(ApplyPace::new(Duration::from_secs(3600)));
+        pace.wait_turn(1).await;
+        let held = tokio::spawn({
+            let pace = Arc::clone(&pace);
+            async move { pace.wait_turn(10).await }
+        });
+        // Hurried for an index below what it covers, it keeps waiting (asked repeatedly, so
+        // that some of the calls find it waiting).
+        for _ in 0..20 {
+            pace.hurry(5);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            !held.is_finished(),
+            "index 5 is below what this apply covers"
+        );
+        pace.hurry(12);
+        tokio::time::timeout(Duration::from_secs(30), held)
+            .await
+            .expect("hurried")
+            .expect("the apply's task runs to the end");
+
+        // 3. An apply of entries someone already waits for is not held at all.
+        tokio::time::timeout(Duration::from_secs(30), pace.wait_turn(11))
+            .await
+            .expect("not held back");
+    }
 }

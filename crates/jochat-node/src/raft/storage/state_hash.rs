@@ -57,6 +57,7 @@ impl StateHasher {
     pub async fn hash_at(&self, index: u64, wait: Duration) -> Result<StateHash, NodeError> {
         let (hooked, view) = tokio::sync::oneshot::channel();
         self.hooks().entry(index).or_default().push(hooked);
+        self.shared.pace.hurry(index);
         let path = self.shared.path.clone();
         // With the hook in place, a node still below `index` hands the view over when it
         // applies it; one at or past it answers now.

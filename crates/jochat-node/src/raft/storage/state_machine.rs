@@ -184,6 +184,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut rest: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if let Some(first) = rest.first().map(|entry| entry.log_id.index) {
+            if self.shared.gate.get().is_some_and(|gate| !gate.leads()) {
+                self.shared.pace.wait_turn(first).await;
+            }
+        }
         // A state hash waits for one of these entries: apply up to it, hand over a read view
         // of the tables there, then apply the rest.
         let hooked: Vec<u64> = match (rest.first(), rest.last()) {
