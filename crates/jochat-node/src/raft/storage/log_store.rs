@@ -264,6 +264,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), Failure> {
+        if let Some(committed) = committed {
+            self.shared
+                .committed_end
+                .fetch_max(committed.index + 1, Ordering::AcqRel);
+        }
         // Only a hint for a faster restart: it rides along with the next group, unwaited.
         self.shared
             .writer

@@ -118,6 +118,12 @@ struct Shared {
     gate: std::sync::OnceLock<Arc<CommitGate>>,
     /// How often a follower applies (see [`ApplyPace`]).
     pace: Arc<ApplyPace>,
+    /// The index after the newest committed entry openraft has told the log store of
+    /// (`save_committed`), 0 before: how far a paced follower may apply ahead.
+    committed_end: AtomicU64,
+    /// The index after the last entry this process applied or installed from a snapshot (0
+    /// before any): openraft may still ask for entries a paced follower applied ahead.
+    next_unapplied: AtomicU64,
 }
 
 /// The least time between two applies on a follower once a [`CommitGate`] is attached
@@ -283,6 +289,8 @@ pub fn open_with(
         stats,
         gate: std::sync::OnceLock::new(),
         pace: Arc::default(),
+        committed_end: AtomicU64::new(0),
+        next_unapplied: AtomicU64::new(0),
     });
     Ok((
         LogStore {

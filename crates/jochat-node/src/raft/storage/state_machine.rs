@@ -88,7 +88,43 @@ fn event_of(
     })
 }
 
+/// The most entries a paced follower applies beyond those openraft asked for: far fewer
+/// than openraft keeps in the log behind a snapshot (`max_in_snapshot_log_to_keep`, 1,000),
+/// so the entries openraft reads for the calls still queued are never purged first.
+const APPLY_AHEAD_ENTRIES_MAX: u64 = 512;
+
 impl StateMachineStore {
+    /// Appends to `entries` (a follower's, starting where nothing is applied yet) the
+    /// entries after them that are committed, in the log's tail and contiguous, at most
+    /// [`APPLY_AHEAD_ENTRIES_MAX`] of them.
+    fn take_committed_ahead(&self, entries: &mut Vec<Entry<TypeConfig>>) {
+        let Some(last) = entries.last().map(|entry| entry.log_id.index) else {
+            return;
+        };
+        // Index + 1 of the newest commit openraft saved (0: none yet).
+        let upto = self
+            .shared
+            .committed_end
+            .load(Ordering::Acquire)
+            .min(last + 1 + APPLY_AHEAD_ENTRIES_MAX);
+        if upto <= last + 1 {
+            return;
+        }
+        let mut expected = last + 1;
+        let ahead: Vec<Entry<TypeConfig>> = self
+            .shared
+            .tail()
+            .read(last + 1, upto)
+            .into_iter()
+            .take_while(|entry| {
+                let contiguous = entry.log_id.index == expected;
+                expected += 1;
+                contiguous
+            })
+            .collect();
+        entries.extend(ahead);
+    }
+
     /// Applies `entries` in one transaction and publishes their events once it commits.
     async fn apply_run(
         &mut self,
@@ -110,6 +146,9 @@ impl StateMachineStore {
         if stored && !messages_read {
             events.push(ChatEvent::Resync);
         }
+        self.shared
+            .next_unapplied
+            .store(last + 1, Ordering::Release);
         tracing::trace!(target: crate::TIMELINE, stage = "applied", last);
         // Published only now that the transaction has committed.
         self.events.publish(events);
@@ -184,10 +223,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut rest: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        if let Some(first) = rest.first().map(|entry| entry.log_id.index) {
-            if self.shared.gate.get().is_some_and(|gate| !gate.leads()) {
-                self.shared.pace.wait_turn(first).await;
-            }
+        let asked = rest.len();
+        // Entries a paced apply took ahead of openraft's asking are applied already; openraft
+        // reads no outcome on a follower (nobody there awaits them).
+        let next = self.shared.next_unapplied.load(Ordering::Acquire);
+        let done = rest
+            .iter()
+            .take_while(|entry| entry.log_id.index < next)
+            .count();
+        let mut results = vec![Applied::Internal; done];
+        rest.drain(..done);
+        let Some(first) = rest.first().map(|entry| entry.log_id.index) else {
+            return Ok(results);
+        };
+        if self.shared.gate.get().is_some_and(|gate| !gate.leads()) {
+            // A follower: let committed entries gather, then apply everything committed by
+            // then, so that the next calls (each for a commit index openraft heard meanwhile)
+            // find their entries applied.
+            self.shared.pace.wait_turn(first).await;
+            self.take_committed_ahead(&mut rest);
         }
         // A state hash waits for one of these entries: apply up to it, hand over a read view
         // of the tables there, then apply the rest.
@@ -202,7 +256,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .collect(),
             _ => Vec::new(),
         };
-        let mut results = Vec::with_capacity(rest.len());
         for index in hooked {
             let Some(cut) = rest.iter().position(|e| e.log_id.index == index) else {
                 continue;
@@ -215,6 +268,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if !rest.is_empty() {
             results.extend(self.apply_run(rest).await?);
         }
+        // Only the outcomes of what openraft asked for.
+        results.truncate(asked);
         Ok(results)
     }
 
@@ -302,6 +357,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })
             .await?;
         remove_replaced(replaced).await;
+        self.shared.next_unapplied.store(
+            meta.last_log_id.map_or(0, |id| id.index + 1),
+            Ordering::Release,
+        );
         self.shared.gauge.installed(file_bytes);
         self.events.publish([ChatEvent::Resync]);
         Ok(())
