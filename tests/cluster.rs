@@ -487,3 +487,49 @@ async fn five_nodes_survive_two_leaders_stopped_in_a_row() {
     }
     stop_all(nodes).await;
 }
+
+/// Followers apply in paced groups, each taking everything committed by then: under 8
+/// writers for 3 s they do not fall behind, and once the writes stop every follower has
+/// applied the leader's last index within 5 s. (Were each of openraft's apply calls paced on
+/// its own, one per commit index a follower heard, the backlog would take minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_keep_up_with_sustained_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, leader, alice) = led_by_node_1(dir.path(), 3, &Setup::default()).await;
+    let until = Instant::now() + Duration::from_secs(3);
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let (client, alice) = (leader.clone(), alice.clone());
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                while Instant::now() < until {
+                    client
+                        .send_message(&alice, "bob", &format!("w{writer}-{sent}"))
+                        .await
+                        .expect("a send succeeds");
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for writer in writers {
+        sent += writer.await.expect("the writer runs to the end");
+    }
+    assert!(sent > 100, "only {sent} sends in 3 s");
+    let last = leader.cluster_info().await.unwrap().commit_index;
+    let stopped = Instant::now();
+    for node in &nodes[1..] {
+        let client = node.client();
+        while !matches!(client.cluster_info().await, Ok(info) if info.commit_index >= last) {
+            assert!(
+                stopped.elapsed() < Duration::from_secs(5),
+                "node {} had not applied index {last} 5 s after {sent} sends stopped",
+                node.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop_all(nodes).await;
+}
