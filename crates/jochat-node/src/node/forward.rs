@@ -72,6 +72,21 @@ pub(crate) fn transient(code: Code) -> bool {
     )
 }
 
+/// `status` as the caller should judge it: a connection that broke under a call (the leader
+/// closing its connections as it shuts down answers with an HTTP/2 GOAWAY, which tonic reports
+/// as `Internal`) is `Unavailable`, like any other call that did not reach a live leader.
+/// (Statuses a peer sent carry no source; those made from a transport error do.)
+fn judged(status: tonic::Status) -> tonic::Status {
+    if status.code() == Code::Internal && std::error::Error::source(&status).is_some() {
+        tonic::Status::unavailable(format!(
+            "the connection to the leader broke: {}",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
 /// The leader's definite refusal of a forwarded call, as this node reports it.
 fn refusal(leader: u64, status: &tonic::Status) -> NodeError {
     let message = if status.code() == Code::Unimplemented {
@@ -265,7 +280,7 @@ impl Node {
                     self.wait_applied(forwarded.applied_index, deadline).await?;
                     return Ok(forwarded.outcome);
                 }
-                Err(status) => status,
+                Err(status) => judged(status),
             };
             self.drop_leader_link();
             let code = status.code();
@@ -317,7 +332,7 @@ impl Node {
                         .wait_applied(reply.get_ref().applied_index, deadline)
                         .await
                 }
-                Err(status) => status,
+                Err(status) => judged(status),
             };
             self.drop_leader_link();
             if !transient(status.code()) {
@@ -392,6 +407,20 @@ mod tests {
         ] {
             assert!(!transient(code), "{code:?}");
         }
+    }
+
+    #[test]
+    fn a_connection_broken_under_a_call_is_judged_unavailable() {
+        // What tonic makes of a GOAWAY from a leader shutting down: `Internal`, with the
+        // transport error as its source.
+        let mut internal = tonic::Status::internal("h2 protocol error: http2 error");
+        internal.set_source(std::sync::Arc::new(std::io::Error::other(
+            "GoAway(NO_ERROR)",
+        )));
+        assert_eq!(judged(internal).code(), Code::Unavailable);
+        // The leader's own `Internal` answer carries no source: a definite refusal.
+        let answered = tonic::Status::internal("the database failed");
+        assert_eq!(judged(answered).code(), Code::Internal);
     }
 
     #[test]
