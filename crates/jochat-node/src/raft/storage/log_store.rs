@@ -269,16 +269,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .committed_end
                 .fetch_max(committed.index + 1, Ordering::AcqRel);
         }
-        // Only a hint for a faster restart: it rides along with the next group, unwaited.
-        self.shared
-            .writer
-            .send(Job::Log {
-                work: Box::new(move |tx| put_state(tx, "committed", &committed)),
-                durable: false,
-                append_job: None,
-                done: Done::Nothing,
-            })
-            .await;
+        // Only a hint for a faster restart: the next apply records it in its transaction
+        // (every commit is followed by an apply), so that it costs no job of its own, which
+        // would keep that apply from running at once (`Writer::try_now`).
+        *self
+            .shared
+            .committed_hint
+            .lock()
+            .expect("the committed hint's mutex is never held across a panic") = Some(committed);
         Ok(())
     }
 

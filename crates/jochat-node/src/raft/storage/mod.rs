@@ -124,6 +124,8 @@ struct Shared {
     /// The index after the last entry this process applied or installed from a snapshot (0
     /// before any): openraft may still ask for entries a paced follower applied ahead.
     next_unapplied: AtomicU64,
+    /// The committed log id openraft last saved, until an apply records it.
+    committed_hint: Mutex<Option<Option<LogId<NodeId>>>>,
 }
 
 /// The least time between two applies on a follower once a [`CommitGate`] is attached
@@ -291,6 +293,7 @@ pub fn open_with(
         pace: Arc::default(),
         committed_end: AtomicU64::new(0),
         next_unapplied: AtomicU64::new(0),
+        committed_hint: Mutex::new(None),
     });
     Ok((
         LogStore {
@@ -364,21 +367,42 @@ impl Shared {
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
     {
+        self.write(durable, false, work).await
+    }
+
+    /// [`Shared::in_log_group`] without an fsync, run at once on the calling thread when the
+    /// writer is idle ([`Writer::try_now`]), else queued.
+    async fn now_or_in_log_group<T, F>(&self, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
+    {
+        self.write(false, true, work).await
+    }
+
+    async fn write<T, F>(&self, durable: bool, at_once: bool, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
+    {
         let value = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&value);
-        self.writer
-            .log(
-                durable,
-                Box::new(move |tx| {
-                    let produced = work(tx)?;
-                    *slot
-                        .lock()
-                        .expect("the value slot's mutex is never held across a panic") =
-                        Some(produced);
-                    Ok(())
-                }),
-            )
-            .await?;
+        let job: super::writer::LogWork = Box::new(move |tx| {
+            let produced = work(tx)?;
+            *slot
+                .lock()
+                .expect("the value slot's mutex is never held across a panic") = Some(produced);
+            Ok(())
+        });
+        let queued = if at_once {
+            self.writer.try_now(job)
+        } else {
+            Err(job)
+        };
+        match queued {
+            Ok(done) => done?,
+            Err(job) => self.writer.log(durable, job).await?,
+        }
         let produced = value
             .lock()
             .expect("the value slot's mutex is never held across a panic")

@@ -139,7 +139,20 @@ impl StateMachineStore {
         let messages_read = self.events.has_receivers();
         let applied = self
             .shared
-            .in_log_group(false, move |tx| apply_entries(tx, &entries, messages_read))
+            .now_or_in_log_group({
+                let shared = Arc::clone(&self.shared);
+                move |tx| {
+                    let hint = shared
+                        .committed_hint
+                        .lock()
+                        .expect("the committed hint's mutex is never held across a panic")
+                        .take();
+                    if let Some(committed) = hint {
+                        put_state(tx, "committed", &committed)?;
+                    }
+                    apply_entries(tx, &entries, messages_read)
+                }
+            })
             .await?;
         let (results, mut events, stored) = applied;
         self.shared.gauge.applied(bytes as u64);
