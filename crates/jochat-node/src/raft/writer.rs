@@ -321,10 +321,9 @@ impl Writer {
     /// Runs every job queued so far, then refuses every later one (see [`Job::Close`]).
     pub async fn close(&self) {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if self.jobs.send(Job::Close(reply)).await.is_ok() {
-            // An error: the thread has ended, and with it every write.
-            let _ = answer.await;
-        }
+        self.send(Job::Close(reply)).await;
+        // An error: the thread has ended, and with it every write.
+        let _ = answer.await;
     }
 
     /// How many batches of jobs the writer has run so far (unchanged while it is idle).
@@ -685,6 +684,7 @@ mod tests {
     /// Queues a job writing `bytes` into `blobs` and waits for it.
     fn write_blob(writer: &Writer, bytes: i64) {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        writer.core.pending.fetch_add(1, Ordering::SeqCst);
         let queued = writer.jobs.blocking_send(Job::Log {
             work: Box::new(move |tx| {
                 tx.execute("INSERT INTO blobs (data) VALUES (zeroblob(?1))", [bytes])
@@ -700,6 +700,79 @@ mod tests {
             .blocking_recv()
             .expect("the writer reports every job")
             .expect("the write commits");
+    }
+
+    fn insert_blob(bytes: i64) -> LogWork {
+        Box::new(move |tx| {
+            tx.execute("INSERT INTO blobs (data) VALUES (zeroblob(?1))", [bytes])
+                .map_err(commit_failure)?;
+            Ok(())
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_runs_at_once_only_when_it_overtakes_nothing() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).expect("the file opens");
+        conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+            row.get::<_, String>(0)
+        })
+        .expect("WAL mode");
+        conn.execute_batch("CREATE TABLE blobs (data BLOB NOT NULL)")
+            .expect("the table is made");
+        let writer = Writer::start(
+            conn,
+            Arc::new(Mutex::new(Tail::new(0, 16))),
+            SyncMode::Full,
+            crate::metrics::StorageStats::default(),
+        )
+        .expect("the writer starts");
+        let rows = || {
+            Connection::open(&path)
+                .and_then(|conn| {
+                    conn.query_row("SELECT count(*) FROM blobs", [], |r| r.get::<_, i64>(0))
+                })
+                .expect("the rows can be counted")
+        };
+
+        // 1. Idle: the work runs here and now.
+        let ran = writer.try_now(insert_blob(1)).map_err(|_| "given back");
+        assert!(matches!(ran, Ok(Ok(()))), "{:?}", ran.map(|r| r.is_ok()));
+        assert_eq!(rows(), 1_i64);
+
+        // 2. While a durable job waits on a slow fsync, the work is given back to be queued
+        //    behind it.
+        writer.stall_next_write(Duration::from_millis(500));
+        let slow = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.log(true, insert_blob(2)).await }
+        });
+        while writer.core.pending.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            writer.try_now(insert_blob(3)).is_err(),
+            "it would overtake the queued job"
+        );
+        slow.await
+            .expect("the job's task runs")
+            .expect("the job commits");
+        assert_eq!(rows(), 2_i64);
+
+        // 3. After a failed write, nothing more is written, here either.
+        writer.fail_next_write();
+        assert!(writer.log(false, insert_blob(4)).await.is_err());
+        // (The thread counts the job done just after it reported it.)
+        while writer.core.pending.load(Ordering::SeqCst) != 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = writer.try_now(insert_blob(5)).map_err(|_| "given back");
+        assert!(
+            matches!(refused, Ok(Err(_))),
+            "the earlier failure is returned"
+        );
+        assert_eq!(rows(), 2_i64);
     }
 
     #[test]
