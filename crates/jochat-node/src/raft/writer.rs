@@ -702,6 +702,24 @@ mod tests {
             .expect("the write commits");
     }
 
+    /// A writer on a new WAL-mode file at `path` with one table, `blobs`.
+    fn blob_writer(path: &std::path::Path, sync_mode: SyncMode) -> Writer {
+        let conn = Connection::open(path).expect("the file opens");
+        conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+            row.get::<_, String>(0)
+        })
+        .expect("WAL mode");
+        conn.execute_batch("CREATE TABLE blobs (data BLOB NOT NULL)")
+            .expect("the table is made");
+        Writer::start(
+            conn,
+            Arc::new(Mutex::new(Tail::new(0, 16))),
+            sync_mode,
+            crate::metrics::StorageStats::default(),
+        )
+        .expect("the writer starts")
+    }
+
     fn insert_blob(bytes: i64) -> LogWork {
         Box::new(move |tx| {
             tx.execute("INSERT INTO blobs (data) VALUES (zeroblob(?1))", [bytes])
@@ -714,20 +732,7 @@ mod tests {
     async fn work_runs_at_once_only_when_it_overtakes_nothing() {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let path = dir.path().join("w.db");
-        let conn = Connection::open(&path).expect("the file opens");
-        conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
-            row.get::<_, String>(0)
-        })
-        .expect("WAL mode");
-        conn.execute_batch("CREATE TABLE blobs (data BLOB NOT NULL)")
-            .expect("the table is made");
-        let writer = Writer::start(
-            conn,
-            Arc::new(Mutex::new(Tail::new(0, 16))),
-            SyncMode::Full,
-            crate::metrics::StorageStats::default(),
-        )
-        .expect("the writer starts");
+        let writer = blob_writer(&path, SyncMode::Full);
         let rows = || {
             Connection::open(&path)
                 .and_then(|conn| {
@@ -779,20 +784,7 @@ mod tests {
     fn checkpoints_run_beside_the_writer_once_the_wal_passes_the_threshold() {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let path = dir.path().join("w.db");
-        let conn = Connection::open(&path).expect("the file opens");
-        conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
-            row.get::<_, String>(0)
-        })
-        .expect("WAL mode");
-        conn.execute_batch("CREATE TABLE blobs (data BLOB NOT NULL)")
-            .expect("the table is made");
-        let writer = Writer::start(
-            conn,
-            Arc::new(Mutex::new(Tail::new(0, 16))),
-            SyncMode::Off,
-            crate::metrics::StorageStats::default(),
-        )
-        .expect("the writer starts");
+        let writer = blob_writer(&path, SyncMode::Off);
 
         // 1. Under the threshold (about 2,000 pages): the writer does not checkpoint (its
         //    WAL hook replaced SQLite's automatic checkpoint), so the database file stays
