@@ -496,30 +496,42 @@ fn run(
                 .expect("the writer connection's mutex is never held across a panic");
             if let Some(close) = batch.iter().position(|job| matches!(job, Job::Close(_))) {
                 // The jobs before it run; it and everything after it are refused from now on.
-                let after = batch.split_off(close);
-                if core.failed().is_none() && !batch.is_empty() {
-                    if let Err(failure) = run_batch(&mut conn, context, &mut batch) {
-                        tracing::error!(%failure, "a write to the database failed: nothing more is written to it");
-                    }
-                }
+                let mut after = batch.split_off(close);
+                run_or_refuse(core, &mut conn, context, &mut batch, batches);
                 core.failed().get_or_insert_with(closed);
-                batch = after;
-            }
-            let failed = core.failed().clone();
-            if let Some(failure) = failed {
-                refuse_batch(&failure, &mut batch);
+                run_or_refuse(core, &mut conn, context, &mut after, batches);
             } else {
-                tracing::trace!(target: crate::TIMELINE, stage = "writer.batch", jobs = batch.len());
-                if let Err(failure) = run_batch(&mut conn, context, &mut batch) {
-                    tracing::error!(%failure, "a write to the database failed: nothing more is written to it");
-                    core.failed().get_or_insert(failure);
-                }
-                batches.fetch_add(1, Ordering::Relaxed);
+                run_or_refuse(core, &mut conn, context, &mut batch, batches);
             }
         }
         core.pending.fetch_sub(taken, Ordering::SeqCst);
         core.checkpoint_if_due();
     }
+}
+
+/// Runs `batch`, or refuses it with the writer's earlier failure; a failure of this batch is
+/// recorded as the writer's failure.
+fn run_or_refuse(
+    core: &Core,
+    conn: &mut Connection,
+    context: &Context<'_>,
+    batch: &mut Vec<Job>,
+    batches: &AtomicU64,
+) {
+    let failed = core.failed().clone();
+    if let Some(failure) = failed {
+        refuse_batch(&failure, batch);
+        return;
+    }
+    if batch.is_empty() {
+        return;
+    }
+    tracing::trace!(target: crate::TIMELINE, stage = "writer.batch", jobs = batch.len());
+    if let Err(failure) = run_batch(conn, context, batch) {
+        tracing::error!(%failure, "a write to the database failed: nothing more is written to it");
+        core.failed().get_or_insert(failure);
+    }
+    batches.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Fails every job of `batch` with `failure`, writing nothing.

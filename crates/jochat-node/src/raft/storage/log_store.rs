@@ -298,14 +298,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let (Some(first), Some(last)) = (
+        let (Some(first), Some(last_log_id)) = (
             entries.first().map(|entry| entry.log_id.index),
-            entries.last().map(|entry| entry.log_id.index),
+            entries.last().map(|entry| entry.log_id),
         ) else {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
-        let last_log_id = entries.last().map(|entry| entry.log_id).unwrap_or_default();
+        let last = last_log_id.index;
         let gate = self.shared.gate.get().cloned();
         let own = gate.as_ref().is_some_and(|gate| gate.is_own(&entries));
         tracing::trace!(target: crate::TIMELINE, stage = "append", first, last, own);
