@@ -380,3 +380,60 @@ async fn stored_messages_are_published_to_subscribers_and_not_read_back_without_
     }
     assert!(live.try_recv().is_err(), "nothing else was published");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_that_outlived_the_log_tail_they_came_from_are_kept() {
+    use openraft::storage::{RaftLogStorageExt, StorageHelper};
+
+    // 1. Entries 1..=20 in the log and applied; then a power cut loses the log's tail from 13
+    //    on (written, not yet synced) while the applies of it reached the disk (a follower
+    //    applies entries committed on the other nodes' disks before its own copy is synced).
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("node.db");
+    {
+        let (mut log, mut sm) = storage::open(&db, SyncMode::Full).unwrap();
+        log.blocking_append(chat_entries(1, 20)).await.unwrap();
+        sm.apply(chat_entries(1, 20)).await.unwrap();
+        log.close().await;
+    }
+    {
+        let (mut file, _) =
+            jochat_node::raft::log_file::LogFile::open(&storage::log_dir_of(&db), None, true)
+                .unwrap();
+        file.truncate_from(13).unwrap();
+        file.sync().unwrap();
+    }
+    let before = dump(&db);
+
+    // 2. Reopened, Raft starts after the applied entry: the log's hole below it is purged,
+    //    and nothing is applied twice.
+    let (mut log, mut sm) = storage::open(&db, SyncMode::Full).unwrap();
+    StorageHelper::new(&mut log, &mut sm)
+        .get_initial_state()
+        .await
+        .unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(20)));
+    assert_eq!(state.last_log_id, Some(log_id(20)));
+    assert_eq!(dump(&db), before);
+
+    // 3. The log goes on after it, also once reopened.
+    log.blocking_append(chat_entries(21, 1)).await.unwrap();
+    let indexes = |entries: Vec<Entry<TypeConfig>>| -> Vec<u64> {
+        entries.iter().map(|entry| entry.log_id.index).collect()
+    };
+    assert_eq!(
+        indexes(log.try_get_log_entries(0..100).await.unwrap()),
+        [21]
+    );
+    log.close().await;
+    drop((log, sm));
+    let (mut log, _) = storage::open(&db, SyncMode::Full).unwrap();
+    let reopened = log.get_log_state().await.unwrap();
+    assert_eq!(reopened.last_purged_log_id, Some(log_id(20)));
+    assert_eq!(reopened.last_log_id, Some(log_id(21)));
+    assert_eq!(
+        indexes(log.try_get_log_entries(0..100).await.unwrap()),
+        [21]
+    );
+}
