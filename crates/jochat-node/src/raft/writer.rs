@@ -88,10 +88,25 @@ fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite:
     Ok(())
 }
 
+/// How often, with `--sync-mode full`, the checkpointer syncs what commits wrote to the WAL
+/// meanwhile (see [`start_checkpointer`]).
+pub const WAL_SYNC_EVERY: Duration = Duration::from_millis(10);
+
 /// Starts the checkpointer's thread on a connection of its own to `path`; each message on the
 /// returned channel asks for one `PASSIVE` checkpoint. The thread ends when the sender is
 /// dropped.
-fn start_checkpointer(path: &str, sync_mode: SyncMode) -> std::io::Result<SyncSender<()>> {
+///
+/// With `--sync-mode full` it also syncs the WAL every [`WAL_SYNC_EVERY`] while commits
+/// (counted in `commits`) wrote to it. Applies commit without an fsync (the log is what is
+/// durable), so without it the WAL would hold up to a whole checkpoint's worth of unwritten
+/// pages when the checkpoint syncs it first: a sync of many megabytes, during which the
+/// filesystem's journal holds the log's own `fdatasync`s, the latency every write waits for
+/// (8 clients: p99 16–17 ms instead of 7–8). Small syncs as the WAL grows keep each one short.
+fn start_checkpointer(
+    path: &str,
+    sync_mode: SyncMode,
+    commits: Arc<AtomicU64>,
+) -> std::io::Result<SyncSender<()>> {
     let conn = Connection::open(path).map_err(std::io::Error::other)?;
     // The checkpoint syncs the WAL before copying and the database file after, as the
     // connection's `synchronous` setting says (none with `--sync-mode off`).
@@ -102,10 +117,36 @@ fn start_checkpointer(path: &str, sync_mode: SyncMode) -> std::io::Result<SyncSe
     conn.pragma_update(None, "synchronous", mode.pragma())
         .map_err(std::io::Error::other)?;
     let (requests, asked) = std::sync::mpsc::sync_channel::<()>(1);
+    let wal_path = std::path::PathBuf::from(format!("{path}-wal"));
+    let keep_synced = sync_mode == SyncMode::Full;
     std::thread::Builder::new()
         .name("jochat-checkpointer".into())
         .spawn(move || {
-            while asked.recv().is_ok() {
+            let mut wal: Option<std::fs::File> = None;
+            let mut synced = commits.load(Ordering::Relaxed);
+            loop {
+                let asked_for = match asked.recv_timeout(WAL_SYNC_EVERY) {
+                    Ok(()) => true,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                let written = commits.load(Ordering::Relaxed);
+                if keep_synced && written != synced {
+                    synced = written;
+                    if wal.is_none() {
+                        wal = std::fs::File::open(&wal_path).ok();
+                    }
+                    if let Some(file) = &wal {
+                        if let Err(error) = file.sync_data() {
+                            // Only smoothing: the checkpoint syncs the WAL itself.
+                            tracing::warn!(%error, "syncing the WAL ahead of a checkpoint failed");
+                            wal = None;
+                        }
+                    }
+                }
+                if !asked_for {
+                    continue;
+                }
                 let checkpoint = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
                     Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
                 });
@@ -231,6 +272,9 @@ struct Core {
     failed: Mutex<Option<Failure>>,
     /// Asks the checkpointer for a checkpoint.
     checkpoints: SyncSender<()>,
+    /// Writes run on the connection so far (batches and immediate commits): the checkpointer
+    /// syncs the WAL when this has moved.
+    commits: Arc<AtomicU64>,
 }
 
 impl Core {
@@ -240,9 +284,10 @@ impl Core {
             .expect("the writer's failure mutex is never held across a panic")
     }
 
-    /// Asks for a checkpoint if the WAL has grown past [`CHECKPOINT_AT_PAGES`] (as the last
-    /// commit on this thread left it).
+    /// Counts a write just run, and asks for a checkpoint if the WAL has grown past
+    /// [`CHECKPOINT_AT_PAGES`] (as the last commit on this thread left it).
     fn checkpoint_if_due(&self) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
         if WAL_PAGES.with(Cell::get) >= CHECKPOINT_AT_PAGES {
             // Full: one is asked for already, and it will see these pages too.
             let _ = self.checkpoints.try_send(());
@@ -281,7 +326,8 @@ impl Writer {
             .filter(|path| !path.is_empty())
             .ok_or_else(|| std::io::Error::other("the log writer needs a database file"))?
             .to_owned();
-        let checkpoints = start_checkpointer(&path, sync_mode)?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let checkpoints = start_checkpointer(&path, sync_mode, Arc::clone(&commits))?;
         conn.wal_hook(Some(note_wal_pages));
         let (jobs, queue) = tokio::sync::mpsc::channel(WRITER_QUEUE_JOBS_MAX);
         let batches = Arc::new(AtomicU64::new(0));
@@ -298,6 +344,7 @@ impl Writer {
             pending: std::sync::atomic::AtomicUsize::new(0),
             failed: Mutex::new(None),
             checkpoints,
+            commits,
         });
         let running = Arc::clone(&core);
         std::thread::Builder::new()

@@ -475,16 +475,9 @@ impl Shared {
         self.write(durable, false, Some(file), work).await
     }
 
-    /// [`Shared::in_log_group`] without an fsync, run at once on the calling thread when the
-    /// writer is idle ([`Writer::try_now`]), else queued.
-    async fn now_or_in_log_group<T, F>(&self, work: F) -> Result<T, Failure>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
-    {
-        self.write(false, true, None, work).await
-    }
-
+    /// Runs `work` inside a log group's transaction, with `file`'s change to the log's files
+    /// in the same job, and returns its value once done (durably if `durable`); with
+    /// `at_once`, on the calling thread when the writer is idle ([`Writer::try_now`]).
     async fn write<T, F>(
         &self,
         durable: bool,
