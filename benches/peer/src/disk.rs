@@ -1,15 +1,15 @@
 //! `peer-bench --disk N`: what one durable log append costs on this machine's disk, as
-//! JoChat writes it today and as an append-only segment file would.
+//! JoChat's earlier builds wrote it (a SQLite table) and as append-only segment files do.
 //!
 //! In a temporary folder (on the filesystem of `TMPDIR`, like the benchmark's nodes), `N`
 //! appends of one 300-byte entry each, one durable commit per append, three ways:
 //!
-//! - SQLite in WAL mode with `synchronous = FULL`, one row per transaction (JoChat's
-//!   `raft_log` today);
+//! - SQLite in WAL mode with `synchronous = FULL`, one row per transaction (the `raft_log`
+//!   table of JoChat's earlier builds);
 //! - a plain file preallocated with zeros, each entry written at the end of the previous one
 //!   and followed by `fdatasync` (a segment file as etcd's WAL keeps it);
 //! - the same without preallocation (the file grows, so each `fdatasync` also writes the
-//!   size).
+//!   size): JoChat's segment files (`jochat_node::raft::log_file`).
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};

@@ -162,7 +162,7 @@ pub async fn run(node_binary: &Path, sends: usize) -> anyhow::Result<()> {
 /// follow).
 const WRITER_STEPS: [(&str, &str); 6] = [
     ("leader writer: append's batch taken", "append"),
-    ("leader writer: append committed (fsync)", "append"),
+    ("leader writer: append synced (fdatasync)", "append"),
     ("leader writer: append reported", "append"),
     ("leader writer: apply's batch taken", "apply"),
     ("leader writer: apply committed", "apply"),
@@ -178,9 +178,11 @@ fn writer_steps(
 ) {
     let leader = &per_node[0];
     for &(began, ended) in calls {
-        for (start, labels) in [
-            ("append", &WRITER_STEPS[..3]),
-            ("apply", &WRITER_STEPS[3..]),
+        // An append is durable once the log's files are synced; an apply once its
+        // transaction commits.
+        for (start, done, labels) in [
+            ("append", "log.sync", &WRITER_STEPS[..3]),
+            ("apply", "commit", &WRITER_STEPS[3..]),
         ] {
             let Some(from) = leader
                 .iter()
@@ -190,7 +192,7 @@ fn writer_steps(
             };
             let after = &leader[from..];
             let batch = after.iter().find(|e| e.stage == "writer.batch");
-            let commit = after.iter().find(|e| e.stage == "commit");
+            let commit = after.iter().find(|e| e.stage == done);
             let reported = after.iter().find(|e| e.stage == "writer.reported");
             for ((label, _), event) in labels.iter().zip([batch, commit, reported]) {
                 if let Some(event) = event {
@@ -313,8 +315,8 @@ fn report(calls: &[(i64, i64)], per_node: &[Vec<Event>]) -> anyhow::Result<()> {
         previous = at;
     }
     println!();
-    println!("| node | durable commits | SQL work (µs, median) | commit incl. fsync (µs, median) | lazy commits (apply) | SQL work | commit |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| node | log syncs | fdatasync (µs, median) | durable commits (votes, purges) | SQL work (µs, median) | commit incl. fsync (µs, median) | lazy commits (apply) | SQL work | commit |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (i, events) in per_node.iter().enumerate() {
         let commits = |durable: bool| {
             let chosen: Vec<&Event> = events
@@ -334,8 +336,15 @@ fn report(calls: &[(i64, i64)], per_node: &[Vec<Event>]) -> anyhow::Result<()> {
         };
         let (n, work, commit) = commits(true);
         let (lazy, lazy_work, lazy_commit) = commits(false);
+        let syncs: Vec<i64> = events
+            .iter()
+            .filter(|e| e.stage == "log.sync")
+            .filter_map(|e| e.fields["sync_us"].as_i64())
+            .collect();
+        let synced = syncs.len();
+        let sync_us = median(syncs).map_or("–".to_owned(), |v| v.to_string());
         println!(
-            "| {} | {n} | {work} | {commit} | {lazy} | {lazy_work} | {lazy_commit} |",
+            "| {} | {synced} | {sync_us} | {n} | {work} | {commit} | {lazy} | {lazy_work} | {lazy_commit} |",
             i + 1
         );
     }

@@ -14,6 +14,7 @@ use jochat_node::raft::{Applied, Batch, TypeConfig};
 use jochat_node::store::{SqliteChat, SyncMode};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
+use openraft::RaftLogReader;
 use openraft::{
     CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftSnapshotBuilder, StorageError,
 };
@@ -272,27 +273,30 @@ async fn a_paced_snapshot_taken_during_applies_holds_exactly_the_state_it_names(
 }
 
 #[tokio::test]
-async fn rows_left_below_the_last_purged_id_are_dead_and_deleted_by_the_next_purge() {
-    // 1. A file as a crash can leave it: the purge up to 10 was recorded, but its rows 1..=5
-    //    were not yet deleted (purges delete in the background).
+async fn an_earlier_builds_log_rows_move_into_the_segment_files() {
+    // 1. A file as an earlier build left it: the log in `raft_log`, purged up to 10 with rows
+    //    1..=5 not yet deleted (those builds deleted purged rows in the background), live
+    //    rows 11..=15; and a segment file an interrupted earlier move wrote.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("node.db");
     drop(storage::open(&db, SyncMode::Normal).unwrap());
+    let entry = |index: u64| {
+        command(
+            index,
+            1,
+            Action::RevokeSession(RevokeSession {
+                session: SessionToken::from_random_bytes([1; 32]).digest(),
+            }),
+        )
+    };
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
-        for index in 1..=5 {
-            let entry = command(
-                index,
-                1,
-                Action::RevokeSession(RevokeSession {
-                    session: SessionToken::from_random_bytes([1; 32]).digest(),
-                }),
-            );
+        for index in (1..=5).chain(11..=15) {
             conn.execute(
                 "INSERT INTO raft_log (log_index, term, entry) VALUES (?1, 1, ?2)",
                 rusqlite::params![
                     i64::try_from(index).unwrap(),
-                    serde_json::to_vec(&entry).unwrap()
+                    serde_json::to_vec(&entry(index)).unwrap()
                 ],
             )
             .unwrap();
@@ -303,29 +307,48 @@ async fn rows_left_below_the_last_purged_id_are_dead_and_deleted_by_the_next_pur
         )
         .unwrap();
     }
+    let log_dir = storage::log_dir_of(&db);
+    {
+        let (mut partial, _) =
+            jochat_node::raft::log_file::LogFile::open(&log_dir, None, true).unwrap();
+        partial
+            .append(&[jochat_node::raft::log_file::Record {
+                index: 11,
+                term: 1,
+                payload: b"an interrupted move".to_vec(),
+            }])
+            .unwrap();
+        partial.sync().unwrap();
+    }
 
-    // 2. Reopened, the log is empty after 10: the dead rows are not its last entry.
-    let (mut log, _) = storage::open(&db, SyncMode::Normal).unwrap();
+    // 2. Reopened, the live entries are in the files, the dead ones are gone, and the table
+    //    is empty.
+    let (mut log, _) = storage::open(&db, SyncMode::Full).unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(10)));
-    assert_eq!(state.last_log_id, Some(log_id(10)));
+    assert_eq!(state.last_log_id, Some(log_id(15)));
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, [11, 12, 13, 14, 15]);
+    assert_eq!(
+        serde_json::to_vec(&entries[2]).unwrap(),
+        serde_json::to_vec(&entry(13)).unwrap()
+    );
+    let rows: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM raft_log", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+    drop(log);
 
-    // 3. The next purge deletes them, in the background.
-    log.purge(log_id(10)).await.unwrap();
-    let rows = || -> i64 {
-        rusqlite::Connection::open(&db)
-            .unwrap()
-            .query_row("SELECT count(*) FROM raft_log", [], |row| row.get(0))
-            .unwrap()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while rows() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "purged rows were never deleted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // 3. And so they stay, reopened again.
+    let (mut log, _) = storage::open(&db, SyncMode::Full).unwrap();
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(entries.len(), 5);
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(15))
+    );
 }
 
 #[tokio::test]
@@ -356,4 +379,61 @@ async fn stored_messages_are_published_to_subscribers_and_not_read_back_without_
         }
     }
     assert!(live.try_recv().is_err(), "nothing else was published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_that_outlived_the_log_tail_they_came_from_are_kept() {
+    use openraft::storage::{RaftLogStorageExt, StorageHelper};
+
+    // 1. Entries 1..=20 in the log and applied; then a power cut loses the log's tail from 13
+    //    on (written, not yet synced) while the applies of it reached the disk (a follower
+    //    applies entries committed on the other nodes' disks before its own copy is synced).
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("node.db");
+    {
+        let (mut log, mut sm) = storage::open(&db, SyncMode::Full).unwrap();
+        log.blocking_append(chat_entries(1, 20)).await.unwrap();
+        sm.apply(chat_entries(1, 20)).await.unwrap();
+        log.close().await;
+    }
+    {
+        let (mut file, _) =
+            jochat_node::raft::log_file::LogFile::open(&storage::log_dir_of(&db), None, true)
+                .unwrap();
+        file.truncate_from(13).unwrap();
+        file.sync().unwrap();
+    }
+    let before = dump(&db);
+
+    // 2. Reopened, Raft starts after the applied entry: the log's hole below it is purged,
+    //    and nothing is applied twice.
+    let (mut log, mut sm) = storage::open(&db, SyncMode::Full).unwrap();
+    StorageHelper::new(&mut log, &mut sm)
+        .get_initial_state()
+        .await
+        .unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(20)));
+    assert_eq!(state.last_log_id, Some(log_id(20)));
+    assert_eq!(dump(&db), before);
+
+    // 3. The log goes on after it, also once reopened.
+    log.blocking_append(chat_entries(21, 1)).await.unwrap();
+    let indexes = |entries: Vec<Entry<TypeConfig>>| -> Vec<u64> {
+        entries.iter().map(|entry| entry.log_id.index).collect()
+    };
+    assert_eq!(
+        indexes(log.try_get_log_entries(0..100).await.unwrap()),
+        [21]
+    );
+    log.close().await;
+    drop((log, sm));
+    let (mut log, _) = storage::open(&db, SyncMode::Full).unwrap();
+    let reopened = log.get_log_state().await.unwrap();
+    assert_eq!(reopened.last_purged_log_id, Some(log_id(20)));
+    assert_eq!(reopened.last_log_id, Some(log_id(21)));
+    assert_eq!(
+        indexes(log.try_get_log_entries(0..100).await.unwrap()),
+        [21]
+    );
 }

@@ -564,3 +564,90 @@ async fn a_node_refuses_to_start_on_a_damaged_file() {
     assert!(stderr.contains("is corrupted"), "{stderr}");
     assert!(stderr.contains("node-1.db"), "{stderr}");
 }
+
+/// Waits until `writers` have had `more` writes acknowledged beyond what they had.
+async fn more_writes(writers: &Writers, more: usize) {
+    let from = writers.count();
+    eventually_some("the writers go on", || async {
+        (writers.count() >= from + more).then_some(())
+    })
+    .await;
+}
+
+/// The whole cluster killed with SIGKILL while clients write, at once, and restarted on its
+/// files: whatever was between a log write and the apply of its entries (applies commit
+/// without an fsync, after the log's) comes back from the log files, and every acknowledged
+/// write is on every node exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_killed_under_load_restarts_from_its_log_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n1 = start(1, &dir.path().join("node-1.db"), &[], &[]);
+    let mut n2 = start(2, &dir.path().join("node-2.db"), &[&n1], &[]);
+    let mut n3 = start(3, &dir.path().join("node-3.db"), &[&n1, &n2], &[]);
+    let client = failover_client(&[&n1, &n2, &n3]).await;
+    let (alice, bob) = accounts(&client).await;
+    let writers = Writers::start(&client, &alice, 8, 200);
+    for round in 0..3 {
+        more_writes(&writers, 300).await;
+        for node in [&mut n1, &mut n2, &mut n3] {
+            node.kill();
+        }
+        for node in [&mut n1, &mut n2, &mut n3] {
+            node.restart()
+                .unwrap_or_else(|e| panic!("round {round}: node {} restarts: {e}", node.id()));
+        }
+    }
+    more_writes(&writers, 100).await;
+    let acknowledged = writers.finish().await;
+    replicas_hold_exactly(&[&n1, &n2, &n3], &bob, &acknowledged).await;
+}
+
+/// What a power cut can do to a node's disk that a SIGKILL cannot: lose applies that were
+/// committed but not yet synced (applies commit without an fsync; the log is what is
+/// durable). Node 3's database is put back to a copy taken earlier while the others keep
+/// writing, its log files kept: it applies again, from its log, what the copy lacks, and
+/// ends with every acknowledged write exactly once. (The log's own unsynced tail lost while
+/// applies of it survived is `raft_storage.rs`'s
+/// `applies_that_outlived_the_log_tail_they_came_from_are_kept`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_lost_its_newest_applies_applies_them_again_from_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = |id: u64| dir.path().join(format!("node-{id}.db"));
+    let n1 = start(1, &db(1), &[], &[]);
+    let n2 = start(2, &db(2), &[&n1], &[]);
+    let mut n3 = start(3, &db(3), &[&n1, &n2], &[]);
+    let client = failover_client(&[&n1, &n2, &n3]).await;
+    let (alice, bob) = accounts(&client).await;
+    let writers = Writers::start(&client, &alice, 4, 200);
+    more_writes(&writers, 200).await;
+
+    // A consistent copy of node 3's database as it stands now; more writes; then node 3
+    // stops and its database goes back to the copy (its log files stay as they are).
+    let early = dir.path().join("node-3.early.db");
+    rusqlite::Connection::open(db(3))
+        .unwrap()
+        .execute("VACUUM INTO ?1", [early.to_string_lossy().as_ref()])
+        .unwrap();
+    let early_applied = applied_in(&early);
+    more_writes(&writers, 300).await;
+    n3.kill();
+    let killed_applied = applied_in(&db(3));
+    for companion in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{companion}", db(3).display()));
+    }
+    std::fs::copy(&early, db(3)).unwrap();
+    n3.restart().expect("node 3 restarts on its older database");
+
+    more_writes(&writers, 200).await;
+    let acknowledged = writers.finish().await;
+    replicas_hold_exactly(&[&n1, &n2, &n3], &bob, &acknowledged).await;
+    assert!(
+        early_applied < killed_applied,
+        "the copy lacks applies node 3 had made ({early_applied} < {killed_applied})"
+    );
+}
+
+/// The applied index recorded in the database at `path`.
+fn applied_in(path: &Path) -> u64 {
+    jochat_node::raft::storage::applied_index_in(path).expect("the database reads")
+}

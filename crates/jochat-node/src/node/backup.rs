@@ -260,6 +260,7 @@ pub(super) fn restore_backup(config: &NodeConfig) -> Result<(), NodeError> {
         tx.commit()?;
     }
     std::fs::File::open(&building)?.sync_all()?;
+    crate::raft::storage::set_aside_orphaned_log(&crate::raft::storage::log_dir_of(&db))?;
     std::fs::rename(&building, &db)?;
     super::import::sync_dir_of(&db)?;
     tracing::warn!(

@@ -214,6 +214,7 @@ pub(super) async fn take_over_prototype_file(
             let report = build(&db, &building, config.content_bytes_max, hasher).await?;
             let report_file = report_path(&db);
             write_atomically(&report_file, &report.render(&db, Some(&kept)))?;
+            crate::raft::storage::set_aside_orphaned_log(&crate::raft::storage::log_dir_of(&db))?;
             std::fs::rename(&building, &db)?;
             sync_dir_of(&db)?;
             log_report(&report, &report_file);

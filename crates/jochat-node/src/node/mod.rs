@@ -155,13 +155,13 @@ async fn release_when_idle(log: raft::storage::LogStore, db: Arc<Database>) {
 }
 
 /// `--rebuild`: renames the database file and what goes with it (`-wal`, `-shm`, the
-/// snapshots folder) to `<name>.rebuilt-<unix seconds>`, keeping them for inspection.
+/// snapshots and log folders) to `<name>.rebuilt-<unix seconds>`, keeping them for inspection.
 fn set_aside(db: &std::path::Path) -> Result<(), NodeError> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
     let name = db.display().to_string();
-    for companion in ["", "-wal", "-shm", ".snapshots"] {
+    for companion in ["", "-wal", "-shm", ".snapshots", ".log"] {
         let from = std::path::PathBuf::from(format!("{name}{companion}"));
         if from.exists() {
             let to = std::path::PathBuf::from(format!("{name}{companion}.rebuilt-{stamp}"));

@@ -25,6 +25,7 @@
 pub mod commit_gate;
 pub mod election;
 pub mod faults;
+pub mod log_file;
 pub mod network;
 pub mod snapshots;
 pub mod state_check;

@@ -1,58 +1,10 @@
 //! The Raft log: openraft's `RaftLogReader` and `RaftLogStorage` on the in-memory tail and
-//! the `raft_log` table, background deletion of purged entries, and `--force-new-cluster`.
+//! the segment files, and `--force-new-cluster`.
 
 // openraft's traits return its own `StorageError` (a large type) by value.
 #![allow(clippy::result_large_err)]
 
 use super::*;
-
-/// How many log entries one background deletion job removes (entries are at most about
-/// 1 MiB, usually a few KiB).
-const PURGE_CHUNK_ENTRIES: i64 = 32;
-
-/// Deletes the log's rows up to the newest index `upto` holds, [`PURGE_CHUNK_ENTRIES`] per
-/// writer job, each job queued once the one before has run, so appends and applies queued
-/// meanwhile go first. Ends when the writer stops or the store is dropped.
-pub(super) async fn delete_purged(writer: Writer, mut upto: tokio::sync::watch::Receiver<u64>) {
-    loop {
-        let target = to_sql_index(*upto.borrow_and_update());
-        loop {
-            let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let report = Arc::clone(&full);
-            let deleted = writer
-                .log(
-                    false,
-                    Box::new(move |tx| {
-                        let deleted = tx
-                            .prepare_cached(
-                                "DELETE FROM raft_log WHERE log_index <= ?1 \
-                                 AND log_index < (SELECT MIN(log_index) FROM raft_log) + ?2",
-                            )
-                            .and_then(|mut delete| {
-                                delete.execute(params![target, PURGE_CHUNK_ENTRIES])
-                            })
-                            .map_err(write_logs)?;
-                        report.store(
-                            i64::try_from(deleted).unwrap_or(i64::MAX) >= PURGE_CHUNK_ENTRIES,
-                            Ordering::Relaxed,
-                        );
-                        Ok(())
-                    }),
-                )
-                .await;
-            if let Err(error) = deleted {
-                tracing::warn!(%error, "purged log entries were not deleted; the next purge will");
-                return;
-            }
-            if !full.load(Ordering::Relaxed) {
-                break;
-            }
-        }
-        if upto.changed().await.is_err() {
-            return;
-        }
-    }
-}
 
 impl LogStore {
     /// How much writing the storage has done so far (a count that stays the same while
@@ -101,32 +53,22 @@ impl LogStore {
         )
     }
 
-    /// Lets go of the log tail's written entries and lets SQLite give back the page caches
-    /// of the writer and log-reader connections (they refill from the file as needed). In
-    /// order with the writes; for an idle node.
+    /// Lets go of the log tail's written entries and lets SQLite give back the writer
+    /// connection's page cache (it refills from the file as needed). In order with the
+    /// writes; for an idle node.
     ///
     /// # Errors
     /// The writer has stopped.
     pub async fn release_memory(&self) -> Result<(), Failure> {
         // Written entries are kept for replication; an idle node replicates nothing, and
-        // SQLite answers for them.
+        // the log's files answer for them.
         self.shared.tail().forget_written();
         self.shared
             .with_conn(|conn| {
                 crate::store::shrink_memory(conn);
                 Ok(())
             })
-            .await?;
-        let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || {
-            let reader = shared
-                .reader
-                .lock()
-                .expect("the log reader's mutex is never held across a panic");
-            crate::store::shrink_memory(&reader);
-        })
-        .await
-        .map_err(read_logs)
+            .await
     }
 }
 
@@ -140,45 +82,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, Failure> {
         let start = match range.start_bound() {
-            Bound::Included(&i) => to_sql_index(i),
-            Bound::Excluded(&i) => to_sql_index(i).saturating_add(1),
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&i) => to_sql_index(i).saturating_add(1),
-            Bound::Excluded(&i) => to_sql_index(i),
-            Bound::Unbounded => i64::MAX,
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
         };
         let (below_tail, cached) = {
             let tail = self.shared.tail();
-            let from = u64::try_from(start).unwrap_or(0);
-            let to = u64::try_from(end).unwrap_or(u64::MAX);
-            (to_sql_index(tail.start()).min(end), tail.read(from, to))
+            (tail.start().min(end), tail.read(start, end))
         };
         if start >= below_tail {
             return Ok(cached);
         }
-        // Older entries: committed rows, read on a connection of their own.
-        let shared = Arc::clone(&self.shared);
-        let mut entries = tokio::task::spawn_blocking(move || {
-            let reader = shared
-                .reader
-                .lock()
-                .expect("the log reader's mutex is never held across a panic");
-            let mut statement = reader
-                .prepare_cached(
-                    "SELECT entry FROM raft_log WHERE log_index >= ?1 AND log_index < ?2 \
-                     ORDER BY log_index",
-                )
-                .map_err(read_logs)?;
-            let rows = statement
-                .query_map(params![start, below_tail], |row| row.get::<_, Vec<u8>>(0))
-                .map_err(read_logs)?;
-            rows.map(|row| decode_entry(&row.map_err(read_logs)?))
-                .collect::<Result<Vec<_>, Failure>>()
-        })
-        .await
-        .map_err(read_logs)??;
+        // Older entries: written to the files.
+        let mut entries = self.shared.read_files(start, below_tail).await?;
         entries.extend(cached);
         Ok(entries)
     }
@@ -210,29 +131,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, Failure> {
-        // In order with the queued log writes, so the file holds every entry appended so far.
-        self.shared
-            .in_log_group(false, |conn| {
-                let last_purged: Option<LogId<NodeId>> = get_state(conn, "last_purged")?;
-                let last: Option<Vec<u8>> = conn
-                    .query_row(
-                        "SELECT entry FROM raft_log WHERE log_index >= ?1 \
-                         ORDER BY log_index DESC LIMIT 1",
-                        [to_sql_index(first_live_index(last_purged))],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                    .map_err(read_logs)?;
-                let last_log_id = match last {
-                    Some(bytes) => Some(decode_entry(&bytes)?.log_id),
-                    None => last_purged,
-                };
-                Ok(LogState {
-                    last_purged_log_id: last_purged,
-                    last_log_id,
-                })
-            })
-            .await
+        // In order with the queued log writes, so the files hold every entry appended so far.
+        let last_purged: Option<LogId<NodeId>> = self
+            .shared
+            .in_log_group(false, |conn| get_state(conn, "last_purged"))
+            .await?;
+        let live = first_live_index(last_purged);
+        let last = match self.shared.log.next_index() {
+            Some(next) if next > live => self.shared.read_files(next - 1, next).await?.pop(),
+            _ => None,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.map(|entry| entry.log_id).or(last_purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -309,14 +221,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let gate = self.shared.gate.get().cloned();
         let own = gate.as_ref().is_some_and(|gate| gate.is_own(&entries));
         tracing::trace!(target: crate::TIMELINE, stage = "append", first, last, own);
-        let rows = entries
+        let records = entries
             .iter()
             .map(|entry| {
-                Ok((
-                    to_sql_index(entry.log_id.index),
-                    to_sql_index(entry.log_id.leader_id.term),
-                    serde_json::to_vec(entry).map_err(write_logs)?,
-                ))
+                Ok(Record {
+                    index: entry.log_id.index,
+                    term: entry.log_id.leader_id.term,
+                    payload: serde_json::to_vec(entry).map_err(write_logs)?,
+                })
             })
             .collect::<Result<Vec<_>, Failure>>()?;
         // Readable from the tail once this returns; written (and reported flushed) by the
@@ -346,24 +258,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.shared
             .writer
             .send(Job::Log {
-                work: Box::new(move |tx| {
-                    // An entry at an index already written replaces it and everything after it,
-                    // as in the tail.
-                    tx.prepare_cached("DELETE FROM raft_log WHERE log_index >= ?1")
-                        .and_then(|mut statement| statement.execute([to_sql_index(first)]))
-                        .map_err(write_logs)?;
-                    let mut statement = tx
-                        .prepare_cached(
-                            "INSERT INTO raft_log (log_index, term, entry) VALUES (?1, ?2, ?3)",
-                        )
-                        .map_err(write_logs)?;
-                    for (index, term, bytes) in &rows {
-                        statement
-                            .execute(params![index, term, bytes])
-                            .map_err(write_logs)?;
-                    }
-                    Ok(())
-                }),
+                // An entry at an index already written replaces it and everything after it,
+                // as in the tail.
+                work: None,
+                file: Some(FileOp::Append(records)),
                 durable: true,
                 append_job: Some(job),
                 done: Done::Flushed {
@@ -384,14 +282,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), Failure> {
         self.shared.tail().truncate(log_id.index);
         self.shared
-            .in_log_group(true, move |tx| {
-                tx.execute(
-                    "DELETE FROM raft_log WHERE log_index >= ?1",
-                    [to_sql_index(log_id.index)],
-                )
-                .map_err(write_logs)?;
-                Ok(())
-            })
+            .writer
+            .log_with(true, None, Some(FileOp::TruncateFrom(log_id.index)))
             .await?;
         if let Some(gate) = self.shared.gate.get() {
             gate.truncated();
@@ -400,17 +292,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Failure> {
-        // Recorded at once; the rows go a few at a time in the background (`delete_purged`):
-        // a purge after a snapshot of a large database can cover hundreds of megabytes of
-        // log, and one transaction deleting them all would hold every append and apply
-        // queued behind it (and openraft's core, which awaits this call) for seconds. Rows at
-        // or below `last_purged` are dead: nothing reads them.
+        // Recorded durably first; the segment files whose entries are all purged go once
+        // that commit is done (entries at or below `last_purged` are dead: nothing reads
+        // them, and the next start removes any file a crash left).
         self.shared.tail().purge(log_id.index);
         self.shared
-            .in_log_group(true, move |tx| put_state(tx, "last_purged", &log_id))
-            .await?;
-        self.shared.delete_purged_upto(log_id.index);
-        Ok(())
+            .live_from
+            .fetch_max(log_id.index + 1, Ordering::AcqRel);
+        self.shared
+            .with_file_in_log_group(true, FileOp::PurgeUpto(log_id.index), move |tx| {
+                put_state(tx, "last_purged", &log_id)
+            })
+            .await
     }
 }
 
@@ -428,78 +321,100 @@ impl LogStore {
     /// # Errors
     /// The file cannot be read or written.
     pub async fn force_sole_member(&self, id: NodeId, address: String) -> Result<bool, Failure> {
-        let appended = self
+        type State = (
+            Option<LogId<NodeId>>,
+            Option<StoredMembership<NodeId, BasicNode>>,
+            Option<Vote<NodeId>>,
+        );
+        let (last_purged, applied_membership, vote): State = self
             .shared
-            .in_log_group(true, move |tx| {
-                let (last_log_id, in_log) = newest_membership_in_log(tx)?;
-                let Some(last_log_id) = last_log_id.or(get_state(tx, "last_purged")?) else {
-                    return Ok(None);
-                };
-                let effective = match in_log {
-                    Some(membership) => membership,
-                    None => {
-                        get_state::<StoredMembership<NodeId, BasicNode>>(tx, "last_membership")?
-                            .unwrap_or_default()
-                            .membership()
-                            .clone()
-                    }
-                };
-                let alone = effective.voter_ids().eq([id]) && effective.nodes().count() == 1;
-                if alone {
-                    return Ok(None);
-                }
-                let vote: Vote<NodeId> = get_state(tx, "vote")?.unwrap_or_default();
-                let term = vote.leader_id.term.max(last_log_id.leader_id.term);
-                let entry = Entry::<TypeConfig> {
-                    log_id: LogId::new(last_log_id.leader_id, last_log_id.index + 1),
-                    payload: EntryPayload::Membership(Membership::new(
-                        vec![BTreeSet::from([id])],
-                        BTreeMap::from([(id, BasicNode::new(address))]),
-                    )),
-                };
-                let bytes = serde_json::to_vec(&entry).map_err(write_logs)?;
-                tx.execute(
-                    "INSERT INTO raft_log (log_index, term, entry) VALUES (?1, ?2, ?3)",
-                    params![
-                        to_sql_index(entry.log_id.index),
-                        to_sql_index(entry.log_id.leader_id.term),
-                        bytes
-                    ],
-                )
-                .map_err(write_logs)?;
-                put_state(tx, "vote", &Vote::new(term, id))?;
-                Ok(Some(entry.log_id.index))
+            .in_log_group(false, |tx| {
+                Ok((
+                    get_state(tx, "last_purged")?,
+                    get_state(tx, "last_membership")?,
+                    get_state(tx, "vote")?,
+                ))
+            })
+            .await?;
+        let index = Arc::clone(&self.shared.log);
+        let live = first_live_index(last_purged);
+        let (last_log_id, in_log) =
+            tokio::task::spawn_blocking(move || newest_membership_in_log(&index, live))
+                .await
+                .map_err(read_logs)??;
+        let Some(last_log_id) = last_log_id.or(last_purged) else {
+            return Ok(false);
+        };
+        let effective = match in_log {
+            Some(membership) => membership,
+            None => applied_membership.unwrap_or_default().membership().clone(),
+        };
+        if effective.voter_ids().eq([id]) && effective.nodes().count() == 1 {
+            return Ok(false);
+        }
+        let term = vote
+            .unwrap_or_default()
+            .leader_id
+            .term
+            .max(last_log_id.leader_id.term);
+        let entry = Entry::<TypeConfig> {
+            log_id: LogId::new(last_log_id.leader_id, last_log_id.index + 1),
+            payload: EntryPayload::Membership(Membership::new(
+                vec![BTreeSet::from([id])],
+                BTreeMap::from([(id, BasicNode::new(address))]),
+            )),
+        };
+        let record = Record {
+            index: entry.log_id.index,
+            term: entry.log_id.leader_id.term,
+            payload: serde_json::to_vec(&entry).map_err(write_logs)?,
+        };
+        self.shared
+            .with_file_in_log_group(true, FileOp::Append(vec![record]), move |tx| {
+                put_state(tx, "vote", &Vote::new(term, id))
             })
             .await?;
         // Raft has not started: the tail is empty, and now starts after the new entry.
-        if let Some(index) = appended {
-            *self.shared.tail() = Tail::new(index + 1, TAIL_CAPACITY);
-        }
-        Ok(appended.is_some())
+        *self.shared.tail() = Tail::new(entry.log_id.index + 1, TAIL_CAPACITY);
+        Ok(true)
     }
 }
 
 /// A cluster's membership, as openraft stores it.
 type ClusterMembership = Membership<NodeId, BasicNode>;
 
-/// The last log id in the log, and the newest membership entry's membership, if any.
+/// The last log id in the log's files from index `live` on, and the newest membership
+/// entry's membership there, if any.
 fn newest_membership_in_log(
-    conn: &Connection,
+    index: &LogIndex,
+    live: u64,
 ) -> Result<(Option<LogId<NodeId>>, Option<ClusterMembership>), Failure> {
-    let last_purged: Option<LogId<NodeId>> = get_state(conn, "last_purged")?;
-    let mut statement = conn
-        .prepare("SELECT entry FROM raft_log WHERE log_index >= ?1 ORDER BY log_index DESC")
-        .map_err(read_logs)?;
-    let mut rows = statement
-        .query([to_sql_index(first_live_index(last_purged))])
-        .map_err(read_logs)?;
     let mut last = None;
-    while let Some(row) = rows.next().map_err(read_logs)? {
-        let entry = decode_entry(&row.get::<_, Vec<u8>>(0).map_err(read_logs)?)?;
-        last.get_or_insert(entry.log_id);
-        if let EntryPayload::Membership(membership) = entry.payload {
-            return Ok((last, Some(membership)));
-        }
+    let mut found = None;
+    let mut failure = None;
+    index
+        .scan_back(|record| {
+            if record.index < live {
+                return false;
+            }
+            match decode_entry(&record.payload) {
+                Ok(entry) => {
+                    last.get_or_insert(entry.log_id);
+                    if let EntryPayload::Membership(membership) = entry.payload {
+                        found = Some(membership);
+                        return false;
+                    }
+                    true
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    false
+                }
+            }
+        })
+        .map_err(read_logs)?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok((last, found)),
     }
-    Ok((last, None))
 }

@@ -1,15 +1,20 @@
-//! openraft's storage traits on the node's SQLite file.
+//! openraft's storage traits on the node's log files and SQLite file.
 //!
-//! The log (`raft_log`), Raft's own state (`raft_state`) and the chat tables share one file
-//! and one writer connection, owned by the log writer's thread ([`super::writer`]): every
-//! write is a job it runs in queue order. `append` puts its entries in the in-memory
-//! [`Tail`] (readable at once) and queues their write; the writer commits all the appends
-//! queued meanwhile in one transaction with one fsync, then reports them flushed (group
-//! commit). Each `apply` call applies its entries in one transaction (chat commands through
-//! `store::apply_commands`: a refused command changes nothing), and records the last
-//! applied log id and membership in that same transaction, so a crash never separates an
-//! entry's effect from the record that it was applied. Log reads below the tail use a
-//! connection of their own.
+//! The log's entries live in append-only segment files in `<db>.log/`
+//! ([`super::log_file`]); Raft's own state (`raft_state`: vote, last purged id, applied id,
+//! membership) and the chat tables live in the SQLite file. One thread, the log writer
+//! ([`super::writer`]), owns both the segment files' writing end and the SQLite writer
+//! connection: every write is a job it runs in queue order. `append` puts its entries in the
+//! in-memory [`Tail`] (readable at once) and queues their write; the writer writes all the
+//! appends queued meanwhile and syncs the segment file once (`fdatasync`), then reports them
+//! flushed (group commit). Each `apply` call applies its entries in one SQLite transaction
+//! (chat commands through `store::apply_commands`: a refused command changes nothing), and
+//! records the last applied log id and membership in that same transaction, so a crash
+//! never separates an entry's effect from the record that it was applied. Applies commit
+//! without an fsync: an apply the disk lost in a crash is applied again from the log at the
+//! next start (openraft re-applies committed entries after the applied id). Votes and
+//! purges commit with one. Log reads below the tail read the segment files through the
+//! shared [`LogIndex`].
 //!
 //! Snapshots are files: [`super::snapshots::copy_state`] copies the chat tables and the
 //! applied log id from a separate connection in one read transaction (the writer is not held
@@ -23,7 +28,7 @@
 //! - this module: opening the file (connection settings, migration, the writer thread), the
 //!   state [`LogStore`] and [`StateMachineStore`] share, and the `raft_state` helpers.
 //! - [`log_store`]: openraft's `RaftLogReader` / `RaftLogStorage` on the tail and the
-//!   `raft_log` table; purging in the background; `--force-new-cluster`.
+//!   segment files; `--force-new-cluster`.
 //! - [`state_machine`]: openraft's `RaftStateMachine`: applying entries and publishing
 //!   their events; installing a received snapshot.
 //! - [`snapshot_files`]: building snapshots and keeping track of the current snapshot file.
@@ -39,7 +44,6 @@ mod state_machine;
 
 pub use state_hash::{StateHash, StateHasher};
 
-use log_store::delete_purged;
 use snapshot_files::{remove_replaced, CurrentSnapshot};
 
 use std::fmt::Debug;
@@ -62,9 +66,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::commit_gate::CommitGate;
+use super::log_file::{LogFile, LogIndex, Record};
 use super::snapshots::{copy_state, SnapshotGauge};
 use super::tail::{entry_bytes, Tail, TAIL_CAPACITY};
-use super::writer::{Done, Job, Writer};
+use super::writer::{Done, FileOp, Job, Writer};
 use super::{Applied, TypeConfig};
 use crate::error::NodeError;
 use crate::events::{ChatEvent, Events};
@@ -92,9 +97,12 @@ struct Shared {
     tail: Arc<Mutex<Tail>>,
     /// Numbers the append jobs, so the tail knows which of its entries are written.
     append_jobs: AtomicU64,
-    /// Reads log entries below the tail (a lagging follower's catch-up). A std mutex: only
-    /// locked on the blocking pool.
-    reader: Mutex<Connection>,
+    /// Where every entry in the log's files is: reads below the tail (a lagging follower's
+    /// catch-up) go through it.
+    log: Arc<LogIndex>,
+    /// The first index above the last purged one: the files may still hold entries below
+    /// it (purges remove whole segments), which nothing may read.
+    live_from: AtomicU64,
     /// The database file.
     path: PathBuf,
     /// Where snapshot files live: `<db>.snapshots/`.
@@ -105,10 +113,6 @@ struct Shared {
     snapshot_rate: Option<u64>,
     /// What decides when the next snapshot is due.
     gauge: Arc<SnapshotGauge>,
-    /// The newest purged index, for the background deletion of the purged rows.
-    purged_upto: tokio::sync::watch::Sender<u64>,
-    /// The receiving end, until the first purge starts the deletion task with it.
-    purged_rows: Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
     /// Read views to hand over when an entry is applied (`state_hash`).
     hash_hooks: state_hash::Hooks,
     /// What the writer measures (for the node's metrics).
@@ -258,9 +262,32 @@ pub fn open_with(
     // file for nearly every transaction under load. In memory they are bounded by
     // `store::COMMANDS_PER_SAVEPOINT`.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    let new_file = conn.query_row("PRAGMA user_version", [], |row| row.get::<_, u32>(0))? == 0;
     schema::migrate(&mut conn)?;
+    if new_file {
+        set_aside_orphaned_log(&log_dir_of(path))?;
+    }
+    let purged: Option<LogId<NodeId>> =
+        get_state(&conn, "last_purged").map_err(|e| NodeError::Raft(e.to_string()))?;
+    let (mut log, recovered) = LogFile::open(
+        &log_dir_of(path),
+        purged.map(|id| id.index),
+        sync_mode == SyncMode::Full,
+    )
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if recovered.cut_bytes > 0 || recovered.removed_segments > 0 {
+        tracing::info!(
+            entries = recovered.entries,
+            cut_bytes = recovered.cut_bytes,
+            removed_segments = recovered.removed_segments,
+            "log files recovered"
+        );
+    }
+    move_log_rows(&mut conn, &mut log, purged)?;
+    let log_index = log.index();
+    let next = log_index.next_index().unwrap_or(0);
     let tail = Arc::new(Mutex::new(Tail::new(
-        first_unwritten_index(&conn)?,
+        next.max(first_live_index(purged)),
         TAIL_CAPACITY,
     )));
     let current: Option<CurrentSnapshot> =
@@ -268,25 +295,19 @@ pub fn open_with(
     let snapshot_bytes = current
         .and_then(|current| std::fs::metadata(current.file).ok())
         .map_or(0, |metadata| metadata.len());
-    let reader = Connection::open(path)?;
-    reader.busy_timeout(std::time::Duration::from_secs(5))?;
-    reader.set_prepared_statement_cache_capacity(crate::store::STATEMENT_CACHE_CAPACITY);
-    reader.pragma_update(None, "query_only", true)?;
     let stats = crate::metrics::StorageStats::default();
-    let writer = Writer::start(conn, Arc::clone(&tail), sync_mode, stats.clone())?;
-    let (purged_upto, purged_rows) = tokio::sync::watch::channel(0);
+    let writer = Writer::start(conn, log, Arc::clone(&tail), sync_mode, stats.clone())?;
     let shared = Arc::new(Shared {
         writer,
         tail,
         append_jobs: AtomicU64::new(0),
-        reader: Mutex::new(reader),
+        log: log_index,
+        live_from: AtomicU64::new(first_live_index(purged)),
         path: path.to_owned(),
         snapshot_dir,
         snapshot_counter: AtomicU64::new(0),
         snapshot_rate,
         gauge: Arc::new(SnapshotGauge::new(snapshot_bytes)),
-        purged_upto,
-        purged_rows: Mutex::new(Some(purged_rows)),
         hash_hooks: state_hash::Hooks::default(),
         stats,
         gate: std::sync::OnceLock::new(),
@@ -333,19 +354,88 @@ fn snapshot_failure(error: impl std::fmt::Display) -> Failure {
     StorageIOError::write_snapshot(None, AnyError::error(error)).into()
 }
 
-/// The index after the last entry in the file's log (after the last purged one if the log
-/// is empty; 0 for a new file).
-fn first_unwritten_index(conn: &Connection) -> Result<u64, NodeError> {
-    let last: Option<i64> =
-        conn.query_row("SELECT MAX(log_index) FROM raft_log", [], |row| row.get(0))?;
-    let purged: Option<LogId<NodeId>> =
-        get_state(conn, "last_purged").map_err(|e| NodeError::Raft(e.to_string()))?;
-    let after_rows = last.map_or(0, |last| u64::try_from(last).unwrap_or(0) + 1);
-    Ok(after_rows.max(first_live_index(purged)))
+/// The folder of the log's segment files for the database at `db`: `<db>.log/`.
+pub fn log_dir_of(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.log", db.display()))
 }
 
-/// The first index above the last purged one: rows below it are dead (a purge records its
-/// id at once and deletes the rows in the background, so some may be left after a crash).
+/// Called for a new database file next to a log folder that holds segments, and by a
+/// restore or an import before it puts a database in place: the segments belong to a
+/// database that is gone, and would be taken for the new one's log. They are renamed to `<db>.log.orphaned-<unix
+/// seconds>`, kept for inspection.
+pub fn set_aside_orphaned_log(dir: &Path) -> Result<(), NodeError> {
+    let holds_any = std::fs::read_dir(dir).is_ok_and(|mut items| items.next().is_some());
+    if !holds_any {
+        return Ok(());
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let to = PathBuf::from(format!("{}.orphaned-{stamp}", dir.display()));
+    std::fs::rename(dir, &to)?;
+    tracing::warn!(
+        from = %dir.display(),
+        to = %to.display(),
+        "a new database file found log files of an earlier one: set them aside"
+    );
+    Ok(())
+}
+
+/// How many `raft_log` rows [`move_log_rows`] writes to the segment files at a time.
+const MOVED_ROWS_PER_APPEND: usize = 1024;
+
+/// Moves the log entries an earlier build kept in the `raft_log` table into the segment
+/// files, then empties the table. Rows at or below the last purged id are dead and left
+/// out. The files are synced before the rows are deleted (durably), so a crash in between
+/// leaves the rows, and the next start writes the files again from scratch.
+fn move_log_rows(
+    conn: &mut Connection,
+    log: &mut LogFile,
+    purged: Option<LogId<NodeId>>,
+) -> Result<(), NodeError> {
+    let rows: i64 = conn.query_row("SELECT count(*) FROM raft_log", [], |row| row.get(0))?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let raft = |e: super::log_file::LogFileError| NodeError::Raft(e.to_string());
+    // Whatever an interrupted earlier move wrote.
+    log.truncate_from(0).map_err(raft)?;
+    let mut moved = 0_u64;
+    {
+        let mut statement = conn.prepare(
+            "SELECT log_index, term, entry FROM raft_log WHERE log_index >= ?1 ORDER BY log_index",
+        )?;
+        let mut found = statement.query([to_sql_index(first_live_index(purged))])?;
+        let mut chunk = Vec::with_capacity(MOVED_ROWS_PER_APPEND);
+        while let Some(row) = found.next()? {
+            chunk.push(Record {
+                index: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                term: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                payload: row.get(2)?,
+            });
+            if chunk.len() == MOVED_ROWS_PER_APPEND {
+                log.append(&chunk).map_err(raft)?;
+                moved += chunk.len() as u64;
+                chunk.clear();
+            }
+        }
+        log.append(&chunk).map_err(raft)?;
+        moved += chunk.len() as u64;
+    }
+    log.sync().map_err(raft)?;
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM raft_log", [])?;
+    tx.commit()?;
+    tracing::info!(
+        entries = moved,
+        dead_rows = u64::try_from(rows).unwrap_or(0) - moved,
+        "log entries moved from the database file into the log's segment files"
+    );
+    Ok(())
+}
+
+/// The first index above the last purged one: entries below it are dead (a purge records
+/// its id first and removes the files after, so some may be left after a crash).
 fn first_live_index(last_purged: Option<LogId<NodeId>>) -> u64 {
     last_purged.map_or(0, |id| id.index + 1)
 }
@@ -367,20 +457,34 @@ impl Shared {
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
     {
-        self.write(durable, false, work).await
+        self.write(durable, false, None, work).await
     }
 
-    /// [`Shared::in_log_group`] without an fsync, run at once on the calling thread when the
-    /// writer is idle ([`Writer::try_now`]), else queued.
-    async fn now_or_in_log_group<T, F>(&self, work: F) -> Result<T, Failure>
+    /// [`Shared::in_log_group`], changing the log's files with `file` in the same job (a
+    /// purge: after the group's commit).
+    async fn with_file_in_log_group<T, F>(
+        &self,
+        durable: bool,
+        file: FileOp,
+        work: F,
+    ) -> Result<T, Failure>
     where
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
     {
-        self.write(false, true, work).await
+        self.write(durable, false, Some(file), work).await
     }
 
-    async fn write<T, F>(&self, durable: bool, at_once: bool, work: F) -> Result<T, Failure>
+    /// Runs `work` inside a log group's transaction, with `file`'s change to the log's files
+    /// in the same job, and returns its value once done (durably if `durable`); with
+    /// `at_once`, on the calling thread when the writer is idle ([`Writer::try_now`]).
+    async fn write<T, F>(
+        &self,
+        durable: bool,
+        at_once: bool,
+        file: Option<FileOp>,
+        work: F,
+    ) -> Result<T, Failure>
     where
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
@@ -401,7 +505,7 @@ impl Shared {
         };
         match queued {
             Ok(done) => done?,
-            Err(job) => self.writer.log(durable, job).await?,
+            Err(job) => self.writer.log_with(durable, Some(job), file).await?,
         }
         let produced = value
             .lock()
@@ -410,18 +514,23 @@ impl Shared {
         produced.ok_or_else(|| write_logs("a log job committed without producing its value"))
     }
 
-    /// Has the log's rows up to `index` deleted in the background (see [`delete_purged`]).
-    /// Called from the runtime (openraft's `purge`).
-    fn delete_purged_upto(&self, index: u64) {
-        self.purged_upto.send_replace(index);
-        let receiver = self
-            .purged_rows
-            .lock()
-            .expect("the purge receiver's mutex is never held across a panic")
-            .take();
-        if let Some(receiver) = receiver {
-            tokio::spawn(delete_purged(self.writer.clone(), receiver));
+    /// Reads the log's files from `from` to before `to`, on the blocking pool.
+    async fn read_files(&self, from: u64, to: u64) -> Result<Vec<Entry<TypeConfig>>, Failure> {
+        let from = from.max(self.live_from.load(Ordering::Acquire));
+        if from >= to {
+            return Ok(Vec::new());
         }
+        let index = Arc::clone(&self.log);
+        tokio::task::spawn_blocking(move || {
+            index
+                .read(from, to)
+                .map_err(read_logs)?
+                .iter()
+                .map(|record| decode_entry(&record.payload))
+                .collect()
+        })
+        .await
+        .map_err(read_logs)?
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {

@@ -137,9 +137,13 @@ impl StateMachineStore {
         // subscribes meanwhile hears `Resync` once the transaction has committed, and reads
         // what it missed from the database (it joined the channel before that read).
         let messages_read = self.events.has_receivers();
+        // The leader applies on this task when the writer is idle (a client waits for the
+        // outcome); a follower's paced applies are large and answer nobody, so they run on
+        // the writer's thread and leave the runtime's threads to replication.
+        let at_once = self.shared.gate.get().is_none_or(|gate| gate.leads());
         let applied = self
             .shared
-            .now_or_in_log_group({
+            .write(false, at_once, None, {
                 let shared = Arc::clone(&self.shared);
                 move |tx| {
                     let hint = shared
