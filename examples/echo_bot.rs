@@ -41,13 +41,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(error) => return Err(error.into()),
     }
     let session = client.log_in(NAME, &password).await?;
+    // Live before saying so: every message from here on gets its echo.
+    let mut incoming = client.subscribe(&session.token, 0);
+    incoming.started().await?;
     println!(
         "{NAME} is listening on {servers} ({} message(s) were waiting)",
         session.unread_count
     );
 
     // 2. Every message that arrives gets its echo, until Ctrl-C or the session ends.
-    let mut incoming = client.subscribe(&session.token, 0);
     loop {
         let message = tokio::select! {
             _ = tokio::signal::ctrl_c() => break,

@@ -125,6 +125,9 @@ pub async fn chat(
     token: &SessionToken,
     default: Option<&str>,
 ) -> anyhow::Result<Output> {
+    // Live first, so that nothing falls between the unread count and the stream.
+    let mut stream = client.subscribe(token, 0);
+    stream.started().await?;
     let unread = client.unread_count(token).await?;
     println!(
         "{unread} unread message(s) (`jochat away` shows them). {}; /quit leaves.",
@@ -133,7 +136,6 @@ pub async fn chat(
             None => "Start a line with @user to send it".to_owned(),
         }
     );
-    let mut stream = client.subscribe(token, 0);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {

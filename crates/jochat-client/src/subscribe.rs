@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use jochat_proto::v1;
 use jochat_proto::v1::chat_client::ChatClient;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Status};
 
 use crate::client::{ChatServerClient, REPLY_BYTES_MAX};
@@ -27,6 +27,10 @@ const HANDED_OVER: usize = 64;
 /// It is a [`futures::Stream`]; [`MessageStream::next`] serves without `StreamExt`.
 pub struct MessageStream {
     messages: mpsc::Receiver<Result<Message, ClientError>>,
+    /// An item taken from `messages` by [`MessageStream::started`], handed out first.
+    pending: Option<Result<Message, ClientError>>,
+    /// Becomes `true` once a server has accepted the subscription.
+    live: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
     resumed: Arc<AtomicU64>,
 }
@@ -37,8 +41,46 @@ impl MessageStream {
         self.resumed.load(Ordering::Relaxed)
     }
 
+    /// Waits until a server has accepted the subscription, which fixes where a stream
+    /// started "from now on" (`after_id` 0) begins: every message applied after this returns
+    /// comes on the stream. [`ChatServerClient::subscribe`] returns at once and connects in
+    /// the background, so a message sent right after it may otherwise be applied before the
+    /// server has seen the subscription, and be counted as already stored.
+    ///
+    /// # Errors
+    /// The stream's final error when it ended before any server accepted it (for example
+    /// [`ClientError::Unauthenticated`] for a bad session); the same error is also the
+    /// stream's next item.
+    pub async fn started(&mut self) -> Result<(), ClientError> {
+        if let Some(Err(error)) = &self.pending {
+            return Err(error.clone());
+        }
+        let accepted = self.live.wait_for(|live| *live).await.is_ok();
+        // The task may have ended right after a server accepted it.
+        if accepted || *self.live.borrow() {
+            return Ok(());
+        }
+        // The task ended without a server accepting: its last act was to queue the final error.
+        match self.messages.recv().await {
+            Some(item) => {
+                let outcome = match &item {
+                    Ok(_) => Ok(()),
+                    Err(error) => Err(error.clone()),
+                };
+                self.pending = Some(item);
+                outcome
+            }
+            None => Err(ClientError::Unavailable(
+                "the subscription ended before a server accepted it".into(),
+            )),
+        }
+    }
+
     /// The next message, a final error, or `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<Message, ClientError>> {
+        if let Some(item) = self.pending.take() {
+            return Some(item);
+        }
         self.messages.recv().await
     }
 }
@@ -47,6 +89,9 @@ impl Stream for MessageStream {
     type Item = Result<Message, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(item) = self.pending.take() {
+            return Poll::Ready(Some(item));
+        }
         self.messages.poll_recv(cx)
     }
 }
@@ -90,6 +135,7 @@ impl ChatServerClient {
     /// let bob = client.log_in("bob", "pw-b").await?;
     ///
     /// let mut incoming = client.subscribe(&bob.token, 0);
+    /// incoming.started().await?; // from here on, nothing addressed to bob is missed
     /// client.send_message(&alice.token, "bob", "are you there?").await?;
     /// let message = incoming.next().await.expect("the stream is live")?;
     /// assert_eq!((message.sender.as_str(), message.content.as_str()), ("alice", "are you there?"));
@@ -98,6 +144,7 @@ impl ChatServerClient {
     /// ```
     pub fn subscribe(&self, token: &SessionToken, after_id: i64) -> MessageStream {
         let (sender, messages) = mpsc::channel(HANDED_OVER);
+        let (accepted, live) = watch::channel(false);
         let client = self.clone();
         let token = token.clone();
         let resumed = Arc::new(AtomicU64::new(0));
@@ -108,7 +155,14 @@ impl ChatServerClient {
             loop {
                 let server = client.pick_server();
                 match client
-                    .stream_from(&server.0, server.1.clone(), &token, &mut last, &sender)
+                    .stream_from(
+                        &server.0,
+                        server.1.clone(),
+                        &token,
+                        &mut last,
+                        &sender,
+                        &accepted,
+                    )
                     .await
                 {
                     Ended::Dropped | Ended::Final => return,
@@ -122,6 +176,8 @@ impl ChatServerClient {
         });
         MessageStream {
             messages,
+            pending: None,
+            live,
             task,
             resumed,
         }
@@ -135,6 +191,7 @@ impl ChatServerClient {
         token: &SessionToken,
         last: &mut i64,
         sender: &mpsc::Sender<Result<Message, ClientError>>,
+        accepted: &watch::Sender<bool>,
     ) -> Ended {
         let mut chat = ChatClient::new(channel).max_decoding_message_size(REPLY_BYTES_MAX);
         let mut request = Request::new(v1::SubscribeRequest { after_id: *last });
@@ -151,6 +208,8 @@ impl ChatServerClient {
             Ok(response) => response.into_inner(),
             Err(status) => return self.ended(&status, address, sender).await,
         };
+        // The server answers once it has fixed the stream's starting point.
+        accepted.send_replace(true);
         loop {
             match stream.message().await {
                 Ok(Some(wire)) => {

@@ -531,7 +531,9 @@ pub async fn events(
     // Refuse a dead session with 401 (the browser then stops reconnecting) instead of
     // opening a stream that ends at once.
     client.unread_count(&session.token).await?;
-    let messages = client.subscribe(&session.token, after);
+    let mut messages = client.subscribe(&session.token, after);
+    // The opening event means the stream is live: a message sent after it is not missed.
+    messages.started().await?;
     let opening = Event::default().retry(RECONNECT_AFTER).comment("live");
     let stream = stream::once(async move { Ok(opening) }).chain(stream::unfold(
         Some(messages),
