@@ -216,7 +216,9 @@ pub const COMMANDS_PER_SAVEPOINT: usize = 64;
 /// a storage failure can stop a command part-way. If one did, the group is rolled back and
 /// applied again with each command in a savepoint of its own, which gives the failed command
 /// alone its storage error. (A savepoint per command costs two statements and a copy of
-/// every page the command changes: docs/performance.md, "History".)
+/// every page the command changes: docs/performance.md, "History".) A group's commands read
+/// the `counters` rows once and write each changed one once, at the group's end
+/// ([`SqliteChat::deferring`]); a group rolled back drops them with the rest.
 ///
 /// # Errors
 /// What `on_applied` returned, or SQLite's failure with a savepoint (converted by
@@ -244,11 +246,13 @@ pub fn apply_commands<T, E>(
             let mut group_results = Vec::with_capacity(group.len());
             let mut group_made = Vec::new();
             let mut storage_failed = false;
+            // The group's commands share the counters, read once and written once.
+            let mut chat = SqliteChat::deferring(tx);
             for command in group {
                 let result = if isolated {
                     apply_in_savepoint(tx, command).map_err(&sqlite)?
                 } else {
-                    apply(&mut SqliteChat::new(tx), command)
+                    apply(&mut chat, command)
                 };
                 if matches!(result, Err(ChatError::Storage(_))) {
                     // The disk, memory or file failed, not the command: fail the whole apply
@@ -266,8 +270,10 @@ pub fn apply_commands<T, E>(
                 group_results.push(result);
             }
             if !storage_failed {
+                chat.write_counters().map_err(&sqlite)?;
                 break (group_results, group_made);
             }
+            // The counters held in memory (`chat`, not written) go with the rest of the group.
             statement("ROLLBACK TO commands")?;
             isolated = true;
         };
@@ -409,5 +415,87 @@ mod tests {
             )
             .expect("inbox reads");
         assert_eq!(total, 68);
+    }
+
+    /// One step of [`counters_kept_for_a_group_end_as_written_at_once`]'s histories.
+    fn step_command(n: usize, (kind, a, b): (u8, usize, usize), at_ms: &mut i64) -> Command {
+        let users = ["ann", "ben", "cat", "dan"];
+        let token = |slot: usize| SessionToken::from_random_bytes([slot as u8 + 1; 32]);
+        *at_ms += if kind == 4 { 2 * 24 * 3_600_000 } else { 1 };
+        let key = match kind {
+            // A retry of the step before (or that key with another action).
+            5 if n > 0 => format!("key-{}", n - 1),
+            _ => format!("key-{n}"),
+        };
+        let action = match kind {
+            0 => Action::SignUp(SignUp {
+                username: name(users[a]),
+                password_hash: "h".into(),
+            }),
+            1 => Action::CreateSession(CreateSession {
+                user_id: UserId(a as i64 + 1),
+                token_digest: token(a).digest(),
+                expires_at_ms: i64::MAX / 2,
+            }),
+            3 => Action::DeleteAccount(jochat_core::ops::DeleteAccount {
+                session: token(a).digest(),
+            }),
+            _ => Action::SendMessage(SendMessage {
+                session: token(a).digest(),
+                recipient: name(users[b]),
+                content: Content::new(format!("{n}"), 100).expect("valid content"),
+            }),
+        };
+        Command {
+            at_ms: *at_ms,
+            idempotency_key: IdempotencyKey::optional(&key).expect("valid key"),
+            action,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Groups of commands keep the counters in memory and write them at the group's end:
+        /// any history applied in batches of any size ends exactly as when every command
+        /// writes its counters at once (sign-ups, sessions, sends, deleted accounts, retried
+        /// keys, and days passing so that remembered outcomes are forgotten).
+        #[test]
+        fn counters_kept_for_a_group_end_as_written_at_once(
+            steps in proptest::collection::vec((0u8..6, 0usize..4, 0usize..4), 1..150),
+            batch in 1usize..100,
+        ) {
+            let mut at_ms = 0;
+            let commands: Vec<Command> = steps
+                .iter()
+                .enumerate()
+                .map(|(n, step)| step_command(n, *step, &mut at_ms))
+                .collect();
+
+            let mut direct = Connection::open_in_memory().expect("in-memory SQLite opens");
+            schema::migrate(&mut direct).expect("schema applies");
+            let mut direct_results = Vec::new();
+            for command in &commands {
+                let tx = direct.transaction().expect("transaction starts");
+                direct_results.push(apply(&mut SqliteChat::new(&tx), command));
+                tx.commit().expect("commits");
+            }
+
+            let mut grouped = Connection::open_in_memory().expect("in-memory SQLite opens");
+            schema::migrate(&mut grouped).expect("schema applies");
+            let mut grouped_results = Vec::new();
+            for chunk in commands.chunks(batch) {
+                let refs: Vec<&Command> = chunk.iter().collect();
+                grouped_results.extend(apply_batch(&mut grouped, &refs));
+            }
+
+            proptest::prop_assert_eq!(&grouped_results, &direct_results);
+            let (direct, grouped) = (SqliteChat::new(&direct), SqliteChat::new(&grouped));
+            proptest::prop_assert_eq!(grouped.dump().expect("dumps"), direct.dump().expect("dumps"));
+            proptest::prop_assert_eq!(
+                grouped.remembered_span().expect("span reads"),
+                direct.remembered_span().expect("span reads")
+            );
+        }
     }
 }

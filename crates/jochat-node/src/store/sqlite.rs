@@ -5,18 +5,174 @@ use jochat_core::pattern::Pattern;
 use jochat_core::store::*;
 use jochat_core::types::{IdempotencyKey, MessageId, Page, TokenDigest, UserId, Username};
 use jochat_core::StoreError;
+use std::cell::Cell;
+
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 /// Chat state over one SQLite connection (or transaction, or savepoint: they all deref to a
 /// connection). Statements are prepared once per connection and cached by rusqlite.
 pub struct SqliteChat<'c> {
     conn: &'c Connection,
+    /// The `counters` rows held in memory while a group of commands is applied
+    /// ([`SqliteChat::deferring`]); `None` reads and writes them through.
+    deferred: Option<Cell<Deferred>>,
+}
+
+/// The rows of the `counters` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    last_user_id: i64,
+    last_message_id: i64,
+    remembered_count: i64,
+}
+
+impl Counters {
+    /// The rows whose value differs in `after`, with their new value.
+    fn changed_to(self, after: Counters) -> impl Iterator<Item = (&'static str, i64)> {
+        [
+            ("last_user_id", self.last_user_id, after.last_user_id),
+            (
+                "last_message_id",
+                self.last_message_id,
+                after.last_message_id,
+            ),
+            (
+                "remembered_count",
+                self.remembered_count,
+                after.remembered_count,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, before, after)| before != after)
+        .map(|(name, _, after)| (name, after))
+    }
+}
+
+/// Counters kept in memory by a deferring [`SqliteChat`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Deferred {
+    /// As stored and as changed since, once read.
+    counters: Option<(Counters, Counters)>,
+    /// The oldest remembered outcome's time (`Some(None)`: none is remembered), once read.
+    oldest_remembered_ms: Option<Option<i64>>,
 }
 
 impl<'c> SqliteChat<'c> {
     /// Chat state through `conn`.
     pub fn new(conn: &'c Connection) -> Self {
-        Self { conn }
+        Self {
+            conn,
+            deferred: None,
+        }
+    }
+
+    /// Chat state through `conn` that keeps the id counters and the count of remembered
+    /// outcomes in memory from their first use until [`SqliteChat::write_counters`], so
+    /// that a group of commands reads them once and writes each changed one once, instead of
+    /// two to four statements per command. Nothing else may read or write the `counters`
+    /// table through `conn` in between; if the group is rolled back, drop this without
+    /// writing.
+    pub fn deferring(conn: &'c Connection) -> Self {
+        Self {
+            conn,
+            deferred: Some(Cell::new(Deferred::default())),
+        }
+    }
+
+    /// Writes the counters a deferring store changed (nothing for one that does not defer).
+    ///
+    /// # Errors
+    /// SQLite fails; the transaction must then be rolled back.
+    pub fn write_counters(&self) -> Result<(), rusqlite::Error> {
+        let Some(cell) = &self.deferred else {
+            return Ok(());
+        };
+        let mut deferred = cell.get();
+        let Some((stored, current)) = deferred.counters else {
+            return Ok(());
+        };
+        for (name, value) in stored.changed_to(current) {
+            self.conn
+                .prepare_cached("UPDATE counters SET value = ?2 WHERE name = ?1")?
+                .execute(params![name, value])?;
+        }
+        deferred.counters = Some((current, current));
+        cell.set(deferred);
+        Ok(())
+    }
+
+    /// The counters as this store sees them, reading them once when deferring.
+    fn counters(&self) -> Result<Counters, StoreError> {
+        if let Some((_, current)) = self.deferred.as_ref().and_then(|c| c.get().counters) {
+            return Ok(current);
+        }
+        let counters = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT value FROM counters WHERE name = 'last_user_id'), \
+                        (SELECT value FROM counters WHERE name = 'last_message_id'), \
+                        (SELECT value FROM counters WHERE name = 'remembered_count')",
+            )
+            .and_then(|mut statement| {
+                statement.query_row([], |row| {
+                    Ok(Counters {
+                        last_user_id: row.get(0)?,
+                        last_message_id: row.get(1)?,
+                        remembered_count: row.get(2)?,
+                    })
+                })
+            })
+            .map_err(storage)?;
+        if let Some(cell) = &self.deferred {
+            let mut deferred = cell.get();
+            deferred.counters = Some((counters, counters));
+            cell.set(deferred);
+        }
+        Ok(counters)
+    }
+
+    /// Changes the counters: in memory when deferring, else the changed rows at once.
+    fn set_counters(&self, change: impl FnOnce(&mut Counters)) -> Result<(), StoreError> {
+        let before = self.counters()?;
+        let mut after = before;
+        change(&mut after);
+        if let Some(cell) = &self.deferred {
+            let mut deferred = cell.get();
+            deferred.counters = deferred.counters.map(|(stored, _)| (stored, after));
+            cell.set(deferred);
+            return Ok(());
+        }
+        for (name, value) in before.changed_to(after) {
+            self.set_counter(name, value)?;
+        }
+        Ok(())
+    }
+
+    /// The oldest remembered outcome's time, read once when deferring.
+    fn oldest_remembered_ms(&self) -> Result<Option<i64>, StoreError> {
+        if let Some(known) = self
+            .deferred
+            .as_ref()
+            .and_then(|c| c.get().oldest_remembered_ms)
+        {
+            return Ok(known);
+        }
+        let oldest = self
+            .conn
+            .prepare_cached("SELECT min(at_ms) FROM idempotency")
+            .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+            .map_err(storage)?;
+        self.set_oldest_remembered_ms(Some(oldest));
+        Ok(oldest)
+    }
+
+    /// Records (when deferring) what is known of the oldest remembered outcome's time.
+    fn set_oldest_remembered_ms(&self, known: Option<Option<i64>>) {
+        if let Some(cell) = &self.deferred {
+            let mut deferred = cell.get();
+            deferred.oldest_remembered_ms = known;
+            cell.set(deferred);
+        }
     }
 
     /// How many sessions have not expired at `now_ms` (for the metrics).
@@ -190,16 +346,6 @@ impl SqliteChat<'_> {
     fn execute(&self, sql: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
         let mut statement = self.conn.prepare_cached(sql).map_err(storage)?;
         Ok(statement.execute(params).map_err(storage)? as u64)
-    }
-
-    fn counter(&self, name: &str) -> Result<i64, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT value FROM counters WHERE name = ?1")
-            .map_err(storage)?;
-        statement
-            .query_row([name], |row| row.get(0))
-            .map_err(storage)
     }
 
     fn set_counter(&self, name: &str, value: i64) -> Result<(), StoreError> {
@@ -416,19 +562,8 @@ impl ChatRead for SqliteChat<'_> {
     }
 
     fn remembered_span(&self) -> Result<(u64, Option<i64>), StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
-                "SELECT (SELECT value FROM counters WHERE name = 'remembered_count'), \
-                        (SELECT min(at_ms) FROM idempotency)",
-            )
-            .map_err(storage)?;
-        let (count, oldest) = statement
-            .query_row([], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
-            })
-            .map_err(storage)?;
-        Ok((count.max(0) as u64, oldest))
+        let count = self.counters()?.remembered_count;
+        Ok((count.max(0) as u64, self.oldest_remembered_ms()?))
     }
 
     fn remembered(&self, key: &IdempotencyKey) -> Result<Option<Remembered>, StoreError> {
@@ -461,21 +596,11 @@ impl ChatRead for SqliteChat<'_> {
     }
 
     fn last_ids(&self) -> Result<LastIds, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
-                "SELECT (SELECT value FROM counters WHERE name = 'last_user_id'), \
-                        (SELECT value FROM counters WHERE name = 'last_message_id')",
-            )
-            .map_err(storage)?;
-        statement
-            .query_row([], |row| {
-                Ok(LastIds {
-                    user: row.get(0)?,
-                    message: row.get(1)?,
-                })
-            })
-            .map_err(storage)
+        let counters = self.counters()?;
+        Ok(LastIds {
+            user: counters.last_user_id,
+            message: counters.last_message_id,
+        })
     }
 
     fn dump(&self) -> Result<StateDump, StoreError> {
@@ -649,16 +774,20 @@ impl ChatStore for SqliteChat<'_> {
             "INSERT INTO idempotency (key, scope, kind, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![key.as_str(), entry.scope, entry.kind, outcome, entry.at_ms],
         )?;
-        self.execute(
-            "UPDATE counters SET value = value + 1 WHERE name = 'remembered_count'",
-            [],
-        )
-        .map(drop)
+        if let Some(known) = self
+            .deferred
+            .as_ref()
+            .and_then(|c| c.get().oldest_remembered_ms)
+        {
+            let oldest = known.map_or(entry.at_ms, |oldest| oldest.min(entry.at_ms));
+            self.set_oldest_remembered_ms(Some(Some(oldest)));
+        }
+        self.set_counters(|counters| counters.remembered_count += 1)
     }
 
     fn forget_remembered(&mut self, before_ms: i64, keep_max: u64) -> Result<(), StoreError> {
         // The count is kept in `counters` so that this runs in O(rows removed), not O(rows).
-        let mut count = self.counter("remembered_count")?;
+        let mut count = self.counters()?.remembered_count;
         count -= self.execute("DELETE FROM idempotency WHERE at_ms < ?1", [before_ms])? as i64;
         let excess = count - keep_max as i64;
         if excess > 0 {
@@ -667,19 +796,20 @@ impl ChatStore for SqliteChat<'_> {
                 [excess],
             )? as i64;
         }
-        self.set_counter("remembered_count", count)
+        self.set_oldest_remembered_ms(None);
+        self.set_counters(|counters| counters.remembered_count = count)
     }
 
     fn set_last_ids(&mut self, from: LastIds, to: LastIds) -> Result<(), StoreError> {
-        // One statement per changed counter (a message moves only the message id); one
-        // statement for both would need a temporary table in SQLite.
-        if to.user != from.user {
-            self.set_counter("last_user_id", to.user)?;
-        }
-        if to.message != from.message {
-            self.set_counter("last_message_id", to.message)?;
-        }
-        Ok(())
+        // Only the changed ones are written (a message moves only the message id).
+        self.set_counters(|counters| {
+            if to.user != from.user {
+                counters.last_user_id = to.user;
+            }
+            if to.message != from.message {
+                counters.last_message_id = to.message;
+            }
+        })
     }
 
     fn clear_chat_state(&mut self) -> Result<(), StoreError> {
@@ -692,6 +822,7 @@ impl ChatStore for SqliteChat<'_> {
         ] {
             self.execute(&format!("DELETE FROM {table}"), [])?;
         }
-        self.set_counter("remembered_count", 0)
+        self.set_oldest_remembered_ms(Some(None));
+        self.set_counters(|counters| counters.remembered_count = 0)
     }
 }
