@@ -137,8 +137,11 @@ struct Shared {
 /// committed entries gather and applies them in one transaction, writing each changed page
 /// of the chat tables once for many entries instead of once per log group. Anything on the
 /// node that waits for an applied index asks for the next apply at once
-/// ([`ApplyPace::hurry`]).
-pub const FOLLOWER_APPLY_PACE: std::time::Duration = std::time::Duration::from_millis(10);
+/// ([`ApplyPace::hurry`]). 40 ms rather than 10: with more messages per transaction, more of
+/// them share an inbox's or a conversation's last page (docs/performance.md, "Follower
+/// applies every 40 ms"); a follower's STALE reads and Subscribe streams trail by that much
+/// at most, well under what a person notices in a chat.
+pub const FOLLOWER_APPLY_PACE: std::time::Duration = std::time::Duration::from_millis(40);
 
 /// Spaces a follower's applies [`FOLLOWER_APPLY_PACE`] apart, unless someone waits for an
 /// entry they would apply.
