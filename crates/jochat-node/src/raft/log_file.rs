@@ -868,7 +868,7 @@ mod tests {
         let (log, _) = LogFile::open_with(dir.path(), None, true, 300).expect("reopens");
         assert_eq!(all(&log), records(1, 12));
         // 3. Truncating everything leaves no segment.
-        let (mut log, _) = (log, ());
+        let mut log = log;
         log.truncate_from(0).expect("truncated");
         log.sync().expect("synced");
         assert_eq!(log.index().next_index(), None);
@@ -896,7 +896,7 @@ mod tests {
         log.sync().expect("synced");
         assert_eq!(all(&log), records(101, 104));
 
-        // Reopened with the purge recorded at 15 only, the files say the same.
+        // Reopened with that purge recorded, the files say the same.
         drop(log);
         let (log, _) = LogFile::open_with(dir.path(), Some(100), true, 300).expect("reopens");
         assert_eq!(all(&log), records(101, 104));

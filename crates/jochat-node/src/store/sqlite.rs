@@ -92,9 +92,7 @@ impl<'c> SqliteChat<'c> {
             return Ok(());
         };
         for (name, value) in stored.changed_to(current) {
-            self.conn
-                .prepare_cached("UPDATE counters SET value = ?2 WHERE name = ?1")?
-                .execute(params![name, value])?;
+            self.update_counter(name, value)?;
         }
         deferred.counters = Some((current, current));
         cell.set(deferred);
@@ -349,11 +347,14 @@ impl SqliteChat<'_> {
     }
 
     fn set_counter(&self, name: &str, value: i64) -> Result<(), StoreError> {
-        self.execute(
-            "UPDATE counters SET value = ?2 WHERE name = ?1",
-            params![name, value],
-        )
-        .map(drop)
+        self.update_counter(name, value).map_err(storage)
+    }
+
+    fn update_counter(&self, name: &str, value: i64) -> Result<(), rusqlite::Error> {
+        self.conn
+            .prepare_cached("UPDATE counters SET value = ?2 WHERE name = ?1")?
+            .execute(params![name, value])
+            .map(drop)
     }
 }
 
