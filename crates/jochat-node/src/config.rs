@@ -40,6 +40,12 @@ pub const REQUEST_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 pub const LOGIN_FAILURES_MAX_DEFAULT: u32 = 5;
 /// `--login-lockout-secs` default.
 pub const LOGIN_LOCKOUT_SECS_DEFAULT: u64 = 60;
+/// `--runtime-threads` default: one thread runs the node's asynchronous work, so that
+/// handing a request from task to task (gRPC, proposer, Raft core, replication, state
+/// machine) wakes no other thread (docs/performance.md, "One runtime thread per node").
+pub const RUNTIME_THREADS_DEFAULT: usize = 1;
+/// `--runtime-threads` at most.
+pub const RUNTIME_THREADS_LIMIT: usize = 256;
 /// `--read-pool-size` default.
 pub const READ_POOL_SIZE_DEFAULT: u32 = 4;
 /// `--read-pool-size` at most.
@@ -327,6 +333,18 @@ pub struct NodeConfig {
         default_value_t = LOGIN_LOCKOUT_SECS_DEFAULT
     )]
     pub login_lockout_secs: u64,
+    /// Threads that run the node's asynchronous work: gRPC, Raft, replication, the state
+    /// machine's task. 1: one thread, on which handing work from task to task wakes no other
+    /// thread (the fastest on small machines); more: a multi-threaded runtime with that many
+    /// workers, for nodes whose front end needs more than one core. Blocking work (the log
+    /// writer, checkpoints, password hashing, reads) runs on threads of its own either way.
+    #[arg(
+        long = "runtime-threads",
+        alias = "runtime_threads",
+        env = "JOCHAT_RUNTIME_THREADS",
+        default_value_t = RUNTIME_THREADS_DEFAULT
+    )]
+    pub runtime_threads: usize,
     /// Read connections to the database at most.
     #[arg(
         long = "read-pool-size",
@@ -536,6 +554,7 @@ impl Default for NodeConfig {
             request_bytes_max: REQUEST_BYTES_MAX_DEFAULT,
             login_failures_max: LOGIN_FAILURES_MAX_DEFAULT,
             login_lockout_secs: LOGIN_LOCKOUT_SECS_DEFAULT,
+            runtime_threads: RUNTIME_THREADS_DEFAULT,
             read_pool_size: READ_POOL_SIZE_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             connection_requests_max: CONNECTION_REQUESTS_MAX_DEFAULT,
@@ -610,6 +629,12 @@ impl NodeConfig {
         if self.login_failures_max == 0 {
             return fail("login-failures-max", "must be positive".into());
         }
+        within(
+            "runtime-threads",
+            self.runtime_threads,
+            1,
+            RUNTIME_THREADS_LIMIT,
+        )?;
         within(
             "read-pool-size",
             self.read_pool_size,
@@ -688,6 +713,25 @@ impl NodeConfig {
             );
         }
         Ok(())
+    }
+
+    /// The Tokio runtime `--runtime-threads` asks for: a current-thread runtime for 1 (every
+    /// task of the node on the thread that calls `block_on`), else a multi-threaded one with
+    /// that many workers. Either way with I/O and timers enabled, as [`crate::serve`] needs.
+    ///
+    /// # Errors
+    /// The runtime's threads or its I/O driver cannot be started.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        if self.runtime_threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.runtime_threads)
+                .enable_all()
+                .build()
+        }
     }
 
     /// `host:port` to bind. `--host` may be an IP address or a name, resolved here (its
@@ -1088,6 +1132,28 @@ mod tests {
     }
 
     #[test]
+    fn one_runtime_thread_is_a_current_thread_runtime_and_more_are_workers() {
+        let flavor = |threads: &str| {
+            let config = NodeConfig::try_parse_from(["jochat-node", "--runtime-threads", threads])
+                .expect("the flag parses");
+            config.validate().expect("within bounds");
+            let runtime = config.runtime().expect("the runtime starts");
+            let workers = runtime.metrics().num_workers();
+            (runtime.handle().runtime_flavor(), workers)
+        };
+        assert_eq!(
+            NodeConfig::default().runtime_threads,
+            1,
+            "one thread by default"
+        );
+        assert_eq!(
+            flavor("1"),
+            (tokio::runtime::RuntimeFlavor::CurrentThread, 1)
+        );
+        assert_eq!(flavor("3"), (tokio::runtime::RuntimeFlavor::MultiThread, 3));
+    }
+
+    #[test]
     fn bad_values_name_the_flag() {
         let config = NodeConfig {
             content_bytes_max: 0,
@@ -1142,6 +1208,20 @@ mod tests {
                     ..NodeConfig::default()
                 },
                 "--subscriber-buffer: ",
+            ),
+            (
+                NodeConfig {
+                    runtime_threads: 0,
+                    ..NodeConfig::default()
+                },
+                "--runtime-threads: ",
+            ),
+            (
+                NodeConfig {
+                    runtime_threads: RUNTIME_THREADS_LIMIT + 1,
+                    ..NodeConfig::default()
+                },
+                "--runtime-threads: ",
             ),
         ] {
             let error = config.validate().unwrap_err().to_string();

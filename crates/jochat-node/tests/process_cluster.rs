@@ -7,7 +7,9 @@
 //! - three nodes, two killed: the survivor refuses writes with "no quorum" and serves stale
 //!   reads; one restarted on its file and port → writes resume, nothing lost;
 //! - three nodes all killed and restarted on their files and ports: node 1 leads again and
-//!   every write is back.
+//!   every write is back;
+//! - three nodes on different runtimes (`--runtime-threads` 2, 1 and 4): they form one
+//!   cluster, and with the leader killed the others keep every acknowledged write.
 
 use jochat_testkit::process as support;
 
@@ -235,6 +237,36 @@ async fn the_whole_cluster_killed_and_restarted_has_its_data_back_with_node_1_le
         poll(&what, || async {
             matches!(stale_ids(node, &bob).await, Some(ids)
                 if acknowledged.iter().all(|id| ids.contains(id)))
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_either_runtime_form_one_cluster_and_survive_the_leaders_kill() {
+    // Node 1 on a multi-threaded runtime of two workers, node 2 on the default current-thread
+    // runtime, node 3 on four workers.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, alice, bob) = started_in_order_with(dir.path(), 3, |id| match id {
+        1 => vec!["--runtime-threads", "2"],
+        3 => vec!["--runtime-threads", "4"],
+        _ => Vec::new(),
+    })
+    .await;
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        acknowledged.push(send_until_acknowledged(&nodes, &alice, &format!("before-{n}")).await);
+    }
+    let mut first = nodes.remove(0);
+    first.kill();
+    for n in 0..20 {
+        acknowledged.push(send_until_acknowledged(&nodes, &alice, &format!("after-{n}")).await);
+    }
+    for node in &nodes {
+        poll("each survivor holds every acknowledged write", || async {
+            stale_ids(node, &bob)
+                .await
+                .is_some_and(|ids| acknowledged.iter().all(|id| ids.contains(id)))
         })
         .await;
     }

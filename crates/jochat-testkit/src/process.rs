@@ -32,9 +32,24 @@ pub fn start(id: u64, dir: &std::path::Path, peers: &[&NodeProcess]) -> NodeProc
 /// Starts node `id` in `dir` on `port` (0: a free one) with `peers`, and waits for the
 /// address it logs.
 pub fn start_on(id: u64, dir: &std::path::Path, peers: &[(u64, String)], port: u16) -> NodeProcess {
-    NodeCommand::new(node_binary(), id, dir.join(format!("node-{id}.db")))
-        .port(port)
-        .peers(peers.iter().cloned())
+    start_with(id, dir, peers, port, &[])
+}
+
+/// [`start_on`] with `args` added to the node's flags.
+pub fn start_with(
+    id: u64,
+    dir: &std::path::Path,
+    peers: &[(u64, String)],
+    port: u16,
+    args: &[&str],
+) -> NodeProcess {
+    args.iter()
+        .fold(
+            NodeCommand::new(node_binary(), id, dir.join(format!("node-{id}.db")))
+                .port(port)
+                .peers(peers.iter().cloned()),
+            |command, arg| command.arg(arg),
+        )
         .spawn()
         .expect("the node starts and logs its address")
 }
@@ -129,10 +144,22 @@ pub async fn started_in_order(
     dir: &std::path::Path,
     count: u64,
 ) -> (Vec<NodeProcess>, String, String) {
+    started_in_order_with(dir, count, |_| Vec::new()).await
+}
+
+/// [`started_in_order`] with `args_of(id)` added to node `id`'s flags.
+pub async fn started_in_order_with(
+    dir: &std::path::Path,
+    count: u64,
+    args_of: impl Fn(u64) -> Vec<&'static str>,
+) -> (Vec<NodeProcess>, String, String) {
     let mut nodes: Vec<NodeProcess> = Vec::new();
     for id in 1..=count {
-        let peers: Vec<&NodeProcess> = nodes.iter().collect();
-        let node = start(id, dir, &peers);
+        let peers: Vec<(u64, String)> = nodes
+            .iter()
+            .map(|p| (p.id(), p.address().to_owned()))
+            .collect();
+        let node = start_with(id, dir, &peers, 0, &args_of(id));
         nodes.push(node);
     }
     let mut first = client(&nodes[0]).await;

@@ -64,8 +64,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let first = std::env::args_os().nth(1);
     if first.as_deref() == Some(std::ffi::OsStr::new("completions")) {
         let shell = Completions::parse_from(std::env::args_os().skip(1)).shell;
@@ -81,12 +80,15 @@ async fn main() -> anyhow::Result<()> {
     if first.as_deref() == Some(std::ffi::OsStr::new("import-prototype")) {
         let import = ImportPrototype::parse_from(std::env::args_os().skip(1));
         init_logging(LogFormat::Text);
-        let report = jochat_node::node::import::import_offline(
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the runtime")?;
+        let report = runtime.block_on(jochat_node::node::import::import_offline(
             &import.from,
             &import.db_file,
             import.content_bytes_max,
-        )
-        .await?;
+        ))?;
         print!("{report}");
         return Ok(());
     }
@@ -102,12 +104,15 @@ async fn main() -> anyhow::Result<()> {
     let config = loaded.config;
     init_logging(config.log_format);
     config.validate()?;
-    let address = config.listen_address()?;
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
-    serve(config, listener, shutdown_signal()).await?;
-    Ok(())
+    let runtime = config.runtime().context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let address = config.listen_address()?;
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        serve(config, listener, shutdown_signal()).await?;
+        Ok(())
+    })
 }
 
 /// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
