@@ -63,7 +63,8 @@ fn tcp_floor() -> anyhow::Result<Vec<Duration>> {
             match peer.read_exact(&mut buffer) {
                 Ok(()) => peer.write_all(&buffer)?,
                 // The client hung up: done.
-                Err(_) => return Ok(()),
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(error) => return Err(error),
             }
         }
     });

@@ -20,13 +20,17 @@ pub fn node_binary() -> std::path::PathBuf {
         .expect("jochat-node is built beside the test: `cargo build -p jochat-node`")
 }
 
+/// Each node's id and the address it serves at, as `--peers` and [`send_through`] take them.
+pub fn addresses<'a>(nodes: impl IntoIterator<Item = &'a NodeProcess>) -> Vec<(u64, String)> {
+    nodes
+        .into_iter()
+        .map(|node| (node.id(), node.address().to_owned()))
+        .collect()
+}
+
 /// Starts node `id` in `dir` on a free port with `peers`, and waits for the address it logs.
 pub fn start(id: u64, dir: &std::path::Path, peers: &[&NodeProcess]) -> NodeProcess {
-    let peers: Vec<(u64, String)> = peers
-        .iter()
-        .map(|p| (p.id(), p.address().to_owned()))
-        .collect();
-    start_on(id, dir, &peers, 0)
+    start_on(id, dir, &addresses(peers.iter().copied()), 0)
 }
 
 /// Starts node `id` in `dir` on `port` (0: a free one) with `peers`, and waits for the
@@ -92,11 +96,7 @@ pub async fn leader_among(nodes: &[NodeProcess]) -> u64 {
 /// Sends `content` from `token` to bob through whichever of `nodes` accepts it, retrying
 /// until one does; returns the acknowledged id.
 pub async fn send_until_acknowledged(nodes: &[NodeProcess], token: &str, content: &str) -> i64 {
-    let addresses: Vec<(u64, String)> = nodes
-        .iter()
-        .map(|n| (n.id(), n.address().to_owned()))
-        .collect();
-    send_through(&addresses, token, content).await.0
+    send_through(&addresses(nodes), token, content).await.0
 }
 
 /// Sends `content` from `token` to bob through whichever of `addresses` accepts it, retrying
@@ -155,11 +155,7 @@ pub async fn started_in_order_with(
 ) -> (Vec<NodeProcess>, String, String) {
     let mut nodes: Vec<NodeProcess> = Vec::new();
     for id in 1..=count {
-        let peers: Vec<(u64, String)> = nodes
-            .iter()
-            .map(|p| (p.id(), p.address().to_owned()))
-            .collect();
-        let node = start_with(id, dir, &peers, 0, &args_of(id));
+        let node = start_with(id, dir, &addresses(&nodes), 0, &args_of(id));
         nodes.push(node);
     }
     let mut first = client(&nodes[0]).await;
