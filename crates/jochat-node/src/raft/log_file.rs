@@ -1,4 +1,4 @@
-//! The Raft log on disk: append-only segment files, written by the log writer's thread and
+//! The Raft log on disk: append-only segment files, written by the writer's appender thread and
 //! read by anyone through a shared index.
 //!
 //! `<db>.log/` holds segment files named by the index of their first entry, in 20 digits so
@@ -302,7 +302,8 @@ struct Active {
     dirty: bool,
 }
 
-/// The writing side of the log's files; owned by the log writer's thread.
+/// The writing side of the log's files; owned by the writer (`raft::writer`): its appender
+/// thread writes and syncs it.
 #[derive(Debug)]
 pub struct LogFile {
     dir: PathBuf,

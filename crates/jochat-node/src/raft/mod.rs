@@ -15,8 +15,9 @@
 //! - [`commit_gate`]: the leader's own appends reported flushed as they are queued, so
 //!   replication overlaps its fsync, and the commit index its followers hear held back
 //!   until the leader's copy is durable.
-//! - [`writer`]: the log writer's thread, which runs every write to the file in order and
-//!   commits appends in groups (one fsync for many); [`tail`]: the newest entries in memory,
+//! - [`writer`]: the writer's two threads, the appender (the log's files: appends in groups,
+//!   one fsync for many) and the database writer (the SQLite file: applies, votes, purges),
+//!   each running its jobs in order; [`tail`]: the newest entries in memory,
 //!   readable before they are written.
 //!
 //! The peer side of the network is `crate::service::raft`. Wiring into the node's write

@@ -1,8 +1,8 @@
 //! The log's tail in memory: the entries openraft appended most recently, whether or not the
-//! log writer has put them in SQLite yet.
+//! writer's appender has put them in the log's files yet.
 //!
 //! `append` must make its entries readable before it returns, but writing them (and the
-//! fsync) happens later, on the log writer's thread, for many appends at once. The tail is
+//! fsync) happens later, on the appender's thread (`raft::writer`), for many appends at once. The tail is
 //! what makes both true: it is authoritative for every index from [`Tail::start`] on (an index
 //! past its last entry does not exist), and SQLite is authoritative, through committed rows
 //! only, for every index below it. Entries leave the tail from the front only once the

@@ -1,30 +1,50 @@
-//! The log writer: one thread that owns every write to the node's SQLite file, and commits
-//! the writes queued meanwhile together, with one fsync for all of them.
+//! The writer: two threads that own every write to the node's log files and SQLite file,
+//! each running the jobs queued meanwhile together, with one fsync for all of them.
 //!
 //! `append` puts its entries in the in-memory [`Tail`](super::tail::Tail), queues a [`Job`]
-//! and returns; the state machine's `apply` queues a job too. This thread takes every job
-//! queued meanwhile and runs consecutive [`Job::Log`] jobs (appends, votes, purges, applies)
-//! in one transaction, then reports them. (openraft 0.9's core waits for each append to be
-//! reported flushed before it replicates it and takes the next client write: a follower's
-//! appends are reported once durable, the leader's own as soon as they are queued, see
-//! [`super::commit_gate`]; the node also gathers concurrent commands into shared entries:
-//! `crate::proposer`.)
+//! and returns; the state machine's `apply` queues a job too. [`Writer::send`] routes each
+//! job by what it writes:
 //!
-//! Durability with one fsync: every transaction commits with `synchronous = NORMAL` (no
-//! fsync) except the last log group of a batch that holds a job needing durability, which
-//! commits with `FULL`. A WAL-mode commit with `FULL` syncs the write-ahead log, and with it
-//! every frame written before it, so every earlier transaction of the batch is durable too,
-//! and each job is reported only once that commit is done.
+//! - **The appender** (thread `jochat-appender`) takes the jobs that only change the log's
+//!   segment files at their end (appends, truncations): it writes every one queued meanwhile
+//!   in order, syncs the files once (`fdatasync`), and reports them. (openraft 0.9's core
+//!   waits for each append to be reported flushed before it replicates it and takes the next
+//!   client write: a follower's appends are reported once durable, the leader's own as soon
+//!   as they are queued, see [`super::commit_gate`]; the node also gathers concurrent
+//!   commands into shared entries: `crate::proposer`.)
+//! - **The database writer** (thread `jochat-db-writer`) takes every other job (applies,
+//!   votes, purges, reads of Raft's state, installing a snapshot): it runs consecutive
+//!   [`Job::Log`] jobs in one transaction per group, then reports them.
 //!
-//! Order is kept: jobs run in the order they were queued. That matters for applies, which a
-//! follower may run before its own copy of the entries is flushed: SQLite recovers a prefix
-//! of the write-ahead log, so an applied entry can never survive a crash that loses the log
-//! write queued before it. [`Job::Own`] jobs (installing a snapshot, which attaches a file)
-//! run alone between groups.
+//! Two threads so that an append, which a follower's answer to the leader waits for, never
+//! waits behind the chat tables: a follower's paced apply of everything committed in the
+//! last 40 ms is one transaction of several milliseconds, and on one thread every append
+//! that arrived meanwhile waited for it (docs/performance.md, "The appender").
+//!
+//! Order between the two: a database job is reported only once every appender job queued
+//! before it is done (`Core::wait_for_appends`). Its work may run and commit before those
+//! appends reach the disk; what it may not do is report success first. That keeps what the
+//! single queue promised: the leader answers a client only after applying the entry, and the
+//! apply's report comes after the leader's own append of it is durable. A job that changes
+//! both (a purge: its record, then whole segments go; a recovery's append before Raft
+//! starts) makes its file change on the database writer, after the appends queued before it.
+//! Nothing else needs the order: applies touch committed entries only, which no truncation
+//! reaches, and a crash that keeps an apply but loses the log's unsynced tail leaves the
+//! applied id ahead of the log, which the next start handles (`raft::storage`); votes and
+//! purges are awaited by openraft's core before it appends again.
+//!
+//! Durability with one fsync per batch: the appender syncs the segment files once for all
+//! its jobs. On the database writer every transaction commits with `synchronous = NORMAL`
+//! (no fsync) except the last log group of a batch that holds a job needing durability
+//! (a vote, a purge), which commits with `FULL`. A WAL-mode commit with `FULL` syncs the
+//! write-ahead log, and with it every frame written before it, so every earlier transaction
+//! of the batch is durable too, and each job is reported only once that commit is done.
+//! [`Job::Own`] jobs (installing a snapshot, which attaches a file) run alone between
+//! groups. The first failed write on either thread stops both for good.
 //!
 //! Checkpoints (copying the write-ahead log back into the database file) run on a thread and
 //! connection of their own, the checkpointer, never inside a commit: SQLite's automatic
-//! checkpoint would run on this thread, in the commit that crosses the threshold, and after a
+//! checkpoint would run on the database writer, in the commit that crosses the threshold, and after a
 //! long read (a snapshot copy, which keeps checkpoints from passing the frames it reads) that
 //! one commit copied everything written meanwhile, hundreds of megabytes, while every append
 //! and apply waited behind it, long enough for the leader's appends to time out. The writer
@@ -260,11 +280,26 @@ pub enum Job {
     Close(tokio::sync::oneshot::Sender<()>),
 }
 
-/// What the writer thread and [`Writer::try_now`] share.
+impl Job {
+    /// Whether the job only changes the log's files at their end (an append, a truncation,
+    /// or nothing at all): the appender's work.
+    fn is_append(&self) -> bool {
+        matches!(
+            self,
+            Self::Log {
+                work: None,
+                file: None | Some(FileOp::Append(_) | FileOp::TruncateFrom(_)),
+                ..
+            }
+        )
+    }
+}
+
+/// What the writer's two threads and [`Writer::try_now`] share.
 struct Core {
-    /// The writer connection: the thread holds it for a batch, `try_now` for one job.
+    /// The writer connection: the database writer holds it for a batch, `try_now` for one job.
     conn: Mutex<Connection>,
-    /// Jobs queued or running on the thread: counted from queueing until reported.
+    /// Jobs queued or running on the database writer: counted from queueing until reported.
     pending: std::sync::atomic::AtomicUsize,
     /// The first failed write, or the node closing: after it the file is not written again
     /// (a failed fsync may have dropped pages the kernel will not report twice), and every
@@ -275,6 +310,17 @@ struct Core {
     /// Writes run on the connection so far (batches and immediate commits): the checkpointer
     /// syncs the WAL when this has moved.
     commits: Arc<AtomicU64>,
+    /// The log's segment files: written by the appender; by the database writer only for a
+    /// purge (removing whole segments) and a job that changes both (recovery, before Raft
+    /// starts), each after every append queued before it is done.
+    log: Mutex<LogFile>,
+    /// Jobs queued for the appender so far.
+    appends_queued: AtomicU64,
+    /// Jobs the appender has finished (written and synced, failed, or refused), in queue
+    /// order.
+    appends_done: Mutex<u64>,
+    /// Woken when `appends_done` grows.
+    appends_advanced: std::sync::Condvar,
 }
 
 impl Core {
@@ -282,6 +328,48 @@ impl Core {
         self.failed
             .lock()
             .expect("the writer's failure mutex is never held across a panic")
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, LogFile> {
+        self.log
+            .lock()
+            .expect("the log file's mutex is never held across a panic")
+    }
+
+    /// Counts `jobs` more appender jobs finished.
+    fn appends_finished(&self, jobs: u64) {
+        *self
+            .appends_done
+            .lock()
+            .expect("the appender's count's mutex is never held across a panic") += jobs;
+        self.appends_advanced.notify_all();
+    }
+
+    /// Waits until the first `jobs` appender jobs are finished. Returns the writer's failure
+    /// if one stops the node before they all are (an append that failed is finished too,
+    /// and leaves that failure).
+    fn wait_for_appends(&self, jobs: u64) -> Result<(), Failure> {
+        let mut done = self
+            .appends_done
+            .lock()
+            .expect("the appender's count's mutex is never held across a panic");
+        while *done < jobs {
+            if let Some(failure) = self.failed().clone() {
+                return Err(failure);
+            }
+            // Bounded, so that a failure noted without a wake-up is seen.
+            done = self
+                .appends_advanced
+                .wait_timeout(done, Duration::from_millis(20))
+                .expect("the appender's count's mutex is never held across a panic")
+                .0;
+        }
+        drop(done);
+        // An append that failed stopped everything after it.
+        match self.failed().clone() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
     }
 
     /// Counts a write just run, and asks for a checkpoint if the WAL has grown past
@@ -295,12 +383,16 @@ impl Core {
     }
 }
 
-/// Queues jobs for the writer thread. Cheap to clone.
+/// Queues jobs for the writer's threads. Cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    jobs: tokio::sync::mpsc::Sender<Job>,
+    /// The database writer's queue: each job with the number of appender jobs queued before
+    /// it.
+    jobs: tokio::sync::mpsc::Sender<(Job, u64)>,
+    /// The appender's queue.
+    appends: tokio::sync::mpsc::Sender<Job>,
     core: Arc<Core>,
-    /// How many batches the thread has run: grows while the node writes.
+    /// How many batches the two threads have run: grows while the node writes.
     batches: Arc<AtomicU64>,
     /// Set by tests ([`Writer::fail_next_write`]): the next commit fails as a failed fsync.
     fail_next: Arc<std::sync::atomic::AtomicBool>,
@@ -309,14 +401,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread, which owns `conn` from now on. The thread ends (and closes
-    /// the connection) once every [`Writer`] is dropped.
+    /// Starts the appender, which owns `log` from now on, and the database writer, which owns
+    /// `conn`. The threads end (and close the files) once every [`Writer`] is dropped.
     ///
     /// # Errors
-    /// The thread cannot be spawned.
+    /// A thread cannot be spawned.
     pub fn start(
         conn: Connection,
-        mut log: LogFile,
+        log: LogFile,
         tail: Arc<Mutex<Tail>>,
         sync_mode: SyncMode,
         stats: crate::metrics::StorageStats,
@@ -330,6 +422,7 @@ impl Writer {
         let checkpoints = start_checkpointer(&path, sync_mode, Arc::clone(&commits))?;
         conn.wal_hook(Some(note_wal_pages));
         let (jobs, queue) = tokio::sync::mpsc::channel(WRITER_QUEUE_JOBS_MAX);
+        let (appends, append_queue) = tokio::sync::mpsc::channel(WRITER_QUEUE_JOBS_MAX);
         let batches = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&batches);
         let fail_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -345,23 +438,36 @@ impl Writer {
             failed: Mutex::new(None),
             checkpoints,
             commits,
+            log: Mutex::new(log),
+            appends_queued: AtomicU64::new(0),
+            appends_done: Mutex::new(0),
+            appends_advanced: std::sync::Condvar::new(),
         });
+        let context = Arc::new(Context {
+            tail,
+            sync_mode,
+            lazy: lazy_mode(sync_mode),
+            fail_next: failing,
+            stall_next: stalling,
+            stats,
+        });
+        std::thread::Builder::new()
+            .name("jochat-appender".into())
+            .spawn({
+                let core = Arc::clone(&core);
+                let context = Arc::clone(&context);
+                let counter = Arc::clone(&counter);
+                move || run_appends(&core, &context, append_queue, &counter)
+            })?;
         let running = Arc::clone(&core);
         std::thread::Builder::new()
-            .name("jochat-log-writer".into())
+            .name("jochat-db-writer".into())
             .spawn(move || {
-                let context = Context {
-                    tail: &tail,
-                    sync_mode,
-                    lazy: lazy_mode(sync_mode),
-                    fail_next: &failing,
-                    stall_next: &stalling,
-                    stats: &stats,
-                };
-                run(&running, &context, &mut log, queue, &counter);
+                run(&running, &context, queue, &counter);
             })?;
         Ok(Self {
             jobs,
+            appends,
             core,
             batches,
             fail_next,
@@ -384,8 +490,15 @@ impl Writer {
             .expect("the stall's mutex is never held across a panic") = Some(pause);
     }
 
-    /// Runs every job queued so far, then refuses every later one (see [`Job::Close`]).
+    /// Runs every job queued so far, then refuses every later one (see [`Job::Close`]): the
+    /// appender's first, then the database writer's, whose jobs may wait for appends.
     pub async fn close(&self) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.core.appends_queued.fetch_add(1, Ordering::SeqCst);
+        if self.appends.send(Job::Close(reply)).await.is_ok() {
+            // An error: the thread has ended, and with it every append.
+            let _ = answer.await;
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.send(Job::Close(reply)).await;
         // An error: the thread has ended, and with it every write.
@@ -399,9 +512,26 @@ impl Writer {
 
     /// Queues `job`, waiting for room while [`WRITER_QUEUE_JOBS_MAX`] jobs wait. When the
     /// writer has stopped (the node is shutting down), the job is reported failed.
+    ///
+    /// A job that only changes the log's files (an append, a truncation) goes to the
+    /// appender; every other one to the database writer, which reports it only once every
+    /// appender job queued before it is done (see the module documentation).
     pub async fn send(&self, job: Job) {
+        if job.is_append() {
+            self.core.appends_queued.fetch_add(1, Ordering::SeqCst);
+            if let Err(tokio::sync::mpsc::error::SendError(job)) = self.appends.send(job).await {
+                self.core.appends_finished(1);
+                if let Job::Log { done, .. } = job {
+                    done.report(Err(stopped()));
+                }
+            }
+            return;
+        }
         self.core.pending.fetch_add(1, Ordering::SeqCst);
-        if let Err(tokio::sync::mpsc::error::SendError(job)) = self.jobs.send(job).await {
+        let after = self.core.appends_queued.load(Ordering::SeqCst);
+        if let Err(tokio::sync::mpsc::error::SendError((job, _))) =
+            self.jobs.send((job, after)).await
+        {
             self.core.pending.fetch_sub(1, Ordering::SeqCst);
             if let Job::Log { done, .. } = job {
                 done.report(Err(stopped()));
@@ -410,11 +540,12 @@ impl Writer {
     }
 
     /// Runs database `work` at once on the calling thread, in a transaction of its own committed
-    /// without an fsync, when no job is queued or running (so it overtakes none) and the
-    /// connection is free: an apply on an idle writer then costs no hand-over to the writer
-    /// thread and back (two thread wake-ups, about 200 µs on a small virtual machine).
-    /// Gives `work` back otherwise, to be queued. Only on a multi-threaded runtime, whose
-    /// worker may block for the commit.
+    /// without an fsync, when no database job is queued or running (so it overtakes none) and
+    /// the connection is free, and returns once the appends queued before it are done too: an
+    /// apply on an idle writer then costs no hand-over to the database writer's thread and
+    /// back (two thread wake-ups, about 200 µs on a small virtual machine). Gives `work` back
+    /// otherwise, to be queued. Only on a multi-threaded runtime, whose worker may block for
+    /// the commit.
     ///
     /// # Errors
     /// (Inside `Ok`) what `work` returned, a failure to commit, or the writer's earlier
@@ -437,7 +568,9 @@ impl Writer {
         if let Some(failure) = self.core.failed().clone() {
             return Ok(Err(failure));
         }
+        let after = self.core.appends_queued.load(Ordering::SeqCst);
         let fail_next = &self.fail_next;
+        let core = &self.core;
         let result = tokio::task::block_in_place(|| {
             let began = std::time::Instant::now();
             let mut tx = conn
@@ -451,7 +584,8 @@ impl Writer {
             let started = std::time::Instant::now();
             tx.commit().map_err(commit_failure)?;
             tracing::trace!(target: crate::TIMELINE, stage = "commit", jobs = 1, durable = false, worked_us, commit_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-            Ok(())
+            // Done once every append queued before it is.
+            core.wait_for_appends(after)
         });
         if let Err(failure) = &result {
             tracing::error!(%failure, "a write to the database failed: nothing more is written to it");
@@ -545,49 +679,191 @@ fn lazy_mode(sync_mode: SyncMode) -> SyncMode {
     }
 }
 
-/// What every batch of the writer thread needs.
-struct Context<'a> {
-    tail: &'a Mutex<Tail>,
+/// What every batch of the writer's threads needs.
+struct Context {
+    tail: Arc<Mutex<Tail>>,
     sync_mode: SyncMode,
     /// How commits that need not be durable are made.
     lazy: SyncMode,
-    fail_next: &'a std::sync::atomic::AtomicBool,
-    stall_next: &'a Mutex<Option<Duration>>,
+    fail_next: Arc<std::sync::atomic::AtomicBool>,
+    stall_next: Arc<Mutex<Option<Duration>>>,
     /// Where durable commits are timed.
-    stats: &'a crate::metrics::StorageStats,
+    stats: crate::metrics::StorageStats,
 }
 
-/// The writer thread: takes a batch of queued jobs at a time and runs it.
-fn run(
+impl Context {
+    /// The entries of the append jobs up to `last_append` are in the log's files now: the
+    /// tail may let them go.
+    fn written(&self, last_append: Option<u64>) {
+        if let Some(job) = last_append {
+            self.tail
+                .lock()
+                .expect("the log tail's mutex is never held across a panic")
+                .written(job);
+        }
+    }
+}
+
+/// Waits for the next job on `queue` and takes it with every job queued behind it, at most
+/// [`MAX_BATCH`], into the empty `batch`. Returns false once the queue is closed and empty.
+fn take_batch<T>(queue: &mut tokio::sync::mpsc::Receiver<T>, batch: &mut Vec<T>) -> bool {
+    let Some(first) = queue.blocking_recv() else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_empty_or_closed) => break,
+        }
+    }
+    true
+}
+
+/// The appender's thread: takes a batch of queued appends at a time, writes them to the
+/// log's files in order, syncs the files once, and reports them.
+fn run_appends(
     core: &Core,
-    context: &Context<'_>,
-    log: &mut LogFile,
+    context: &Context,
     mut queue: tokio::sync::mpsc::Receiver<Job>,
     batches: &AtomicU64,
 ) {
     let mut batch = Vec::new();
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_empty_or_closed) => break,
+    // After `Job::Close`: every later append is refused.
+    let mut is_closed = false;
+    while take_batch(&mut queue, &mut batch) {
+        let taken = batch.len() as u64;
+        let close = batch.iter().position(|job| matches!(job, Job::Close(_)));
+        let mut after = close.map(|at| batch.split_off(at)).unwrap_or_default();
+        let failed = core.failed().clone();
+        match failed {
+            Some(failure) => refuse_batch(&failure, &mut batch),
+            None if is_closed => refuse_batch(&closed(), &mut batch),
+            None if batch.is_empty() => {}
+            None => {
+                if let Err(failure) = append_batch(core, context, &mut batch) {
+                    tracing::error!(%failure, "a write to the log failed: nothing more is written to it");
+                    core.failed().get_or_insert(failure);
+                }
+                batches.fetch_add(1, Ordering::Relaxed);
             }
         }
+        if !after.is_empty() {
+            is_closed = true;
+            refuse_batch(&closed(), &mut after);
+        }
+        core.appends_finished(taken);
+    }
+}
+
+/// Writes `batch`'s appends and truncations to the log's files in order, syncs them once,
+/// and reports each job. Returns the failure, if any (every job then reports it).
+fn append_batch(core: &Core, context: &Context, batch: &mut Vec<Job>) -> Result<(), Failure> {
+    tracing::trace!(target: crate::TIMELINE, stage = "writer.batch", jobs = batch.len());
+    let mut dones = Vec::with_capacity(batch.len());
+    let mut last_append = None;
+    let mut durable_jobs = false;
+    let mut log = core.log();
+    let mut result = (|| -> Result<(), Failure> {
+        if context.fail_next.swap(false, Ordering::Relaxed) {
+            // Nothing of the batch reaches the files.
+            return Err(injected_fsync_failure());
+        }
+        Ok(())
+    })();
+    for job in batch.drain(..) {
+        let Job::Log {
+            file,
+            durable,
+            append_job,
+            done,
+            ..
+        } = job
+        else {
+            // `Writer::send` queues only appends here, and `run_appends` takes out `Close`.
+            continue;
+        };
+        dones.push(done);
+        durable_jobs |= durable;
+        if result.is_err() {
+            continue;
+        }
+        let written = match file {
+            Some(FileOp::Append(records)) => log.append(&records).map_err(file_failure),
+            Some(FileOp::TruncateFrom(index)) => log.truncate_from(index).map_err(file_failure),
+            Some(FileOp::PurgeUpto(_)) | None => Ok(()),
+        };
+        if let Err(error) = written {
+            result = Err(error);
+            continue;
+        }
+        last_append = append_job.or(last_append);
+    }
+    if result.is_ok() {
+        context.written(last_append);
+    }
+    if result.is_ok() && log.needs_sync() {
+        result = sync_log(&mut log, context, durable_jobs);
+    }
+    drop(log);
+    if let Err(error) = &result {
+        tracing::error!(%error, jobs = dones.len(), "a log write failed");
+    }
+    for done in dones {
+        done.report(result.clone());
+    }
+    tracing::trace!(target: crate::TIMELINE, stage = "writer.reported");
+    result
+}
+
+/// Syncs the log's files (after a test's stall, when `durable_jobs` and asked), timing the
+/// sync for the node's metrics.
+fn sync_log(log: &mut LogFile, context: &Context, durable_jobs: bool) -> Result<(), Failure> {
+    let full = context.sync_mode == SyncMode::Full;
+    if durable_jobs && full {
+        stall_if_asked(context);
+    }
+    let started = std::time::Instant::now();
+    let synced = log.sync().map_err(file_failure);
+    tracing::trace!(target: crate::TIMELINE, stage = "log.sync", sync_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    if full {
+        context
+            .stats
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+    if let Err(error) = &synced {
+        tracing::error!(%error, "syncing the log's files failed");
+    }
+    synced
+}
+
+/// The database writer's thread: takes a batch of queued jobs at a time and runs it.
+fn run(
+    core: &Core,
+    context: &Context,
+    mut queue: tokio::sync::mpsc::Receiver<(Job, u64)>,
+    batches: &AtomicU64,
+) {
+    let mut batch = Vec::new();
+    while take_batch(&mut queue, &mut batch) {
         let taken = batch.len();
         {
             let mut conn = core
                 .conn
                 .lock()
                 .expect("the writer connection's mutex is never held across a panic");
-            if let Some(close) = batch.iter().position(|job| matches!(job, Job::Close(_))) {
+            if let Some(close) = batch
+                .iter()
+                .position(|(job, _)| matches!(job, Job::Close(_)))
+            {
                 // The jobs before it run; it and everything after it are refused from now on.
                 let mut after = batch.split_off(close);
-                run_or_refuse(core, &mut conn, log, context, &mut batch, batches);
+                run_or_refuse(core, &mut conn, context, &mut batch, batches);
                 core.failed().get_or_insert_with(closed);
-                run_or_refuse(core, &mut conn, log, context, &mut after, batches);
+                run_or_refuse(core, &mut conn, context, &mut after, batches);
             } else {
-                run_or_refuse(core, &mut conn, log, context, &mut batch, batches);
+                run_or_refuse(core, &mut conn, context, &mut batch, batches);
             }
         }
         core.pending.fetch_sub(taken, Ordering::SeqCst);
@@ -600,21 +876,21 @@ fn run(
 fn run_or_refuse(
     core: &Core,
     conn: &mut Connection,
-    log: &mut LogFile,
-    context: &Context<'_>,
-    batch: &mut Vec<Job>,
+    context: &Context,
+    batch: &mut Vec<(Job, u64)>,
     batches: &AtomicU64,
 ) {
     let failed = core.failed().clone();
     if let Some(failure) = failed {
-        refuse_batch(&failure, batch);
+        let mut jobs: Vec<Job> = batch.drain(..).map(|(job, _)| job).collect();
+        refuse_batch(&failure, &mut jobs);
         return;
     }
     if batch.is_empty() {
         return;
     }
     tracing::trace!(target: crate::TIMELINE, stage = "writer.batch", jobs = batch.len());
-    if let Err(failure) = run_batch(conn, log, context, batch) {
+    if let Err(failure) = run_batch(core, conn, context, batch) {
         tracing::error!(%failure, "a write to the database failed: nothing more is written to it");
         core.failed().get_or_insert(failure);
     }
@@ -638,23 +914,23 @@ fn refuse_batch(failure: &Failure, batch: &mut Vec<Job>) {
 /// A log job waiting for its group's commit.
 type Queued = (Option<LogWork>, Option<FileOp>, Option<u64>, Done);
 
-/// Runs `batch` in order: the file changes of consecutive log jobs as they come and their
-/// database work in one transaction per group, the group holding the batch's last durable
-/// job with database work committing with an fsync (which makes every earlier group durable
-/// too); then syncs the log's files if anything
-/// was written to them, removes purged segments, and reports the log jobs. Returns the
-/// first failure, if any.
+/// Runs `batch` in order: the database work of consecutive log jobs in one transaction per
+/// group, the group holding the batch's last durable job with database work committing with
+/// an fsync (which makes every earlier group durable too); a job that also changes the log's
+/// files (a recovery's append) first waits for every append queued before it. Then it waits
+/// until every append queued before the batch's jobs is done, removes purged segments, and
+/// reports the log jobs. Returns the first failure, if any.
 fn run_batch(
+    core: &Core,
     conn: &mut Connection,
-    log: &mut LogFile,
-    context: &Context<'_>,
-    batch: &mut Vec<Job>,
+    context: &Context,
+    batch: &mut Vec<(Job, u64)>,
 ) -> Result<(), Failure> {
     let full = context.sync_mode == SyncMode::Full;
     // Where the last job is whose database work must be durable.
     let sync_at = batch
         .iter()
-        .rposition(|job| {
+        .rposition(|(job, _)| {
             matches!(
                 job,
                 Job::Log {
@@ -667,10 +943,14 @@ fn run_batch(
         .filter(|_| full);
     let durable_jobs = batch
         .iter()
-        .any(|job| matches!(job, Job::Log { durable: true, .. }));
-    let last_log = batch.iter().rposition(|job| matches!(job, Job::Log { .. }));
+        .any(|(job, _)| matches!(job, Job::Log { durable: true, .. }));
+    let last_log = batch
+        .iter()
+        .rposition(|(job, _)| matches!(job, Job::Log { .. }));
+    // Every append queued before the batch's last log job.
+    let appends_before = last_log.map_or(0, |at| batch[at].1);
     let mut run = BatchRun::default();
-    for (position, job) in batch.drain(..).enumerate() {
+    for (position, (job, after)) in batch.drain(..).enumerate() {
         match job {
             Job::Log {
                 work,
@@ -679,10 +959,15 @@ fn run_batch(
                 done,
                 ..
             } => {
+                if matches!(file, Some(FileOp::Append(_) | FileOp::TruncateFrom(_))) {
+                    if let Err(failure) = core.wait_for_appends(after) {
+                        run.first_failure.get_or_insert(failure);
+                    }
+                }
                 run.group.push((work, file, append_job, done));
                 run.needs_sync |= Some(position) == sync_at;
                 if Some(position) == last_log {
-                    run.commit(conn, log, context);
+                    run.commit(core, conn, context);
                 }
             }
             // Taken out of every batch before it runs (see `run`); answered if one got here.
@@ -691,7 +976,7 @@ fn run_batch(
             }
             Job::Own(work) => {
                 if !run.group.is_empty() {
-                    run.commit(conn, log, context);
+                    run.commit(core, conn, context);
                 }
                 if run.first_failure.is_none() {
                     work(conn);
@@ -705,26 +990,26 @@ fn run_batch(
         mut first_failure,
         ..
     } = run;
-    if first_failure.is_none() && log.needs_sync() {
-        if durable_jobs && full {
-            stall_if_asked(context);
+    if first_failure.is_none() {
+        let mut log = core.log();
+        if log.needs_sync() {
+            // A recovery's append, written here.
+            if let Err(error) = sync_log(&mut log, context, durable_jobs) {
+                fail_reported(&mut reports, &error);
+                first_failure = Some(error);
+            }
         }
-        let started = std::time::Instant::now();
-        let synced = log.sync().map_err(file_failure);
-        tracing::trace!(target: crate::TIMELINE, stage = "log.sync", sync_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-        if full {
-            context
-                .stats
-                .fsync_seconds
-                .observe(started.elapsed().as_secs_f64());
-        }
-        if let Err(error) = synced {
-            tracing::error!(%error, "syncing the log's files failed");
+    }
+    if first_failure.is_none() {
+        // Reported only once every append queued before them is durable: the leader answers
+        // a client only after its own copy of the entry is on its disk.
+        if let Err(error) = core.wait_for_appends(appends_before) {
             fail_reported(&mut reports, &error);
             first_failure = Some(error);
         }
     }
-    if first_failure.is_none() {
+    if first_failure.is_none() && !purges.is_empty() {
+        let mut log = core.log();
         for index in purges {
             if let Err(error) = log.purge_upto(index) {
                 // Recorded as purged: the next start removes them.
@@ -757,10 +1042,10 @@ struct BatchRun {
 impl BatchRun {
     /// Commits the group ([`commit_group`]); if that commit was the durable one and failed,
     /// every job reported so far fails with it (it alone made them durable).
-    fn commit(&mut self, conn: &mut Connection, log: &mut LogFile, context: &Context<'_>) {
+    fn commit(&mut self, core: &Core, conn: &mut Connection, context: &Context) {
         let committed = commit_group(
+            core,
             conn,
-            log,
             context,
             &mut self.group,
             self.needs_sync,
@@ -788,7 +1073,7 @@ fn fail_reported(reports: &mut [(Done, Result<(), Failure>)], error: &Failure) {
 }
 
 /// Waits as long as a test asked the next durable write to wait ([`Writer::stall_next_write`]).
-fn stall_if_asked(context: &Context<'_>) {
+fn stall_if_asked(context: &Context) {
     let stall = context
         .stall_next
         .lock()
@@ -803,9 +1088,9 @@ fn stall_if_asked(context: &Context<'_>) {
 /// batch), runs their database work in one transaction, records what to report for each,
 /// and returns whether everything was written.
 fn commit_group(
+    core: &Core,
     conn: &mut Connection,
-    log: &mut LogFile,
-    context: &Context<'_>,
+    context: &Context,
     group: &mut Vec<Queued>,
     durable: bool,
     reports: &mut Vec<(Done, Result<(), Failure>)>,
@@ -829,19 +1114,14 @@ fn commit_group(
         }
         for file in files {
             match file {
-                FileOp::Append(records) => log.append(&records).map_err(file_failure)?,
-                FileOp::TruncateFrom(index) => log.truncate_from(index).map_err(file_failure)?,
+                FileOp::Append(records) => core.log().append(&records).map_err(file_failure)?,
+                FileOp::TruncateFrom(index) => {
+                    core.log().truncate_from(index).map_err(file_failure)?;
+                }
                 FileOp::PurgeUpto(index) => purges.push(index),
             }
         }
-        if let Some(job) = last_append {
-            // Readable from the files now: the tail may let them go.
-            context
-                .tail
-                .lock()
-                .expect("the log tail's mutex is never held across a panic")
-                .written(job);
-        }
+        context.written(last_append);
         if works.is_empty() {
             return Ok(());
         }
@@ -892,17 +1172,20 @@ mod tests {
     fn write_blob(writer: &Writer, bytes: i64) {
         let (reply, answer) = tokio::sync::oneshot::channel();
         writer.core.pending.fetch_add(1, Ordering::SeqCst);
-        let queued = writer.jobs.blocking_send(Job::Log {
-            work: Some(Box::new(move |tx| {
-                tx.execute("INSERT INTO blobs (data) VALUES (zeroblob(?1))", [bytes])
-                    .map_err(commit_failure)?;
-                Ok(())
-            })),
-            file: None,
-            durable: false,
-            append_job: None,
-            done: Done::Reply(reply),
-        });
+        let queued = writer.jobs.blocking_send((
+            Job::Log {
+                work: Some(Box::new(move |tx| {
+                    tx.execute("INSERT INTO blobs (data) VALUES (zeroblob(?1))", [bytes])
+                        .map_err(commit_failure)?;
+                    Ok(())
+                })),
+                file: None,
+                durable: false,
+                append_job: None,
+                done: Done::Reply(reply),
+            },
+            0,
+        ));
         assert!(queued.is_ok(), "the writer thread runs");
         answer
             .blocking_recv()
@@ -993,6 +1276,94 @@ mod tests {
             "the earlier failure is returned"
         );
         assert_eq!(rows(), 2_i64);
+    }
+
+    /// Queues an append of one record at `index` to the log's files and waits for it.
+    async fn append_record(writer: &Writer, index: u64) -> Result<(), Failure> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        writer.send(append_job(index, reply)).await;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    fn append_job(index: u64, reply: tokio::sync::oneshot::Sender<Result<(), Failure>>) -> Job {
+        Job::Log {
+            work: None,
+            file: Some(FileOp::Append(vec![Record {
+                index,
+                term: 1,
+                payload: b"entry".to_vec(),
+            }])),
+            durable: true,
+            append_job: None,
+            done: Done::Reply(reply),
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_are_written_while_the_database_writer_is_busy() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let writer = blob_writer(&dir.path().join("w.db"), SyncMode::Full);
+        // A database job that holds its thread until released (a long apply).
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .log(
+                        false,
+                        Box::new(move |_| {
+                            let _ = held.recv();
+                            Ok(())
+                        }),
+                    )
+                    .await
+            }
+        });
+        while writer.core.pending.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Behind it in a single queue, this would wait until the release below: it does not.
+        let appended = tokio::time::timeout(Duration::from_secs(30), async {
+            append_record(&writer, 1).await?;
+            append_record(&writer, 2).await
+        })
+        .await;
+        assert!(
+            matches!(appended, Ok(Ok(()))),
+            "the appends were held behind the database job: {:?}",
+            appended.map(|r| r.is_ok())
+        );
+        assert!(!busy.is_finished(), "the database job is still held");
+        release
+            .send(())
+            .expect("the database job waits for the release");
+        busy.await
+            .expect("the job's task runs")
+            .expect("the job commits");
+    }
+
+    #[tokio::test]
+    async fn a_database_job_is_reported_only_once_the_appends_queued_before_it_are_durable() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let writer = blob_writer(&dir.path().join("w.db"), SyncMode::Full);
+        // The appender's next sync is slow; the database job after it is not.
+        writer.stall_next_write(Duration::from_millis(300));
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        writer.send(append_job(1, reply)).await;
+        writer
+            .log(false, insert_blob(1))
+            .await
+            .expect("the database job commits");
+        // Its report waited for the append's.
+        assert!(
+            matches!(answer.try_recv(), Ok(Ok(()))),
+            "the database job was reported before the append queued before it was durable"
+        );
+        // With nothing queued before it, the next one waits for nothing.
+        writer
+            .log(false, insert_blob(1))
+            .await
+            .expect("the database job commits");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! The log's entries live in append-only segment files in `<db>.log/`
 //! ([`super::log_file`]); Raft's own state (`raft_state`: vote, last purged id, applied id,
-//! membership) and the chat tables live in the SQLite file. One thread, the log writer
-//! ([`super::writer`]), owns both the segment files' writing end and the SQLite writer
-//! connection: every write is a job it runs in queue order. `append` puts its entries in the
-//! in-memory [`Tail`] (readable at once) and queues their write; the writer writes all the
+//! membership) and the chat tables live in the SQLite file. The writer ([`super::writer`])
+//! runs every write as a job on one of two threads: the appender owns the segment files'
+//! writing end, the database writer the SQLite writer connection, and a database job is
+//! reported only after the appends queued before it. `append` puts its entries in the
+//! in-memory [`Tail`] (readable at once) and queues their write; the appender writes all the
 //! appends queued meanwhile and syncs the segment file once (`fdatasync`), then reports them
 //! flushed (group commit). Each `apply` call applies its entries in one SQLite transaction
 //! (chat commands through `store::apply_commands`: a refused command changes nothing), and
