@@ -494,11 +494,9 @@ impl Writer {
     /// appender's first, then the database writer's, whose jobs may wait for appends.
     pub async fn close(&self) {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.core.appends_queued.fetch_add(1, Ordering::SeqCst);
-        if self.appends.send(Job::Close(reply)).await.is_ok() {
-            // An error: the thread has ended, and with it every append.
-            let _ = answer.await;
-        }
+        self.send_append(Job::Close(reply)).await;
+        // An error: the thread has ended, and with it every append.
+        let _ = answer.await;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.send(Job::Close(reply)).await;
         // An error: the thread has ended, and with it every write.
@@ -518,14 +516,7 @@ impl Writer {
     /// appender job queued before it is done (see the module documentation).
     pub async fn send(&self, job: Job) {
         if job.is_append() {
-            self.core.appends_queued.fetch_add(1, Ordering::SeqCst);
-            if let Err(tokio::sync::mpsc::error::SendError(job)) = self.appends.send(job).await {
-                self.core.appends_finished(1);
-                if let Job::Log { done, .. } = job {
-                    done.report(Err(stopped()));
-                }
-            }
-            return;
+            return self.send_append(job).await;
         }
         self.core.pending.fetch_add(1, Ordering::SeqCst);
         let after = self.core.appends_queued.load(Ordering::SeqCst);
@@ -533,6 +524,18 @@ impl Writer {
             self.jobs.send((job, after)).await
         {
             self.core.pending.fetch_sub(1, Ordering::SeqCst);
+            if let Job::Log { done, .. } = job {
+                done.report(Err(stopped()));
+            }
+        }
+    }
+
+    /// Queues `job` for the appender, counted among the appender's jobs from now on (when the
+    /// thread has stopped, it counts as finished and is reported failed).
+    async fn send_append(&self, job: Job) {
+        self.core.appends_queued.fetch_add(1, Ordering::SeqCst);
+        if let Err(tokio::sync::mpsc::error::SendError(job)) = self.appends.send(job).await {
+            self.core.appends_finished(1);
             if let Job::Log { done, .. } = job {
                 done.report(Err(stopped()));
             }
@@ -764,13 +767,12 @@ fn append_batch(core: &Core, context: &Context, batch: &mut Vec<Job>) -> Result<
     let mut last_append = None;
     let mut durable_jobs = false;
     let mut log = core.log();
-    let mut result = (|| -> Result<(), Failure> {
-        if context.fail_next.swap(false, Ordering::Relaxed) {
-            // Nothing of the batch reaches the files.
-            return Err(injected_fsync_failure());
-        }
+    let mut result = if context.fail_next.swap(false, Ordering::Relaxed) {
+        // Nothing of the batch reaches the files.
+        Err(injected_fsync_failure())
+    } else {
         Ok(())
-    })();
+    };
     for job in batch.drain(..) {
         let Job::Log {
             file,
@@ -1043,6 +1045,17 @@ impl BatchRun {
     /// Commits the group ([`commit_group`]); if that commit was the durable one and failed,
     /// every job reported so far fails with it (it alone made them durable).
     fn commit(&mut self, core: &Core, conn: &mut Connection, context: &Context) {
+        if let Some(failure) = &self.first_failure {
+            // After a failure nothing more is written: the group fails with it.
+            let failure = failure.clone();
+            self.reports.extend(
+                self.group
+                    .drain(..)
+                    .map(|(_, _, _, done)| (done, Err(failure.clone()))),
+            );
+            self.needs_sync = false;
+            return;
+        }
         let committed = commit_group(
             core,
             conn,
