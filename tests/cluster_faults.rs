@@ -307,6 +307,52 @@ async fn followers_hear_of_a_commit_only_once_the_leaders_own_copy_is_durable() 
     stop_all(nodes).await;
 }
 
+/// The leader answers a write once the write's statements have run and its own copy of the
+/// entry is durable, before the apply's transaction commits; a read on the leader that starts
+/// after that answer waits for the commit and sees the write. With the leader's next apply
+/// commit held for 3 s: the send is answered at once, the inbox read right after it comes
+/// back only once the commit is done, and it holds the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_answers_before_its_apply_commits_and_its_reads_wait_for_that_commit() {
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let setup = faulty();
+    let (nodes, first, alice) = led_by_node_1(dir.path(), 3, &setup).await;
+    let bob = first.log_in("bob", "pw").await.unwrap().token;
+    let before = first.cluster_info().await.unwrap().commit_index;
+    wait_applied(&nodes, before).await;
+
+    let stall = Duration::from_secs(3);
+    assert!(setup.faults.stall_next_apply_commit(1, stall));
+    let stalled_at = Instant::now();
+    let sent = first
+        .send_message(&alice, "bob", "answered early")
+        .await
+        .expect("the message is stored");
+    let answered_after = stalled_at.elapsed();
+    assert!(
+        answered_after < Duration::from_secs(2),
+        "the send was answered only after {answered_after:?}: it waited for the apply's commit"
+    );
+
+    let page = first
+        .list_messages(&bob, &jochat_client::InboxQuery::new().limit(10))
+        .await
+        .expect("bob's inbox reads");
+    let read_after = stalled_at.elapsed();
+    assert!(
+        read_after >= stall,
+        "the read came back after {read_after:?}, before the held commit ({stall:?}) was done"
+    );
+    assert!(
+        page.messages.iter().any(|m| m.id == sent.id),
+        "the answered message is missing from the read after it: {:?}",
+        page.messages
+    );
+    stop_all(nodes).await;
+}
+
 /// A failed fsync on the leader (injected into its log writer): the node stops (its `serve`
 /// fails with the storage fault, which makes `jochat-node` exit non-zero), the others elect a
 /// leader, writers through the failover client see only slower calls, and the node restarted

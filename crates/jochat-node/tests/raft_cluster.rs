@@ -82,6 +82,7 @@ async fn start(id: u64, dir: &std::path::Path, secret: Option<&str>) -> TestNode
 }
 
 fn dump(path: &std::path::Path) -> jochat_core::store::StateDump {
+    jochat_testkit::settled(path);
     let conn = rusqlite::Connection::open(path).unwrap();
     SqliteChat::new(&conn).dump().unwrap()
 }

@@ -277,6 +277,7 @@ where
 /// read transaction (a consistent view while the node goes on writing).
 pub fn dump_file(path: &Path) -> StateDump {
     use jochat_core::store::ChatRead;
+    crate::settled(path);
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("the node's file opens read-only");

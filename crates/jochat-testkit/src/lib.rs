@@ -69,13 +69,25 @@ pub async fn user(client: &ChatServerClient, name: &str) -> LoggedIn {
 /// Everything in the node's database file, read through a separate read-only connection
 /// exactly as an operator's `sqlite3` shell would open it.
 pub fn dump(node: &EphemeralNode) -> StateDump {
+    settled(&node.db_path());
     let conn = Connection::open_with_flags(node.db_path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("the database file opens read-only");
     SqliteChat::new(&conn).dump().expect("the database dumps")
 }
 
+/// Waits until every write the node at `path` (in this process) has answered is in its
+/// file: the leader answers before its apply commits.
+pub fn settled(path: &std::path::Path) {
+    assert!(
+        jochat_node::store::visibility::settle(path, std::time::Duration::from_secs(30)),
+        "the writes answered on {} did not reach its file within 30 s",
+        path.display()
+    );
+}
+
 /// `(sender, recipient, content, to_deliver)` of every message, by id, from the file.
 pub fn message_rows(node: &EphemeralNode) -> Vec<(String, String, String, i64)> {
+    settled(&node.db_path());
     let conn = Connection::open_with_flags(node.db_path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("the database file opens read-only");
     let mut statement = conn

@@ -227,6 +227,7 @@ impl Node {
             Arc::new(move |fault| match fault {
                 StorageFault::Fail => log.fail_next_write(),
                 StorageFault::Stall(pause) => log.stall_next_write(pause),
+                StorageFault::StallLazy(pause) => log.stall_next_lazy_commit(pause),
             })
         });
         // The leader's own appends replicate while its writer syncs them.
@@ -264,7 +265,7 @@ impl Node {
             &config.db_path(),
             config.min_free_disk_mb,
         ));
-        let db = Arc::new(Database::open(&config.store())?);
+        let db = Arc::new(Database::open(&config.store())?.gated_by(state_machine.visibility()));
         let idle = tokio::spawn(release_when_idle(log.clone(), Arc::clone(&db)));
         let raft = openraft::Raft::new(
             config.server_id,

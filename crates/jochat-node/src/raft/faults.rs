@@ -34,6 +34,9 @@ pub enum StorageFault {
     /// The next durable commit waits this long first, as on a slow disk
     /// ([`Faults::stall_next_write`]).
     Stall(Duration),
+    /// The next commit without an fsync (an apply's) waits this long once its statements
+    /// have run ([`Faults::stall_next_apply_commit`]).
+    StallLazy(Duration),
 }
 
 /// Injects a [`StorageFault`] into one node's storage.
@@ -92,6 +95,12 @@ impl Faults {
     /// fsync); returns whether the node had registered.
     pub fn stall_next_write(&self, node: u64, pause: Duration) -> bool {
         self.storage_fault(node, StorageFault::Stall(pause))
+    }
+
+    /// Makes node `node`'s next commit without an fsync (an apply's) wait `pause` once its
+    /// statements have run; returns whether the node had registered.
+    pub fn stall_next_apply_commit(&self, node: u64, pause: Duration) -> bool {
+        self.storage_fault(node, StorageFault::StallLazy(pause))
     }
 
     fn storage_fault(&self, node: u64, injected: StorageFault) -> bool {

@@ -189,6 +189,8 @@ fn start_checkpointer(
 pub type LogWork = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Result<(), Failure> + Send>;
 /// Work that runs on the writer connection outside any group (it makes its own transaction).
 pub type OwnWork = Box<dyn FnOnce(&mut Connection) + Send>;
+/// What runs with a job's outcome on the thread that finished it, before its caller is woken.
+pub type Then = Box<dyn FnOnce(&Result<(), Failure>) + Send>;
 
 /// A change to the log's segment files ([`LogFile`]), made in order with the other jobs.
 #[derive(Debug)]
@@ -218,6 +220,9 @@ pub enum Done {
     },
     /// A caller awaiting the job.
     Reply(tokio::sync::oneshot::Sender<Result<(), Failure>>),
+    /// A caller awaiting the job, and what to run with its outcome first, on the writer's
+    /// thread.
+    ReplyThen(tokio::sync::oneshot::Sender<Result<(), Failure>>, Then),
     /// Nobody.
     Nothing,
 }
@@ -248,6 +253,10 @@ impl Done {
             }
             Self::Reply(reply) => {
                 // The caller may have given up waiting; nothing then needs the answer.
+                let _ = reply.send(result);
+            }
+            Self::ReplyThen(reply, then) => {
+                then(&result);
                 let _ = reply.send(result);
             }
             Self::Nothing => {}
@@ -398,6 +407,9 @@ pub struct Writer {
     fail_next: Arc<std::sync::atomic::AtomicBool>,
     /// Set by tests ([`Writer::stall_next_write`]): the next durable commit waits this long.
     stall_next: Arc<Mutex<Option<Duration>>>,
+    /// Set by tests ([`Writer::stall_next_lazy_commit`]): the next commit without an fsync
+    /// waits this long once its work has run.
+    stall_lazy: Arc<Mutex<Option<Duration>>>,
 }
 
 impl Writer {
@@ -429,6 +441,7 @@ impl Writer {
         let failing = Arc::clone(&fail_next);
         let stall_next = Arc::new(Mutex::new(None));
         let stalling = Arc::clone(&stall_next);
+        let stall_lazy = Arc::new(Mutex::new(None));
         if let Err(error) = conn.pragma_update(None, "synchronous", lazy_mode(sync_mode).pragma()) {
             tracing::error!(%error, "could not set the writer connection to lazy commits");
         }
@@ -449,6 +462,7 @@ impl Writer {
             lazy: lazy_mode(sync_mode),
             fail_next: failing,
             stall_next: stalling,
+            stall_lazy: Arc::clone(&stall_lazy),
             stats,
         });
         std::thread::Builder::new()
@@ -472,6 +486,7 @@ impl Writer {
             batches,
             fail_next,
             stall_next,
+            stall_lazy,
         })
     }
 
@@ -486,6 +501,16 @@ impl Writer {
     pub fn stall_next_write(&self, pause: Duration) {
         *self
             .stall_next
+            .lock()
+            .expect("the stall's mutex is never held across a panic") = Some(pause);
+    }
+
+    /// Fault injection for tests: the next commit made without an fsync (an apply's) waits
+    /// `pause` once its work has run, as behind a slow write of its pages (every job queued
+    /// meanwhile waits too).
+    pub fn stall_next_lazy_commit(&self, pause: Duration) {
+        *self
+            .stall_lazy
             .lock()
             .expect("the stall's mutex is never held across a panic") = Some(pause);
     }
@@ -573,6 +598,7 @@ impl Writer {
         }
         let after = self.core.appends_queued.load(Ordering::SeqCst);
         let fail_next = &self.fail_next;
+        let stall_lazy = &self.stall_lazy;
         let core = &self.core;
         let result = tokio::task::block_in_place(|| {
             let began = std::time::Instant::now();
@@ -584,6 +610,7 @@ impl Writer {
             if fail_next.swap(false, Ordering::Relaxed) {
                 return Err(injected_fsync_failure());
             }
+            stall_once(stall_lazy);
             let started = std::time::Instant::now();
             tx.commit().map_err(commit_failure)?;
             tracing::trace!(target: crate::TIMELINE, stage = "commit", jobs = 1, durable = false, worked_us, commit_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -598,6 +625,20 @@ impl Writer {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.core.checkpoint_if_due();
         Ok(result)
+    }
+
+    /// A mark for [`Writer::wait_for_appends`]: the appender jobs queued so far.
+    pub fn appends_marker(&self) -> u64 {
+        self.core.appends_queued.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until every appender job queued before `marker` was taken is done (its
+    /// entries durable). For database work that hands out results before its commit.
+    ///
+    /// # Errors
+    /// The writer failed.
+    pub fn wait_for_appends(&self, marker: u64) -> Result<(), Failure> {
+        self.core.wait_for_appends(marker)
     }
 
     /// Queues log `work` and waits until it is done (and durable, if `durable`).
@@ -619,13 +660,32 @@ impl Writer {
         work: Option<LogWork>,
         file: Option<FileOp>,
     ) -> Result<(), Failure> {
+        self.log_then(durable, work, file, None).await
+    }
+
+    /// [`Writer::log_with`], running `then` with the job's outcome on the thread that
+    /// finished it, before this call returns.
+    ///
+    /// # Errors
+    /// As [`Writer::log_with`].
+    pub async fn log_then(
+        &self,
+        durable: bool,
+        work: Option<LogWork>,
+        file: Option<FileOp>,
+        then: Option<Then>,
+    ) -> Result<(), Failure> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let done = match then {
+            Some(then) => Done::ReplyThen(reply, then),
+            None => Done::Reply(reply),
+        };
         self.send(Job::Log {
             work,
             file,
             durable,
             append_job: None,
-            done: Done::Reply(reply),
+            done,
         })
         .await;
         answer.await.map_err(|_| stopped())?
@@ -690,6 +750,7 @@ struct Context {
     lazy: SyncMode,
     fail_next: Arc<std::sync::atomic::AtomicBool>,
     stall_next: Arc<Mutex<Option<Duration>>>,
+    stall_lazy: Arc<Mutex<Option<Duration>>>,
     /// Where durable commits are timed.
     stats: crate::metrics::StorageStats,
 }
@@ -1087,12 +1148,16 @@ fn fail_reported(reports: &mut [(Done, Result<(), Failure>)], error: &Failure) {
 
 /// Waits as long as a test asked the next durable write to wait ([`Writer::stall_next_write`]).
 fn stall_if_asked(context: &Context) {
-    let stall = context
-        .stall_next
+    stall_once(&context.stall_next);
+}
+
+/// Waits as long as `stall` says, once (a test's fault).
+fn stall_once(stall: &Mutex<Option<Duration>>) {
+    let pause = stall
         .lock()
         .expect("the stall's mutex is never held across a panic")
         .take();
-    if let Some(pause) = stall {
+    if let Some(pause) = pause {
         std::thread::sleep(pause);
     }
 }
@@ -1153,6 +1218,8 @@ fn commit_group(
         let worked_us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
         if durable {
             stall_if_asked(context);
+        } else {
+            stall_once(&context.stall_lazy);
         }
         let started = std::time::Instant::now();
         tx.commit().map_err(commit_failure)?;

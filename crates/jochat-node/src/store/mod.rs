@@ -15,9 +15,11 @@ pub mod integrity;
 pub mod prototype;
 pub mod schema;
 pub mod sqlite;
+pub mod visibility;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jochat_core::{apply, ChatError, Command, Outcome};
@@ -77,6 +79,8 @@ pub struct Database {
     path: PathBuf,
     /// How many reads have started: grows while the node serves reads.
     reads: AtomicU64,
+    /// What reads wait for: the applies whose outcomes were handed out before their commit.
+    visibility: Option<Arc<visibility::Visibility>>,
 }
 
 /// Asks SQLite to free what it can of `conn`'s page cache (`PRAGMA shrink_memory`); the cache
@@ -118,7 +122,16 @@ impl Database {
             readers,
             path: config.path.clone(),
             reads: AtomicU64::new(0),
+            visibility: None,
         })
+    }
+
+    /// Makes every read wait until the applies handed out before it have committed (the
+    /// node's state machine's [`visibility::Visibility`]).
+    #[must_use]
+    pub fn gated_by(mut self, visibility: Arc<visibility::Visibility>) -> Self {
+        self.visibility = Some(visibility);
+        self
     }
 
     /// How many reads have started so far (unchanged while no read comes).
@@ -162,6 +175,9 @@ impl Database {
         F: FnOnce(&SqliteChat<'_>) -> Result<T, ChatError> + Send + 'static,
     {
         self.reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(visibility) = &self.visibility {
+            visibility.wait().await?;
+        }
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || -> Result<T, NodeError> {
             let mut conn = readers.get()?;

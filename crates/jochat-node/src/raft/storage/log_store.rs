@@ -25,6 +25,12 @@ impl LogStore {
         self.shared.writer.stall_next_write(pause);
     }
 
+    /// Fault injection for tests: the next commit without an fsync (an apply's) waits
+    /// `pause` once its statements have run.
+    pub fn stall_next_lazy_commit(&self, pause: std::time::Duration) {
+        self.shared.writer.stall_next_lazy_commit(pause);
+    }
+
     /// Closes the storage once Raft has shut down: every write queued so far is done when
     /// this returns, and any later one (an apply that was still waiting for its turn) is
     /// refused, so nothing reaches the file after the node has closed.

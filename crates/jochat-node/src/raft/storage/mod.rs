@@ -17,6 +17,20 @@
 //! purges commit with one. Log reads below the tail read the segment files through the
 //! shared [`LogIndex`].
 //!
+//! # Outcomes before the commit
+//!
+//! On the leader, an apply's outcomes go back to openraft (and so to the clients waiting on
+//! them) as soon as its statements have run inside the writer's transaction and every append
+//! queued before the apply is durable, before that transaction commits; the commit, writing
+//! the changed pages into SQLite's WAL (at 64 clients about a quarter of the apply), then
+//! overlaps the replies and the next entry's replication. Nothing is lost by answering first:
+//! the entries are committed in Raft and on the leader's disk, a failed commit stops the
+//! writer for good (the node stops, and applies the entries again from the log at its next
+//! start), and what others can observe waits for the commit: events are published, and reads
+//! ([`crate::store::Database::read`], through [`crate::store::visibility::Visibility`]) run,
+//! only once everything answered before them has committed. Followers' paced applies and
+//! applies up to a state hash's index answer nobody and commit first.
+//!
 //! Snapshots are files: [`super::snapshots::copy_state`] copies the chat tables and the
 //! applied log id from a separate connection in one read transaction (the writer is not held
 //! during the copy), at a bounded rate, and the file is what openraft streams to a lagging
@@ -74,6 +88,7 @@ use super::writer::{Done, FileOp, Job, Writer};
 use super::{Applied, TypeConfig};
 use crate::error::NodeError;
 use crate::events::{ChatEvent, Events};
+use crate::store::visibility::Visibility;
 use crate::store::{apply_commands, schema, SqliteChat, SyncMode};
 use jochat_core::store::ChatRead;
 use jochat_core::{Command, Outcome};
@@ -131,6 +146,11 @@ struct Shared {
     next_unapplied: AtomicU64,
     /// The committed log id openraft last saved, until an apply records it.
     committed_hint: Mutex<Option<Option<LogId<NodeId>>>>,
+    /// How far applies are handed out and committed: what the read side waits for.
+    visibility: Arc<Visibility>,
+    /// The task that sees the leader's early-answered applies through their commits, in
+    /// order (started with the first of them).
+    finisher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<state_machine::Finishing>>,
 }
 
 /// The least time between two applies on a follower once a [`CommitGate`] is attached
@@ -301,6 +321,8 @@ pub fn open_with(
         .map_or(0, |metadata| metadata.len());
     let stats = crate::metrics::StorageStats::default();
     let writer = Writer::start(conn, log, Arc::clone(&tail), sync_mode, stats.clone())?;
+    let visibility = Arc::new(Visibility::default());
+    crate::store::visibility::register(path, &visibility);
     let shared = Arc::new(Shared {
         writer,
         tail,
@@ -319,6 +341,8 @@ pub fn open_with(
         committed_end: AtomicU64::new(0),
         next_unapplied: AtomicU64::new(0),
         committed_hint: Mutex::new(None),
+        visibility,
+        finisher: std::sync::OnceLock::new(),
     });
     Ok((
         LogStore {
@@ -493,6 +517,23 @@ impl Shared {
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
     {
+        self.write_then(durable, at_once, file, work, None).await
+    }
+
+    /// [`Shared::write`], running `then` with the outcome as soon as the commit is done (or
+    /// has failed), on the thread that committed, before the caller is woken.
+    async fn write_then<T, F>(
+        &self,
+        durable: bool,
+        at_once: bool,
+        file: Option<FileOp>,
+        work: F,
+        then: Option<super::writer::Then>,
+    ) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, Failure> + Send + 'static,
+    {
         let value = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&value);
         let job: super::writer::LogWork = Box::new(move |tx| {
@@ -508,8 +549,15 @@ impl Shared {
             Err(job)
         };
         match queued {
-            Ok(done) => done?,
-            Err(job) => self.writer.log_with(durable, Some(job), file).await?,
+            Ok(done) => {
+                if let Some(then) = then {
+                    then(&done);
+                }
+                done?;
+            }
+            Err(job) => {
+                self.writer.log_then(durable, Some(job), file, then).await?;
+            }
         }
         let produced = value
             .lock()

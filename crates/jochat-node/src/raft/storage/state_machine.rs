@@ -15,7 +15,7 @@ fn apply_entries(
     tx: &rusqlite::Transaction<'_>,
     entries: &[Entry<TypeConfig>],
     messages_read: bool,
-) -> Result<(Vec<Applied>, Vec<ChatEvent>, bool), Failure> {
+) -> Result<ApplyOutput, Failure> {
     if cfg!(debug_assertions) {
         // The applied index only grows. (Read only in debug builds: it costs a query per
         // apply.)
@@ -93,6 +93,38 @@ fn event_of(
 /// so the entries openraft reads for the calls still queued are never purged first.
 const APPLY_AHEAD_ENTRIES_MAX: u64 = 512;
 
+/// What an apply produced: each entry's result, the events to publish once it commits, and
+/// whether a message was stored.
+type ApplyOutput = (Vec<Applied>, Vec<ChatEvent>, bool);
+
+/// An apply the leader answered before its commit, waiting for that commit.
+pub(super) struct Finishing {
+    /// The write: its transaction's commit, and what the apply produced.
+    commit: tokio::task::JoinHandle<Result<ApplyOutput, Failure>>,
+    /// Whether stored messages were read back for events.
+    messages_read: bool,
+    /// The apply's last entry.
+    last: u64,
+}
+
+/// Once an apply up to `last` has committed: reads may see it, and its `events` go out
+/// (with `Resync` when a message was stored but not read back).
+fn publish_committed(
+    shared: &Shared,
+    channel: &Events,
+    mut events: Vec<ChatEvent>,
+    stored: bool,
+    messages_read: bool,
+    last: u64,
+) {
+    if stored && !messages_read {
+        events.push(ChatEvent::Resync);
+    }
+    shared.visibility.committed(last + 1);
+    // Published only now that the transaction has committed.
+    channel.publish(events);
+}
+
 impl StateMachineStore {
     /// Appends to `entries` (a follower's, starting where nothing is applied yet) the
     /// entries after them that are committed, in the log's tail and contiguous, at most
@@ -126,9 +158,15 @@ impl StateMachineStore {
     }
 
     /// Applies `entries` in one transaction and publishes their events once it commits.
+    ///
+    /// With `early` on the leader, the outcomes are returned as soon as the statements have
+    /// run and the entries' own log appends are durable, before the transaction commits
+    /// (the module documentation of `raft::storage`, "Outcomes before the commit"); the
+    /// commit, the events and what reads may see follow on the [`Finishing`] task.
     async fn apply_run(
         &mut self,
         entries: Vec<Entry<TypeConfig>>,
+        early: bool,
     ) -> Result<Vec<Applied>, Failure> {
         let bytes: usize = entries.iter().map(entry_bytes).sum();
         let last = entries.last().map_or(0, |entry| entry.log_id.index);
@@ -141,35 +179,149 @@ impl StateMachineStore {
         // outcome); a follower's paced applies are large and answer nobody, so they run on
         // the writer's thread and leave the runtime's threads to replication.
         let at_once = self.shared.gate.get().is_none_or(|gate| gate.leads());
-        let applied = self
-            .shared
-            .write(false, at_once, None, {
-                let shared = Arc::clone(&self.shared);
-                move |tx| {
-                    let hint = shared
-                        .committed_hint
-                        .lock()
-                        .expect("the committed hint's mutex is never held across a panic")
-                        .take();
-                    if let Some(committed) = hint {
-                        put_state(tx, "committed", &committed)?;
-                    }
-                    apply_entries(tx, &entries, messages_read)
+        let (release, released) = tokio::sync::oneshot::channel::<Vec<Applied>>();
+        // Only a leader answers early: storage used without a commit gate (tests, tools)
+        // reports each apply once committed.
+        let leads = self.shared.gate.get().is_some_and(|gate| gate.leads());
+        let release = (early && leads).then(|| {
+            // Every append queued so far: those of the entries applied here among them.
+            let marker = self.shared.writer.appends_marker();
+            (release, marker)
+        });
+        let early = release.is_some();
+        let work = {
+            let shared = Arc::clone(&self.shared);
+            move |tx: &mut rusqlite::Transaction<'_>| {
+                let hint = shared
+                    .committed_hint
+                    .lock()
+                    .expect("the committed hint's mutex is never held across a panic")
+                    .take();
+                if let Some(committed) = hint {
+                    put_state(tx, "committed", &committed)?;
                 }
-            })
-            .await?;
-        let (results, mut events, stored) = applied;
+                let applied = apply_entries(tx, &entries, messages_read)?;
+                if let Some((release, marker)) = release {
+                    // The leader answers only for entries on its own disk.
+                    shared.writer.wait_for_appends(marker)?;
+                    shared.visibility.released(last + 1);
+                    tracing::trace!(target: crate::TIMELINE, stage = "apply.released", last);
+                    // Nobody waiting any more (the node is closing) needs no answer.
+                    let _ = release.send(applied.0.clone());
+                }
+                Ok(applied)
+            }
+        };
         self.shared.gauge.applied(bytes as u64);
-        if stored && !messages_read {
-            events.push(ChatEvent::Resync);
+        if !early {
+            let applied = self.shared.write(false, at_once, None, work).await?;
+            return Ok(self.committed(applied, messages_read, last));
         }
+        let commit = tokio::spawn({
+            let shared = Arc::clone(&self.shared);
+            // On the thread that committed: reads may see the apply from now on.
+            let then: super::super::writer::Then = {
+                let visibility = Arc::clone(&shared.visibility);
+                Box::new(move |outcome| match outcome {
+                    Ok(()) => visibility.committed(last + 1),
+                    Err(_) => visibility.failed(),
+                })
+            };
+            async move { shared.write_then(false, true, None, work, Some(then)).await }
+        });
+        match released.await {
+            Ok(results) => {
+                self.shared
+                    .next_unapplied
+                    .store(last + 1, Ordering::Release);
+                tracing::trace!(target: crate::TIMELINE, stage = "applied", last);
+                self.finishing(Finishing {
+                    commit,
+                    messages_read,
+                    last,
+                });
+                Ok(results)
+            }
+            // The work failed, or never ran: the write says why.
+            Err(_) => {
+                let outcome = commit.await.map_err(write_logs).and_then(|done| done);
+                match outcome {
+                    Ok(applied) => Ok(self.committed(applied, messages_read, last)),
+                    Err(failure) => {
+                        self.shared.visibility.failed();
+                        Err(failure)
+                    }
+                }
+            }
+        }
+    }
+
+    /// An apply that committed: notes it applied, publishes its events, lets reads see it,
+    /// and returns its outcomes.
+    fn committed(
+        &self,
+        (results, events, stored): ApplyOutput,
+        messages_read: bool,
+        last: u64,
+    ) -> Vec<Applied> {
         self.shared
             .next_unapplied
             .store(last + 1, Ordering::Release);
         tracing::trace!(target: crate::TIMELINE, stage = "applied", last);
-        // Published only now that the transaction has committed.
-        self.events.publish(events);
-        Ok(results)
+        publish_committed(
+            &self.shared,
+            &self.events,
+            events,
+            stored,
+            messages_read,
+            last,
+        );
+        results
+    }
+
+    /// Hands an early-answered apply to the task that sees it through its commit.
+    fn finishing(&self, finishing: Finishing) {
+        let queue = self.shared.finisher.get_or_init(|| {
+            let (queue, mut pending) = tokio::sync::mpsc::unbounded_channel::<Finishing>();
+            let (shared, events) = (Arc::clone(&self.shared), self.events.clone());
+            tokio::spawn(async move {
+                // In order: the writer commits them in order, and events go out in order.
+                while let Some(Finishing {
+                    commit,
+                    messages_read,
+                    last,
+                }) = pending.recv().await
+                {
+                    match commit.await {
+                        Ok(Ok((_, events_of, stored))) => publish_committed(
+                            &shared,
+                            &events,
+                            events_of,
+                            stored,
+                            messages_read,
+                            last,
+                        ),
+                        Ok(Err(failure)) => {
+                            tracing::error!(%failure, last, "an answered apply did not commit; the writer has stopped");
+                            shared.visibility.failed();
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, last, "an answered apply's commit was lost");
+                            shared.visibility.failed();
+                        }
+                    }
+                }
+            });
+            queue
+        });
+        if let Err(unsent) = queue.send(finishing) {
+            // The task has ended (the runtime is shutting down): nothing can see it through.
+            tracing::warn!(
+                last = unsent.0.last,
+                "an answered apply's commit is not followed"
+            );
+            self.shared.visibility.failed();
+        }
     }
 
     /// Gives every state hash waiting for `index` (just applied) a read view of the tables
@@ -204,6 +356,12 @@ impl StateMachineStore {
     /// The channel this state machine publishes applied messages and session changes on.
     pub fn events(&self) -> Events {
         self.events.clone()
+    }
+
+    /// How far applies are answered and committed: what the node's reads wait for
+    /// ([`crate::store::Database::gated_by`]).
+    pub fn visibility(&self) -> Arc<Visibility> {
+        Arc::clone(&self.shared.visibility)
     }
 
     /// What [`super::snapshots::run`] reads to decide when a snapshot is due.
@@ -278,12 +436,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 continue;
             };
             let after = rest.split_off(cut + 1);
-            results.extend(self.apply_run(rest).await?);
+            results.extend(self.apply_run(rest, false).await?);
             rest = after;
             self.hand_over_views(index).await;
         }
         if !rest.is_empty() {
-            results.extend(self.apply_run(rest).await?);
+            results.extend(self.apply_run(rest, true).await?);
         }
         // Only the outcomes of what openraft asked for.
         results.truncate(asked);
