@@ -165,10 +165,13 @@ impl Database {
         &self.path
     }
 
-    /// Runs `query` against one consistent snapshot of the database, on the blocking pool.
+    /// Runs `query` against one consistent snapshot of the database, on the blocking pool,
+    /// once every apply the node answered before this call has committed (when
+    /// [`Database::gated_by`] its state machine's visibility).
     ///
     /// # Errors
-    /// What `query` returns, or a failure to get a connection.
+    /// What `query` returns, a failure to get a connection, or `Stopped` when the writer
+    /// failed before an answered apply committed.
     pub async fn read<T, F>(&self, query: F) -> Result<T, NodeError>
     where
         T: Send + 'static,
