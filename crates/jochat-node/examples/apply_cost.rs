@@ -1,11 +1,16 @@
 //! Measures the state machine's cost per applied send on one SQLite file, without Raft or
-//! gRPC: `cargo run --release -p jochat-node --example apply_cost -- [SENDS] [BATCH]`.
+//! gRPC: `cargo run --release -p jochat-node --example apply_cost -- [SENDS] [BATCH]
+//! [INDEX...]`.
 //!
 //! It signs up 64 accounts with a session each, then applies SENDS messages (slot `i` writes
 //! to slot `i + 1`, as `jochat bench --op send` does) in transactions of BATCH commands, each
 //! with a time-ordered idempotency key, and prints the wall and CPU time per command. Commits
 //! do not fsync (`synchronous = NORMAL`), so the figure is CPU: statements, page changes and
 //! WAL writes.
+//!
+//! Each INDEX named after them (`messages_conversation`, `messages_away`, ...) is dropped
+//! before the sends, to measure what keeping that index costs per send. The queries that
+//! need it then scan instead: a measurement of the write side only.
 
 use std::time::Instant;
 
@@ -31,6 +36,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     schema::migrate(&mut conn)?;
+    let dropped: Vec<String> = args.collect();
+    for index in &dropped {
+        let known: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'index' AND name = ?1",
+            [index],
+            |row| row.get(0),
+        )?;
+        if !known {
+            return Err(format!("INDEX: no index named {index:?} in the schema").into());
+        }
+        conn.execute_batch(&format!("DROP INDEX \"{index}\""))?;
+    }
 
     let name = |slot: usize| Username::new(&format!("bench{slot}")).expect("valid name");
     let token = |slot: usize| SessionToken::from_random_bytes([slot as u8; 32]);
@@ -84,8 +101,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpu = cpu_seconds()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
+    let without = if dropped.is_empty() {
+        String::new()
+    } else {
+        format!(" without {}", dropped.join(", "))
+    };
     println!(
-        "{sends} sends in transactions of {batch}: {:.1} µs per command ({:.0}/s); CPU {}",
+        "{sends} sends in transactions of {batch}{without}: {:.1} µs per command ({:.0}/s); CPU {}",
         elapsed.as_secs_f64() * 1e6 / sends as f64,
         sends as f64 / elapsed.as_secs_f64(),
         cpu.map_or("unknown".into(), |cpu| format!(
